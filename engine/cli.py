@@ -1,0 +1,126 @@
+"""`videograin` command line: edit, demo, serve, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import VideograinError
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _edit_in_process(job, out: Path, device_name: str, preview: bool = True) -> dict:
+    from engine.models import RANDOM_MODELS, get_pipeline
+    from engine.progress import ProgressBars, ProgressEvent
+    from engine.runner import edit_clip, write_results
+
+    device = _device(device_name)
+    s = job.settings
+    bars = ProgressBars(out.parent / f".{out.name}.preview.png" if preview else None)
+    started = time.perf_counter()
+    bars(ProgressEvent("load", 0, 1))
+    pipe = get_pipeline(s.model, s.controlnet_id, device)
+    bars(ProgressEvent("load", 1, 1))
+    try:
+        result = edit_clip(job, pipe, progress=bars, measure_leakage=True)
+    finally:
+        bars.close()
+    random_weights = s.model in RANDOM_MODELS
+    write_results(out, job, result, random_weights, {"device": str(device), "seconds": time.perf_counter() - started})
+    if bars.preview_path is not None:
+        bars.preview_path.unlink(missing_ok=True)
+    return {"random_weights": random_weights, "leakage": result.leakage}
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from engine.job import load_job
+    from engine.runner import check_output_folder
+
+    job = load_job(args.job)
+    if args.model:
+        job.settings.model = args.model
+    out = Path(args.out)
+    check_output_folder(out, job)
+    if args.engine:
+        from protocol.client import edit_remote
+
+        edit_remote(args.engine, job, out)
+        print(f"wrote {out} (engine {args.engine})")
+        return 0
+    summary = _edit_in_process(job, out, args.device)
+    _report(out, summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import write_demo_inputs
+    from engine.job import load_job
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise VideograinError(f"demo folder '{out}' is not empty: choose a new one", code="bad_job")
+    job_path = write_demo_inputs(out / "input", frames=args.frames, size=args.size, steps=args.steps)
+    print(f"demo clip, mattes and job file: {job_path}")
+    summary = _edit_in_process(load_job(job_path), out / "result", args.device)
+    _report(out / "result", summary)
+    return 0
+
+
+def _report(out: Path, summary: dict) -> None:
+    print(f"wrote {out}/frames, {out}/preview.mp4, {out}/contact_sheet.png, {out}/result.json")
+    if summary["leakage"]:
+        shares = ", ".join(f"{phrase}: {share:.3f}" for phrase, share in summary["leakage"].items())
+        print(f"cross-attention leakage (share of each phrase's attention outside its region): {shares}")
+    if summary["random_weights"]:
+        print("NOTE: random-weight model: the frames show the pipeline working, they are not an edit.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videograin", description="Multi-grained text-driven video editing.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    edit = sub.add_parser("edit", help="edit a clip as a job file describes")
+    edit.add_argument("job", help="job file (YAML)")
+    edit.add_argument("--out", required=True, help="new or empty folder for the results")
+    edit.add_argument("--model", help="override the job's model: hub id, local folder, 'tiny' or 'sd15-random'")
+    edit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    edit.add_argument("--engine", metavar="CONNECTION_FILE", help="run on an engine server instead of in-process")
+    edit.set_defaults(run=cmd_edit)
+
+    demo = sub.add_parser("demo", help="synthetic clip + mattes on the tiny random model (offline, < 1 min)")
+    demo.add_argument("--out", required=True, help="new or empty folder")
+    demo.add_argument("--frames", type=int, default=8)
+    demo.add_argument("--size", type=int, default=128)
+    demo.add_argument("--steps", type=int, default=20)
+    demo.add_argument("--device", default="auto")
+    demo.set_defaults(run=cmd_demo)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except VideograinError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""A complete edit request: settings plus the pixels they refer to, validated before any work starts.
+
+A job comes from a YAML job file (`load_job`) or from a protocol `submit` (frames and mattes inline);
+both end up as an `EditJob`, and `validate_job` gives one clear error for whatever is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from engine.config import EditSettings, SourceConfig, parse_settings
+from engine.errors import JobError
+from engine.layout import find_phrase
+from engine.media import read_sequence, sequence_length
+
+MATTE_THRESHOLD = 128  # grey level at and above which a matte pixel is inside its region
+
+
+@dataclass
+class EditJob:
+    settings: EditSettings
+    frames: np.ndarray  # (F, H, W, 3) uint8, source resolution
+    masks: np.ndarray  # (K, F, H, W) bool, one stack per region, source resolution
+    control_maps: np.ndarray | None = None  # (F, H, W, 3) uint8, for control type "frames"
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        return self.frames.shape[2], self.frames.shape[1]
+
+
+def frame_indices(source: SourceConfig, length: int) -> list[int]:
+    """The source frame numbers the job edits: start, start+stride, ... (count of them, or to the end)."""
+    if source.start >= length:
+        raise JobError(f"source.start is {source.start} but the source has {length} frames")
+    indices = list(range(source.start, length, source.stride))
+    if source.count is not None:
+        if source.count > len(indices):
+            raise JobError(
+                f"source.count is {source.count} but only {len(indices)} frames exist from frame "
+                f"{source.start} with stride {source.stride}"
+            )
+        indices = indices[: source.count]
+    return indices
+
+
+def load_job(path: str | Path) -> EditJob:
+    """Read a YAML job file; relative paths in it are relative to the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"job file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise JobError(f"job file '{path}' is not valid YAML: {exc}") from None
+    settings = parse_settings(data)
+    base = path.parent
+    if not settings.source.path:
+        raise JobError("the job has no source.path: a folder of frames or a video file")
+    source_path = _resolve(base, settings.source.path)
+    settings.source.path = str(source_path)
+    if not source_path.exists():
+        raise JobError(f"source: '{source_path}' does not exist")
+    length = sequence_length(source_path)
+    indices = frame_indices(settings.source, length)
+    frames = read_sequence(source_path, indices, "source")
+
+    stacks = []
+    for region in settings.regions:
+        what = f"mask of region '{region.phrase}'"
+        if not region.mask:
+            raise JobError(f"region '{region.phrase}' has no mask: a folder or video of mattes")
+        mask_path = _resolve(base, region.mask)
+        region.mask = str(mask_path)
+        stacks.append(_read_aligned(mask_path, indices, length, what, grey=True) >= MATTE_THRESHOLD)
+    if len({stack.shape for stack in stacks}) != 1:
+        sizes = ", ".join(f"'{r.phrase}' {m.shape[2]}x{m.shape[1]}" for r, m in zip(settings.regions, stacks))
+        raise JobError(f"region mattes differ in size: {sizes}")
+    masks = np.stack(stacks)
+
+    control_maps = None
+    if settings.control.type == "frames":
+        control_path = _resolve(base, settings.control.path or "")
+        settings.control.path = str(control_path)
+        control_maps = _read_aligned(control_path, indices, length, "control maps", grey=False)
+    elif settings.control.type in ("depth", "pose"):
+        settings.control.path = str(_resolve(base, settings.control.path or ""))
+    job = EditJob(settings, frames, masks, control_maps)
+    validate_job(job)
+    return job
+
+
+def _resolve(base: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _read_aligned(path: Path, indices: list[int], source_length: int, what: str, grey: bool) -> np.ndarray:
+    """Read a sequence aligned with the source: either as long as the source, or one per edited frame."""
+    if not path.exists():
+        raise JobError(f"{what}: '{path}' does not exist")
+    length = sequence_length(path)
+    if length == source_length:
+        return read_sequence(path, indices, what, grey)
+    if length == len(indices):
+        return read_sequence(path, list(range(length)), what, grey)
+    raise JobError(
+        f"{what}: '{path}' has {length} frames; it needs one per source frame ({source_length}) "
+        f"or one per edited frame ({len(indices)})"
+    )
+
+
+def validate_job(job: EditJob) -> None:
+    """Check everything that can be checked before loading a model; raise one clear JobError."""
+    s = job.settings
+    if job.frames.ndim != 4 or job.frames.shape[3] != 3 or job.frames.dtype != np.uint8:
+        raise JobError("source frames must be RGB uint8 images")
+    count, height, width = job.frames.shape[:3]
+    if count < 1:
+        raise JobError("the source has no frames")
+    if job.masks.shape[0] != len(s.regions):
+        raise JobError(f"{len(s.regions)} regions but {job.masks.shape[0]} matte stacks")
+    for region, stack in zip(s.regions, job.masks):
+        name = f"region '{region.phrase}'"
+        if stack.shape[0] != count:
+            raise JobError(f"{name}: {stack.shape[0]} matte frames for {count} source frames")
+        if stack.shape[1:] != (height, width):
+            raise JobError(
+                f"{name}: matte size {stack.shape[2]}x{stack.shape[1]} differs from the source {width}x{height}"
+            )
+        if not stack.any():
+            raise JobError(f"{name}: the matte is empty (no white pixels in any frame); paint the region")
+    for phrase in [r.phrase for r in s.regions] + ([s.background_phrase] if s.background_phrase else []):
+        find_phrase(s.prompt, phrase)
+    if job.control_maps is not None and job.control_maps.shape[:3] != job.frames.shape[:3]:
+        raise JobError("control maps must match the source frames in count and size")

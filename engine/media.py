@@ -1,0 +1,189 @@
+"""Reading clips and mattes, writing frames and previews. Images are RGB uint8 arrays (H, W, 3).
+
+Writes are atomic: a file appears complete under its final name or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.errors import JobError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def list_frames(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+
+
+def sequence_length(path: Path) -> int:
+    """Number of frames in a folder of images or a video file."""
+    if path.is_dir():
+        return len(list_frames(path))
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    return count
+
+
+def read_sequence(path: Path, indices: list[int], what: str, grey: bool = False) -> np.ndarray:
+    """Read the frames at `indices` of a folder or video as (F, H, W, 3) RGB or (F, H, W) grey uint8."""
+    if not path.exists():
+        raise JobError(f"{what}: '{path}' does not exist")
+    if path.is_dir():
+        frames = [_read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        frames = _read_video(path, indices, what, grey)
+    else:
+        raise JobError(f"{what}: '{path}' is neither a folder of images nor a video file")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise JobError(f"{what}: frames of '{path}' differ in size: {sorted(shapes)}")
+    return np.stack(frames)
+
+
+def _pick(files: list[Path], indices: list[int], folder: Path, what: str) -> list[Path]:
+    if not files:
+        raise JobError(f"{what}: '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if max(indices) >= len(files):
+        raise JobError(f"{what}: '{folder}' has {len(files)} frames, frame {max(indices)} was asked for")
+    return [files[i] for i in indices]
+
+
+def _read_image(path: Path, what: str, grey: bool) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise JobError(f"{what}: '{path}' is not a readable image")
+    return _to_uint8(image, grey)
+
+
+def _to_uint8(image: np.ndarray, grey: bool) -> np.ndarray:
+    if image.dtype != np.uint8:  # 16-bit PNG, float EXR
+        scale = 255.0 / 65535.0 if image.dtype == np.uint16 else 255.0
+        image = np.clip(image.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return image if grey else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        # A matte painted with alpha: transparent means "not in the region".
+        if grey:
+            return np.minimum(cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY), image[..., 3])
+        image = image[..., :3]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if grey else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_video(path: Path, indices: list[int], what: str, grey: bool) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise JobError(f"{what}: '{path}' cannot be opened as a video")
+    wanted, frames, index = set(indices), {}, 0
+    try:
+        while index <= max(indices):
+            ok, image = capture.read()
+            if not ok:
+                raise JobError(f"{what}: '{path}' has {index} frames, frame {max(indices)} was asked for")
+            if index in wanted:
+                frames[index] = _to_uint8(image, grey)
+            index += 1
+    finally:
+        capture.release()
+    return [frames[i] for i in indices]
+
+
+def resize(images: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    """Resize a stack of images; area averaging when shrinking keeps edges honest."""
+    if images.shape[2] == width and images.shape[1] == height:
+        return images
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if width < images.shape[2] else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(im, (width, height), interpolation=interpolation) for im in images])
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes so that `path` is either the old file or the complete new one, never a torn write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; results are ordinary files
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buffer = cv2.imencode(".png", bgr)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    write_atomic(path, encode_png(image))
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: float = 12.0) -> None:
+    """Write an MP4 preview (mp4v, OpenCV's bundled encoder) through a temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    try:
+        if not writer.isOpened():
+            raise RuntimeError(f"OpenCV cannot write MP4 to '{tmp}'")
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    os.replace(tmp, path)
+
+
+def contact_sheet(
+    before: np.ndarray, after: np.ndarray, columns: int = 8, cell: int = 160, banner: str | None = None
+) -> np.ndarray:
+    """Two rows of evenly spaced frames: source above, edit below; an optional warning banner on top."""
+    picks = np.linspace(0, len(before) - 1, num=min(columns, len(before))).round().astype(int)
+    cell_h = max(1, round(cell * before.shape[1] / before.shape[2]))
+
+    def row(frames: np.ndarray) -> np.ndarray:
+        return np.concatenate([cv2.resize(frames[i], (cell, cell_h), interpolation=cv2.INTER_AREA) for i in picks], 1)
+
+    sheet = np.concatenate([row(before), row(after)], 0)
+    for y, label in ((0, "source"), (cell_h, "edit")):
+        cv2.putText(sheet, label, (4, y + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+    if banner:
+        strip = np.full((24, sheet.shape[1], 3), (160, 0, 0), dtype=np.uint8)
+        cv2.putText(strip, banner, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        sheet = np.concatenate([strip, sheet], 0)
+    return sheet

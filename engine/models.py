@@ -1,0 +1,157 @@
+"""Getting the diffusers components: real weights by hub id or local folder, or random ones.
+
+- `load_pipeline`: SD-1.5-layout weights via `from_pretrained` (safetensors, fp16 on GPU); fails fast
+  with a message that says how to get weights when they are missing.
+- `tiny_pipeline`: tiny random components (tests, `videograin demo`): a step takes milliseconds on CPU.
+- `sd15_random_pipeline`: full-size SD-1.5 + ControlNet shapes with random weights (benchmarks).
+Random weights produce noise-like pictures: their output is never an edit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from engine.errors import ModelUnavailableError
+from engine.pipeline import VideoGrainPipeline
+
+RANDOM_MODELS = ("tiny", "sd15-random")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def get_pipeline(model: str, controlnet: str | None, device: torch.device, dtype: torch.dtype | None = None):
+    """The pipeline a job asks for: a random-weight model by name, or real weights."""
+    dtype = dtype or default_dtype(device)
+    if model not in RANDOM_MODELS:
+        return load_pipeline(model, controlnet, dtype).to(device)
+    build = tiny_pipeline if model == "tiny" else sd15_random_pipeline
+    pipe = build(with_controlnet=controlnet is not None)
+    return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+
+
+def load_pipeline(model: str, controlnet: str | None, dtype: torch.dtype) -> VideoGrainPipeline:
+    """Load SD-1.5-layout weights from a local diffusers folder or the Hugging Face cache / hub."""
+    kwargs = {"torch_dtype": dtype}
+    if controlnet is not None:
+        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype)
+    elif not _is_pipeline_folder_with(model, "controlnet"):
+        kwargs["controlnet"] = None
+    return _from_pretrained(VideoGrainPipeline, model, "Stable Diffusion", **kwargs)
+
+
+def _is_pipeline_folder_with(model: str, component: str) -> bool:
+    return (Path(model) / component).is_dir()
+
+
+def _from_pretrained(cls, name: str, what: str, *args, **kwargs):
+    """`cls.from_pretrained`, local files first; missing weights become one actionable error."""
+    local = Path(name).expanduser()
+    if local.exists():
+        try:
+            return cls.from_pretrained(str(local), *args, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailableError(f"{what} weights in '{local}' cannot be loaded: {exc}") from None
+    try:
+        return cls.from_pretrained(name, *args, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        raise ModelUnavailableError(_how_to_get(name, what, "HF_HUB_OFFLINE is set and it is not cached"))
+    try:
+        return cls.from_pretrained(name, *args, **kwargs)
+    except Exception as exc:  # network, auth, missing repo: all mean "no weights here"
+        raise ModelUnavailableError(_how_to_get(name, what, f"{type(exc).__name__}: {exc}")) from None
+
+
+def _how_to_get(name: str, what: str, reason: str) -> str:
+    return (
+        f"{what} weights '{name}' are not available ({reason}). On a machine with network, run "
+        f"`hf download {name} --local-dir models/{name.split('/')[-1]}` and point the job's model/controlnet "
+        "at that folder, or use `--model tiny` to try the tool with random weights (not an edit)."
+    )
+
+
+def _byte_level_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer with only the 256 byte symbols (no merges): every word splits into characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + extra))
+            extra += 1
+    vocab = {s: i for i, s in enumerate(symbols)} | {s + "</w>": i + 256 for i, s in enumerate(symbols)}
+    vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _ddim() -> DDIMScheduler:
+    # SD-1.5's noise schedule, so random-weight runs exercise the same timesteps as real ones.
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def tiny_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGrainPipeline:
+    """Tiny random components in the SD-1.5 layout; attention at 1/8 and 1/16 of the image size."""
+    torch.manual_seed(seed)
+    blocks = dict(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), **blocks
+    )
+    controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(16, 32, 32, 32), **blocks)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=128,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=1000, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+        )
+    )
+    return VideoGrainPipeline(
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=_byte_level_tokenizer(), unet=unet, scheduler=_ddim(),
+        controlnet=controlnet if with_controlnet else None,
+    )
+
+
+def sd15_random_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGrainPipeline:
+    """Full-size SD-1.5 + ControlNet shapes (≈860 M + 360 M parameters) with random weights."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+    )
+    return VideoGrainPipeline(
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=_byte_level_tokenizer(), unet=UNet2DConditionModel(),
+        scheduler=_ddim(), controlnet=ControlNetModel() if with_controlnet else None,
+    )
