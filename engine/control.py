@@ -77,8 +77,8 @@ def depth_maps(frames: np.ndarray, path: str | None) -> np.ndarray:
             torch.nn.functional.interpolate(predicted[:, None].float(), (height, width), mode="bicubic")[0, 0].numpy()
         )
     depth = np.stack(depths)
-    low, high = depth.min(), depth.max()
-    grey = ((depth - low) / max(high - low, 1e-6) * 255).round().astype(np.uint8)
+    span = depth.max() - depth.min()
+    grey = ((depth - depth.min()) / span * 255 if span > 0 else np.zeros_like(depth)).round().astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
 
 

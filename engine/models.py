@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from engine.errors import ModelUnavailableError
@@ -40,7 +41,7 @@ def load_pipeline(model: str, controlnet: str | None, dtype: torch.dtype) -> Vid
     """Load SD-1.5-layout weights from a local diffusers folder or the Hugging Face cache / hub."""
     kwargs = {"torch_dtype": dtype}
     if controlnet is not None:
-        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", dtype)
+        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", torch_dtype=dtype)
     elif not _is_pipeline_folder_with(model, "controlnet"):
         kwargs["controlnet"] = None
     return _from_pretrained(VideoGrainPipeline, model, "Stable Diffusion", **kwargs)
@@ -101,8 +102,13 @@ def _ddim() -> DDIMScheduler:
     )
 
 
-def tiny_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGrainPipeline:
-    """Tiny random components in the SD-1.5 layout; attention at 1/8 and 1/16 of the image size."""
+def tiny_pipeline(with_controlnet: bool = True, seed: int = 0, attention_gain: float = 3.0) -> VideoGrainPipeline:
+    """Tiny random components in the SD-1.5 layout; attention at 1/8 and 1/16 of the image size.
+
+    Fresh random projections give nearly flat attention (score ranges well below 1), unlike a trained
+    model, whose attention is sharp. Scaling the UNet's query and key projections by `attention_gain`
+    widens the score ranges by its square, so that modulation acts on the tiny model as on a real one.
+    """
     torch.manual_seed(seed)
     blocks = dict(
         block_out_channels=(32, 64),
@@ -131,6 +137,11 @@ def tiny_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGrainPipe
             vocab_size=1000, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
         )
     )
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, Attention):
+                module.to_q.weight.mul_(attention_gain)
+                module.to_k.weight.mul_(attention_gain)
     return VideoGrainPipeline(
         vae=vae, text_encoder=text_encoder.eval(), tokenizer=_byte_level_tokenizer(), unet=unet, scheduler=_ddim(),
         controlnet=controlnet if with_controlnet else None,

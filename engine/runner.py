@@ -69,7 +69,7 @@ def check_output_folder(out: Path, job: EditJob) -> None:
         raise JobError(f"output folder '{out}' is not empty: choose a new folder, results never overwrite files")
     media = [Path(job.settings.source.path)] + [Path(r.mask) for r in job.settings.regions if r.mask]
     for path in media:
-        if path.exists() and out.resolve() in (path.resolve(), *path.resolve().parents):
+        if path.exists() and path.resolve() in (out.resolve(), *out.resolve().parents):
             raise JobError(f"output folder '{out}' would be inside the job's media '{path}'")
 
 
