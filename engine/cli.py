@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from engine.errors import VideograinError
+from protocol.client import EngineError
 
 
-def _device(name: str):
+def resolve_device(name: str):
     import torch
 
     if name == "auto":
@@ -24,7 +25,7 @@ def _edit_in_process(job, out: Path, device_name: str, preview: bool = True) -> 
     from engine.progress import ProgressBars, ProgressEvent
     from engine.runner import edit_clip, write_results
 
-    device = _device(device_name)
+    device = resolve_device(device_name)
     s = job.settings
     bars = ProgressBars(out.parent / f".{out.name}.preview.png" if preview else None)
     started = time.perf_counter()
@@ -42,6 +43,37 @@ def _edit_in_process(job, out: Path, device_name: str, preview: bool = True) -> 
     return {"random_weights": random_weights, "leakage": result.leakage}
 
 
+def _edit_remote(connection_file: str, job, out: Path) -> dict:
+    """The same edit through a running engine (protocol v1), results written as in-process."""
+    import numpy as np
+
+    from engine.pipeline import EditResult
+    from engine.progress import ProgressBars, ProgressEvent
+    from engine.runner import write_results
+    from protocol.client import EngineClient, frame_image
+
+    client = EngineClient(connection_file)
+    bars = ProgressBars()
+    try:
+        engine = client.hello(client="videograin-cli")
+        job_id = client.submit(job.settings.to_dict(), job.frames, job.masks, job.control_maps)
+        frames: dict[int, np.ndarray] = {}
+        for message in client.events(job_id):
+            h = message.header
+            if message.type == "progress":
+                bars(ProgressEvent(h["phase"], h["step"], h["total"]))
+            elif message.type == "frame":
+                frames[h["index"]] = frame_image(message)
+            elif message.type == "done":
+                done = h
+    finally:
+        bars.close()
+        client.close()
+    result = EditResult(np.stack([frames[i] for i in sorted(frames)]), done["leakage"])
+    write_results(out, job, result, done["random_weights"], {"device": engine["device"], "seconds": done["seconds"], "engine": client.address})
+    return {"random_weights": done["random_weights"], "leakage": done["leakage"]}
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from engine.job import load_job
     from engine.runner import check_output_folder
@@ -52,12 +84,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_folder(out, job)
     if args.engine:
-        from protocol.client import edit_remote
-
-        edit_remote(args.engine, job, out)
-        print(f"wrote {out} (engine {args.engine})")
-        return 0
-    summary = _edit_in_process(job, out, args.device)
+        summary = _edit_remote(args.engine, job, out)
+    else:
+        summary = _edit_in_process(job, out, args.device)
     _report(out, summary)
     return 0
 
@@ -106,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
+    from engine import server
+
+    server.add_parser(sub)
     return parser
 
 
@@ -116,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except VideograinError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)

@@ -56,8 +56,12 @@ def load_job(path: str | Path) -> EditJob:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise JobError(f"job file '{path}' is not valid YAML: {exc}") from None
+    return load_job_mapping(data, path.parent)
+
+
+def load_job_mapping(data: object, base: Path) -> EditJob:
+    """Read the media a job mapping names; relative paths are relative to `base`."""
     settings = parse_settings(data)
-    base = path.parent
     if not settings.source.path:
         raise JobError("the job has no source.path: a folder of frames or a video file")
     source_path = _resolve(base, settings.source.path)

@@ -32,6 +32,7 @@ from engine.processors import AttentionContext, install_processors
 from engine.progress import ProgressCallback, ProgressEvent, no_progress
 
 VAE_BATCH = 4  # frames per VAE call: bounds memory at high resolution
+FrameCallback = Callable[[int, np.ndarray], None]
 
 
 @dataclass
@@ -95,12 +96,17 @@ class VideoGrainPipeline(DiffusionPipeline):
         return torch.cat(latents).to(self.unet.dtype)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+    def decode_latents(self, latents: torch.Tensor, on_frame: FrameCallback | None = None) -> np.ndarray:
+        """Decode to (F, H, W, 3) uint8, `VAE_BATCH` frames at a time, handing each frame on as it is ready."""
         frames = []
         for batch in latents.split(VAE_BATCH):
             pixels = self.vae.decode(batch.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-            frames.append(((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-        return np.concatenate(frames)
+            images = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            for image in images:
+                if on_frame is not None:
+                    on_frame(len(frames), image)
+                frames.append(image)
+        return np.stack(frames)
 
     def _control_tensor(self, control_maps: np.ndarray | None) -> torch.Tensor | None:
         if control_maps is None or self.controlnet is None:
@@ -161,6 +167,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         cancelled: Callable[[], bool] = lambda: False,
         measure_leakage: bool = False,
         preview_every: int = 5,
+        on_frame: FrameCallback | None = None,
     ) -> EditResult:
         """Edit `frames` (F, H, W, 3) uint8 at the working size; `masks` (K, F, H, W) bool, one per phrase."""
         modulation = modulation or ModulationConfig()
@@ -216,7 +223,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             progress(ProgressEvent("edit", i + 1, steps, preview))
 
         progress(ProgressEvent("decode", 0, 1))
-        edited = self.decode_latents(latents)
+        edited = self.decode_latents(latents, on_frame)
         progress(ProgressEvent("decode", 1, 1))
         leakage = None
         if ctx.leakage is not None:

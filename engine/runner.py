@@ -20,7 +20,7 @@ from engine.control import control_maps
 from engine.errors import JobError
 from engine.job import EditJob
 from engine.media import contact_sheet, current_umask, resize, write_atomic, write_mp4, write_png
-from engine.pipeline import EditResult, VideoGrainPipeline
+from engine.pipeline import EditResult, FrameCallback, VideoGrainPipeline
 from engine.progress import ProgressCallback, no_progress
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"
@@ -32,10 +32,13 @@ def edit_clip(
     progress: ProgressCallback = no_progress,
     cancelled: Callable[[], bool] = lambda: False,
     measure_leakage: bool = False,
+    on_frame: FrameCallback | None = None,
 ) -> EditResult:
-    """Run the edit at the working size; the returned frames are back at the source size."""
+    """Run the edit at the working size; frames, returned and handed to `on_frame` as each is decoded,
+    are back at the source size."""
     s = job.settings
     width, height = s.source.width, s.source.height
+    to_source = lambda images: resize(images, *job.source_size)  # noqa: E731
     frames = resize(job.frames, width, height)
     # Mattes stay at source size: the layout resizes them straight to each attention resolution.
     masks_small = resize(job.masks.reshape(-1, *job.masks.shape[2:]).astype(np.uint8), width, height, nearest=True)
@@ -58,9 +61,9 @@ def edit_clip(
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
+        on_frame=None if on_frame is None else lambda index, image: on_frame(index, to_source(image[None])[0]),
     )
-    source_w, source_h = job.source_size
-    return EditResult(resize(result.frames, source_w, source_h), result.leakage)
+    return EditResult(to_source(result.frames), result.leakage)
 
 
 def check_output_folder(out: Path, job: EditJob) -> None:

@@ -1,0 +1,185 @@
+"""Reference client for protocol v1 (SPEC.md). Depends on pyzmq, msgpack and numpy only, so editor
+plug-ins can ship it as is.
+
+Two styles: blocking (`events()`, for scripts and the CLI) and non-blocking (`poll()`, for a GUI timer
+on the main thread, e.g. Blender's `bpy.app.timers`): `poll()` never waits longer than its timeout and
+keeps the heartbeat going.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zmq
+
+from protocol import wire
+from protocol.wire import Limits, Message, ProtocolError
+
+STREAM_TYPES = ("progress", "frame", "done", "error")
+
+
+class EngineError(Exception):
+    """The engine answered with `error`, or cannot be reached (`no_engine`, `engine_gone`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+class EngineClient:
+    def __init__(self, connection: str | Path | dict[str, Any], heartbeat_s: float = 5.0) -> None:
+        info = connection if isinstance(connection, dict) else _read(connection)
+        self.address, self._key = info["address"], info["key"].encode()
+        self.heartbeat_s = heartbeat_s
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.address)
+        self._limits = Limits()
+        self._pending: list[Message] = []
+        self._last_sent = self._last_heard = time.monotonic()
+        self.capabilities: dict[str, Any] | None = None
+
+    # -- low level ---------------------------------------------------------------------------
+
+    def send(self, header: dict[str, Any], parts: list | tuple = ()) -> str:
+        header = {"id": wire.new_id(), **header}
+        self._socket.send_multipart(wire.pack(self._key, header, parts), copy=False)
+        self._last_sent = time.monotonic()
+        return header["id"]
+
+    def _receive(self, timeout_s: float) -> Message | None:
+        if not self._socket.poll(max(0, int(timeout_s * 1000))):
+            return None
+        frames = self._socket.recv_multipart(copy=False)
+        self._last_heard = time.monotonic()
+        try:
+            return wire.unpack(self._key, frames, self._limits)
+        except ProtocolError as exc:
+            raise EngineError("malformed", f"the engine sent an invalid message: {exc}") from None
+
+    def request(self, header: dict[str, Any], parts: list | tuple = (), timeout_s: float = 30.0) -> Message:
+        """Send a request and wait for its reply; stream events that arrive meanwhile are kept for poll()."""
+        msg_id = self.send(header, parts)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            message = self._receive(left)
+            if message is None:
+                break
+            if message.header.get("ref") == msg_id:
+                if message.type == "error":
+                    raise EngineError(message.header.get("code", "internal"), message.header.get("message", ""))
+                return message
+            self._pending.append(message)
+        raise EngineError("no_engine", f"no answer from the engine at {self.address} within {timeout_s:g} s; is it running?")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def hello(self, client: str = "videograin-client", timeout_s: float = 10.0) -> dict[str, Any]:
+        reply = self.request({"type": "hello", "versions": [wire.VERSION], "client": client}, timeout_s=timeout_s)
+        self.capabilities = reply.header["engine"]
+        self._limits = Limits(**{k: v for k, v in self.capabilities["limits"].items() if k in Limits.__dataclass_fields__})
+        self.heartbeat_s = float(self.capabilities.get("heartbeat_s", self.heartbeat_s))
+        return self.capabilities
+
+    def submit(
+        self,
+        settings: dict[str, Any],
+        frames: np.ndarray,
+        masks: np.ndarray,
+        control_maps: np.ndarray | None = None,
+        result_encoding: str = "raw",
+    ) -> str:
+        """Submit frames (F, H, W, 3|4) uint8 and mattes (K, F, H, W) inline; returns the job id."""
+        parts: list = []
+
+        def add(image: np.ndarray) -> dict[str, Any]:
+            descriptor, buffer = wire.raw_image(image, len(parts))
+            parts.append(buffer)
+            return descriptor
+
+        mattes = masks if masks.dtype == np.uint8 else masks.astype(np.uint8) * 255
+        header = {
+            "type": "submit", "settings": settings, "inline": True, "result_encoding": result_encoding,
+            "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in mattes],
+        }
+        if control_maps is not None:
+            header["control_maps"] = [add(c) for c in control_maps]
+        return self.request(header, parts).header["job"]
+
+    def submit_paths(self, settings: dict[str, Any]) -> str:
+        """Submit a job whose media the engine reads from a shared disk (absolute paths in settings)."""
+        return self.request({"type": "submit", "settings": settings, "inline": False}).header["job"]
+
+    def cancel(self, job: str) -> dict[str, Any]:
+        return self.request({"type": "cancel", "job": job}).header["jobs"][0]
+
+    def attach(self, job: str, from_frame: int = 0) -> dict[str, Any]:
+        return self.request({"type": "attach", "job": job, "from_frame": from_frame}).header["jobs"][0]
+
+    def status(self, job: str | None = None) -> list[dict[str, Any]]:
+        return self.request({"type": "status", **({"job": job} if job else {})}).header["jobs"]
+
+    def ping(self, timeout_s: float = 5.0) -> float:
+        started = time.perf_counter()
+        self.request({"type": "ping"}, timeout_s=timeout_s)
+        return time.perf_counter() - started
+
+    def shutdown(self) -> None:
+        self.request({"type": "shutdown"})
+
+    # -- the job stream ----------------------------------------------------------------------
+
+    def poll(self, timeout_s: float = 0.0) -> list[Message]:
+        """Stream messages received so far (progress, frame, done, error); waits at most `timeout_s`.
+
+        Sends a heartbeat ping when nothing was sent for heartbeat_s, and raises EngineError
+        `engine_gone` after 3 heartbeats without a word from the engine.
+        """
+        now = time.monotonic()
+        if now - self._last_sent >= self.heartbeat_s:
+            self.send({"type": "ping"})
+        deadline = now + timeout_s
+        while True:
+            message = self._receive(max(0.0, deadline - time.monotonic()) if not self._pending else 0.0)
+            if message is None:
+                break
+            if message.type in STREAM_TYPES:
+                self._pending.append(message)
+        if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
+            raise EngineError("engine_gone", f"the engine at {self.address} stopped answering")
+        events, self._pending = self._pending, []
+        return events
+
+    def events(self, job: str, timeout_s: float = 3600.0) -> Iterator[Message]:
+        """Yield the job's stream until its `done` (an `error` raises EngineError)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for message in self.poll(timeout_s=min(self.heartbeat_s, 0.5)):
+                if message.header.get("job") != job:
+                    continue
+                if message.type == "error":
+                    raise EngineError(message.header["code"], message.header["message"])
+                yield message
+                if message.type == "done":
+                    return
+        raise EngineError("timeout", f"job {job} did not finish within {timeout_s:g} s")
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+def frame_image(message: Message, field: str = "image") -> np.ndarray:
+    """The (H, W, C) uint8 image a `frame` (or a `progress` preview, field="preview") carries."""
+    return wire.decode_raw(message.header[field], message.parts, Limits())
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    try:
+        return wire.read_connection_file(path)
+    except ProtocolError as exc:
+        raise EngineError(exc.code, str(exc)) from None
