@@ -164,7 +164,7 @@ class EngineServer:
             if exc.code == "bad_signature":
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
                 return
-            self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
+            self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref or exc.ref})
         except VideograinError as exc:
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
         except Exception as exc:  # the engine must keep serving whatever a request does

@@ -23,11 +23,12 @@ MAX_ID_CHARS = 64
 
 
 class ProtocolError(Exception):
-    """A message that breaks the spec; `code` is the spec's error code."""
+    """A message that breaks the spec; `code` is the spec's error code, `ref` the message's id if read."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.ref = ref
 
 
 @dataclass
@@ -83,32 +84,32 @@ def unpack(key: bytes, frames: list, limits: Limits) -> Message:
     answer with an `error`.
     """
     buffers = [f.buffer if hasattr(f, "buffer") else f for f in frames]
-    if len(buffers) < 2:
-        raise ProtocolError("malformed", "a message needs at least a signature and a header frame")
+    if len(buffers) < 2:  # nothing to verify: as unsigned as a wrong signature
+        raise ProtocolError("bad_signature", "a message needs a signature and a header frame")
     signature, body = bytes(buffers[0]), buffers[1:]
     if not hmac.compare_digest(signature, sign(key, body)):
         raise ProtocolError("bad_signature", "signature missing or wrong")
     if len(body[0]) > limits.max_header_bytes:
         raise ProtocolError("too_large", f"header over {limits.max_header_bytes} bytes")
-    if len(body) - 1 > limits.max_parts:
-        raise ProtocolError("too_large", f"more than {limits.max_parts} binary parts")
-    sizes = [len(part) for part in body[1:]]
-    if sizes and max(sizes) > limits.max_part_bytes:
-        raise ProtocolError("too_large", f"a part of {max(sizes)} bytes is over {limits.max_part_bytes}")
-    if sum(sizes) > limits.max_message_bytes:
-        raise ProtocolError("too_large", f"message over {limits.max_message_bytes} bytes")
     try:
         header = msgpack.unpackb(
-            body[0], raw=False, strict_map_key=True,
-            max_str_len=limits.max_header_bytes, max_bin_len=0, max_ext_len=0,
-            max_array_len=limits.max_parts + 64, max_map_len=4096,
+            body[0], raw=False, strict_map_key=True, max_str_len=limits.max_header_bytes, max_bin_len=0,
+            max_ext_len=0, max_array_len=limits.max_parts + 64, max_map_len=4096,
         )
     except Exception as exc:  # msgpack raises several types, all meaning "not a valid header"
         raise ProtocolError("malformed", f"header is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "header must be a msgpack map")
+    ref = header.get("id") if isinstance(header.get("id"), str) else None
     if header.get("v") != VERSION:
-        raise ProtocolError("bad_version", f"protocol version {header.get('v')!r} is not spoken here (1 is)")
+        raise ProtocolError("bad_version", f"protocol version {header.get('v')!r} is not spoken here (1 is)", ref)
+    sizes = [len(part) for part in body[1:]]
+    if len(sizes) > limits.max_parts:
+        raise ProtocolError("too_large", f"more than {limits.max_parts} binary parts", ref)
+    if sizes and max(sizes) > limits.max_part_bytes:
+        raise ProtocolError("too_large", f"a part of {max(sizes)} bytes is over {limits.max_part_bytes}", ref)
+    if sum(sizes) > limits.max_message_bytes:
+        raise ProtocolError("too_large", f"message over {limits.max_message_bytes} bytes", ref)
     return Message(header, body[1:])
 
 

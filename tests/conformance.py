@@ -1,0 +1,118 @@
+"""Protocol v1 from the spec alone: a raw peer that speaks the wire format with pyzmq + msgpack + hmac,
+and a running engine subprocess to talk to. Deliberately shares no code with protocol/."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RawPeer:
+    def __init__(self, info: dict) -> None:
+        self.key = info["key"].encode()
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(info["address"])
+
+    def signature(self, frames: list[bytes]) -> bytes:
+        return hmac.new(self.key, b"".join(frames), hashlib.sha256).hexdigest().encode()
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.socket.send_multipart(frames)
+
+    def send(self, header: dict, parts: list[bytes] = (), raw_header: bytes | None = None) -> str:
+        header = {"v": 1, "id": uuid.uuid4().hex[:16], **header}
+        body = [raw_header if raw_header is not None else msgpack.packb(header), *parts]
+        self.send_frames([self.signature(body), *body])
+        return header["id"]
+
+    def recv(self, timeout: float = 10.0) -> tuple[dict, list[bytes]] | None:
+        if not self.socket.poll(int(timeout * 1000)):
+            return None
+        signature, *body = self.socket.recv_multipart()
+        assert hmac.compare_digest(signature, self.signature(body)), "engine message badly signed"
+        return msgpack.unpackb(body[0]), body[1:]
+
+    def request(self, header: dict, parts: list[bytes] = (), timeout: float = 10.0) -> dict:
+        msg_id = self.send(header, parts)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.recv(deadline - time.monotonic())
+            if got is None:
+                break
+            if got[0].get("ref") == msg_id:
+                return got[0]
+        raise AssertionError(f"no reply to {header.get('type')} within {timeout} s")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def start_engine(folder: Path, *extra: str) -> tuple[subprocess.Popen, dict, Path]:
+    """Start `videograin serve` on the tiny model; returns the process, its connection info and file."""
+    connection = folder / "engine.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--device", "cpu",
+         "--connection-file", str(connection), *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not connection.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"engine did not start: {process.stdout.read() if process.stdout else ''}")
+        time.sleep(0.1)
+    return process, json.loads(connection.read_text()), connection
+
+
+def inline_job(frames: int = 4, size: int = 64, steps: int = 3, **settings) -> tuple[dict, list[bytes]]:
+    """A submit header (without v/id) and its parts: raw RGB frames and 1-channel mattes."""
+    from engine.demo import DEMO_PROMPT, synthetic_clip
+
+    clip, mattes = synthetic_clip(frames, size, size)
+    parts: list[bytes] = []
+
+    def image(array: np.ndarray) -> dict:
+        parts.append(np.ascontiguousarray(array).tobytes())
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        return {"part": len(parts) - 1, "encoding": "raw", "width": array.shape[1], "height": array.shape[0], "channels": channels}
+
+    header = {
+        "type": "submit",
+        "inline": True,
+        "settings": {
+            "source_prompt": "two men jogging", "prompt": DEMO_PROMPT, "steps": steps,
+            "source": {"width": size, "height": size}, "model": "tiny",
+            "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}], **settings,
+        },
+        "frames": [image(f) for f in clip],
+        "masks": [[image(m.astype(np.uint8) * 255) for m in stack] for stack in mattes],
+    }
+    return header, parts
+
+
+def collect_stream(peer: RawPeer, job: str, timeout: float = 120.0) -> list[tuple[dict, list[bytes]]]:
+    """Every stream message of `job` until its `done` or job `error`."""
+    stream, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = peer.recv(deadline - time.monotonic())
+        if got is None:
+            break
+        if got[0].get("job") == job and got[0]["type"] in ("progress", "frame", "done", "error"):
+            stream.append(got)
+            if got[0]["type"] in ("done", "error"):
+                return stream
+    raise AssertionError(f"stream of {job} did not end within {timeout} s: {[m[0]['type'] for m in stream]}")

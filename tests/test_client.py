@@ -1,0 +1,106 @@
+"""The reference client: blocking and non-blocking use, and clear errors when no engine answers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conformance import start_engine
+from engine.demo import DEMO_PROMPT, synthetic_clip
+from protocol.client import EngineClient, EngineError, frame_image
+from protocol.wire import new_key
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    process, info, connection = start_engine(tmp_path_factory.mktemp("client"), "--heartbeat", "1")
+    yield connection
+    process.kill()
+    process.wait()
+
+
+SETTINGS = {"source_prompt": "two men", "prompt": DEMO_PROMPT, "steps": 3, "model": "tiny",
+            "source": {"width": 64, "height": 64}, "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}]}
+
+
+def test_blocking_events(engine):
+    client = EngineClient(engine)
+    try:
+        assert client.hello()["device"] == "cpu" and client.heartbeat_s == 1
+        clip, mattes = synthetic_clip(3, 64, 64)
+        job = client.submit(SETTINGS, clip, mattes)
+        messages = list(client.events(job))
+        frames = [frame_image(m) for m in messages if m.type == "frame"]
+        assert len(frames) == 3 and frames[0].shape == (64, 64, 3) and messages[-1].type == "done"
+        previews = [frame_image(m, "preview") for m in messages if m.type == "progress" and "preview" in m.header]
+        assert previews and previews[0].shape[2] == 3
+    finally:
+        client.close()
+
+
+def test_poll_never_blocks_and_keeps_the_heartbeat(engine):
+    client = EngineClient(engine)
+    try:
+        client.hello()
+        clip, mattes = synthetic_clip(2, 64, 64)
+        job = client.submit({**SETTINGS, "steps": 30}, clip, mattes)
+        seen, slowest, deadline = [], 0.0, time.monotonic() + 120
+        while not any(m.type in ("done", "error") for m in seen):
+            started = time.perf_counter()
+            seen += client.poll()  # what a Blender timer does on the main thread
+            slowest = max(slowest, time.perf_counter() - started)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert slowest < 0.2
+        assert seen[-1].type == "done" and seen[-1].header["job"] == job
+        assert client.status(job)[0]["state"] == "done"
+    finally:
+        client.close()
+
+
+def test_engine_errors_raise_with_their_code(engine):
+    client = EngineClient(engine)
+    try:
+        with pytest.raises(EngineError) as caught:
+            client.cancel("job-that-never-was")
+        assert caught.value.code == "unknown_job"
+    finally:
+        client.close()
+
+
+def test_no_engine_is_a_clear_error(tmp_path):
+    with pytest.raises(EngineError, match="cannot read connection file") as caught:
+        EngineClient(tmp_path / "missing.json")
+    assert caught.value.code == "no_engine"
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "key": new_key()}))
+    client = EngineClient(dead)
+    try:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="is it running"):
+            client.hello(timeout_s=1)
+        assert time.monotonic() - started < 3
+    finally:
+        client.close()
+
+
+def test_cli_edit_through_the_engine_matches_in_process(engine, demo_job, tmp_path):
+    import subprocess
+    import sys
+
+    def run(*extra):
+        out = tmp_path / f"out{len(extra)}"
+        done = subprocess.run([sys.executable, "-m", "engine.cli", "edit", str(demo_job), "--out", str(out),
+                               "--device", "cpu", *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return np.stack([cv2.imread(str(p)) for p in sorted((out / "frames").iterdir())]).astype(int), out
+
+    remote, remote_out = run("--engine", str(engine))
+    local, _ = run()
+    assert remote.shape == local.shape == (4, 64, 64, 3)
+    assert np.abs(remote - local).max() <= 1  # see test_frames_match_the_in_process_edit
+    assert json.loads((remote_out / "result.json").read_text())["engine"].startswith("tcp://127.0.0.1:")
