@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
-    from engine import server
+    from engine import bench, server
 
     server.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from engine.attention import CHUNK_BYTES
 from engine.config import ModulationConfig
 from engine.errors import CancelledError
 from engine.layout import RegionLayout, token_labels
@@ -55,6 +56,21 @@ def plan_passes(num_frames: int, window: int) -> tuple[list[list[int]], int]:
     rest = [i for i in range(num_frames) if i not in anchors]
     per_pass = window - len(anchors)
     return [rest[i : i + per_pass] + anchors for i in range(0, len(rest), per_pass)], len(anchors)
+
+
+# Device memory one frame of a pass takes per latent pixel, both guidance branches, UNet + ControlNet
+# activations in fp16 (an estimate from the SD-1.5 layer shapes: the skip connections kept for the up
+# path dominate). The fast attention path adds a fixed chunk budget on top, never an N×N matrix.
+BYTES_PER_LATENT_PIXEL = 24 * 1024
+
+
+def longest_pass(num_frames: int, latent_pixels: int, device: torch.device) -> int:
+    """Frames per pass that fit the device: all of them on CPU, what free memory allows on CUDA."""
+    if device.type != "cuda":
+        return num_frames
+    free, _ = torch.cuda.mem_get_info(device)
+    usable = free * 0.8 - CHUNK_BYTES["cuda"]
+    return max(2, min(num_frames, int(usable // (BYTES_PER_LATENT_PIXEL * latent_pixels))))
 
 
 class VideoGrainPipeline(DiffusionPipeline):
@@ -180,7 +196,8 @@ class VideoGrainPipeline(DiffusionPipeline):
             leakage=LeakageMeter(layout.num_labels) if measure_leakage else None,
         )
         install_processors(self.unet, self.controlnet, ctx)
-        passes, anchors = plan_passes(len(frames), window or len(frames))
+        window = window or longest_pass(len(frames), latent_w * latent_h, self.device)
+        passes, anchors = plan_passes(len(frames), window)
         control = self._control_tensor(control_maps)
         generator = torch.Generator().manual_seed(seed)
 
