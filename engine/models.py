@@ -159,10 +159,15 @@ def sd15_random_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGr
         layers_per_block=2,
         sample_size=512,
     )
+    # CLIP ViT-L/14's text tower, as SD-1.5 ships it.
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(vocab_size=49408, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            projection_dim=768, hidden_act="quick_gelu", bos_token_id=512, eos_token_id=513, pad_token_id=513,
+        )
     )
     return VideoGrainPipeline(
-        vae=vae, text_encoder=text_encoder.eval(), tokenizer=_byte_level_tokenizer(), unet=UNet2DConditionModel(),
-        scheduler=_ddim(), controlnet=ControlNetModel() if with_controlnet else None,
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=_byte_level_tokenizer(),
+        unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768), scheduler=_ddim(),
+        controlnet=ControlNetModel(cross_attention_dim=768) if with_controlnet else None,
     )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import zmq
 
-from protocol import wire
-from protocol.wire import Limits, Message, ProtocolError
+from . import wire
+from .wire import Limits, Message, ProtocolError
 
 STREAM_TYPES = ("progress", "frame", "done", "error")
 
@@ -89,20 +89,28 @@ class EngineClient:
     def submit(
         self,
         settings: dict[str, Any],
-        frames: np.ndarray,
-        masks: np.ndarray,
-        control_maps: np.ndarray | None = None,
+        frames: Sequence[np.ndarray | bytes],
+        masks: Sequence[Sequence[np.ndarray | bytes]],
+        control_maps: Sequence[np.ndarray | bytes] | None = None,
         result_encoding: str = "raw",
     ) -> str:
-        """Submit frames (F, H, W, 3|4) uint8 and mattes (K, F, H, W) inline; returns the job id."""
+        """Submit a job with its pixels inline; returns the job id.
+
+        Images are uint8 arrays, (H, W, 3|4) frames and (H, W) mattes (bool or 0..255), sent raw, or
+        PNG files' bytes, sent as they are (for callers without an image library, like Blender).
+        """
         parts: list = []
 
-        def add(image: np.ndarray) -> dict[str, Any]:
-            descriptor, buffer = wire.raw_image(image, len(parts))
+        def add(image: np.ndarray | bytes) -> dict[str, Any]:
+            if isinstance(image, (bytes, bytearray)):
+                descriptor, buffer = {"part": len(parts), "encoding": "png"}, image
+            else:
+                image = image.astype(np.uint8) * 255 if image.dtype == bool else image
+                descriptor, buffer = wire.raw_image(image, len(parts))
             parts.append(buffer)
             return descriptor
 
-        mattes = masks if masks.dtype == np.uint8 else masks.astype(np.uint8) * 255
+        mattes = masks
         header = {
             "type": "submit", "settings": settings, "inline": True, "result_encoding": result_encoding,
             "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in mattes],

@@ -1,0 +1,20 @@
+"""The built extension zip installs into a fresh Blender user folder and the add-on enables."""
+
+import os
+import sys
+
+import bpy
+
+import addon_utils  # on the path once bpy is imported
+
+assert os.environ.get("BLENDER_USER_RESOURCES"), "run with a fresh BLENDER_USER_RESOURCES"
+result = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default", enable_on_install=True)
+assert result == {"FINISHED"}, result
+module = "bl_ext.user_default.videograin"
+enabled = {m.module for m in bpy.context.preferences.addons}
+assert module in enabled, enabled
+assert addon_utils.check(module)[1], "add-on not loaded"
+assert hasattr(bpy.ops.videograin, "edit") and hasattr(bpy.types.Scene, "videograin")
+engine_link = sys.modules[f"{module}.engine_link"]
+assert engine_link.EngineClient.__module__ == f"{module}.protocol.client", engine_link.EngineClient.__module__
+print("OK")

@@ -1,0 +1,90 @@
+"""Shared by the scripts that run inside real Blender (bpy from PyPI), one process per script."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import bpy
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+WIDTH, HEIGHT, FRAMES, START = 64, 48, 4, 10
+
+
+def register_addon():
+    import blender_addon
+
+    blender_addon.register()
+    return blender_addon
+
+
+def write_clip(folder: Path) -> tuple[Path, Path, np.ndarray]:
+    """Random RGB frames and a left-half matte sequence as PNG files."""
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (FRAMES, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    source, mattes = folder / "source", folder / "mattes"
+    source.mkdir(parents=True)
+    mattes.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(source / f"{i:03d}.png"), frame)
+        matte = np.zeros((HEIGHT, WIDTH), np.uint8)
+        matte[:, : WIDTH // 2 + i] = 255
+        cv2.imwrite(str(mattes / f"{i:03d}.png"), matte)
+    return source, mattes, frames
+
+
+def image_strip(scene, name: str, folder: Path, channel: int, start: int = START):
+    from blender_addon.export import strips_of
+
+    files = sorted(folder.glob("*.png"))
+    strip = strips_of(scene).new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=start)
+    for path in files[1:]:
+        strip.elements.append(path.name)
+    return strip
+
+
+def new_scene(folder: Path):
+    """A scene at the clip's resolution with the source on channel 1 and a matte strip on channel 2."""
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y = WIDTH, HEIGHT
+    scene.sequence_editor_create()
+    source_dir, mattes_dir, frames = write_clip(folder)
+    source = image_strip(scene, "source", source_dir, 1)
+    mattes = image_strip(scene, "left mattes", mattes_dir, 2)
+    mattes.mute = True  # as a user would keep a matte strip: in the timeline, not in the picture
+    scene.sequence_editor.active_strip = source
+    return scene, source, mattes, frames
+
+
+def configure_edit(scene, connection_file: str, steps: int = 3) -> None:
+    vg = scene.videograin
+    vg.connection_file = connection_file
+    vg.prompt = "an iron man jogging under cherry blossoms"
+    vg.source_prompt = "a man jogging"
+    vg.background_phrase = "cherry blossoms"
+    vg.steps, vg.working_size = steps, 64
+    bpy.ops.videograin.region_add()
+    region = vg.regions[0]
+    region.phrase, region.matte_source, region.strip = "iron man", "STRIP", "left mattes"
+
+
+def strip_summary(scene) -> list[tuple]:
+    from blender_addon.export import all_strips_of
+
+    return sorted((s.name, s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in all_strips_of(scene))
+
+
+def run_until_done(scene, limit_s: float = 120.0) -> None:
+    """Drive the edit's timer by hand: timers do not fire in headless Blender."""
+    import time
+
+    from blender_addon import operators
+
+    deadline = time.monotonic() + limit_s
+    while operators.tick(scene.name) is not None:
+        assert time.monotonic() < deadline, "edit did not finish"
+        time.sleep(0.05)

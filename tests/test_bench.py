@@ -1,0 +1,32 @@
+"""`videograin bench` runs on the CPU in CI time and reports every figure it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _bench(tmp_path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "bench", *args, "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return json.loads(out.read_text()), run.stdout
+
+
+def test_edit_bench_on_the_tiny_model(tmp_path):
+    report, printed = _bench(tmp_path, "--model", "tiny", "--device", "cpu", "--frames", "3", "--steps", "2")
+    assert report["frames"] == 3 and report["device"] == "cpu" and report["peak_gpu_mib"] is None
+    assert {"load", "encode", "invert", "edit", "decode"} <= set(report["phases_s"])
+    assert all(v > 0 for v in report["step_s"].values()) and report["peak_ram_mib"] > 0
+    attention = report["attention"]
+    assert attention["tokens"] == 3 * 64 and attention["ratio"] == attention["modulated_s"] / attention["plain_s"]
+    assert "edit_s:" in printed and "ratio:" in printed
+
+
+def test_stream_bench(tmp_path):
+    report, _ = _bench(tmp_path, "--stream", "--stream-frames", "5")
+    assert report["frame_bytes"] == 1920 * 1080 * 3
+    for key in ("memcpy_frames_per_s", "tcp_signed_frames_per_s", "ipc_signed_frames_per_s"):
+        assert report[key] > 0
