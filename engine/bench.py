@@ -75,11 +75,11 @@ def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
     pipe = get_pipeline(args.model, "random-controlnet", device)
     _sync(device)
     phases: dict[str, float] = {"load": time.perf_counter() - started}
-    marks: dict[str, list[float]] = {}
+    marks: list[tuple[str, float]] = []
 
     def progress(event: ProgressEvent) -> None:
         _sync(device)
-        marks.setdefault(event.phase, []).append(time.perf_counter())
+        marks.append((event.phase, time.perf_counter()))
 
     clip, mattes = synthetic_clip(args.frames, args.size, args.size)
     settings = EditSettings(
@@ -91,9 +91,12 @@ def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
     edit_clip(EditJob(settings, clip, mattes), pipe, progress=progress)
     _sync(device)
     total = time.perf_counter() - edit_started
-    for phase, times in marks.items():
-        phases[phase] = times[-1] - times[0]
-    steps = {p: (marks[p][-1] - marks[p][0]) / max(1, len(marks[p]) - 1) for p in ("invert", "edit") if p in marks}
+    # A phase runs from the previous phase's last event to its own last event.
+    previous = edit_started
+    for phase in dict.fromkeys(phase for phase, _ in marks):
+        end = max(t for p, t in marks if p == phase)
+        phases[phase], previous = end - previous, end
+    steps = {phase: phases[phase] / args.steps for phase in ("invert", "edit")}
     report = {
         "model": args.model, "device": str(device), "device_name": _device_name(device), "dtype": str(dtype),
         "frames": args.frames, "size": args.size, "steps": args.steps, "window": args.window,
