@@ -163,3 +163,9 @@ def test_cli_edit_writes_results(demo_job, tmp_path):
     assert "not an edit" in run.stdout and "leakage" in run.stdout
     assert len(list_frames(out / "frames")) == 4
     shutil.rmtree(out)
+
+
+def test_example_job_is_valid():
+    job = load_job(Path(__file__).parents[1] / "examples" / "two-runners" / "job.yaml")
+    assert job.frames.shape == (8, 128, 128, 3) and job.masks.shape == (2, 8, 128, 128)
+    assert [r.phrase for r in job.settings.regions] == ["iron man", "spider man"]
