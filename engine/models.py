@@ -102,6 +102,18 @@ def _ddim() -> DDIMScheduler:
     )
 
 
+def _vae(channels: tuple[int, ...], layers_per_block: int, sample_size: int) -> AutoencoderKL:
+    """An SD-layout VAE: four blocks, so images are 8× the latents."""
+    return AutoencoderKL(
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=layers_per_block,
+        sample_size=sample_size,
+    )
+
+
 def tiny_pipeline(with_controlnet: bool = True, seed: int = 0, attention_gain: float = 3.0) -> VideoGrainPipeline:
     """Tiny random components in the SD-1.5 layout; attention at 1/8 and 1/16 of the image size.
 
@@ -122,15 +134,7 @@ def tiny_pipeline(with_controlnet: bool = True, seed: int = 0, attention_gain: f
         sample_size=16, in_channels=4, out_channels=4, up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), **blocks
     )
     controlnet = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(16, 32, 32, 32), **blocks)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=128,
-    )
+    vae = _vae((32, 32, 32, 32), layers_per_block=1, sample_size=128)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -151,14 +155,7 @@ def tiny_pipeline(with_controlnet: bool = True, seed: int = 0, attention_gain: f
 def sd15_random_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGrainPipeline:
     """Full-size SD-1.5 + ControlNet shapes (≈860 M + 360 M parameters) with random weights."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
+    vae = _vae((128, 256, 512, 512), layers_per_block=2, sample_size=512)
     # CLIP ViT-L/14's text tower, as SD-1.5 ships it.
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

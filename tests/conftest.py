@@ -17,6 +17,17 @@ def tiny_pipe():
     return tiny_pipeline()
 
 
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory) -> str:
+    """A `videograin serve` process on the tiny model (1 s heartbeat); yields its connection file."""
+    from conformance import start_engine
+
+    process, _, connection = start_engine(tmp_path_factory.mktemp("tiny-engine"), "--heartbeat", "1")
+    yield str(connection)
+    process.kill()
+    process.wait()
+
+
 @pytest.fixture()
 def demo_job(tmp_path: Path) -> Path:
     """A 4-frame, 64×64 two-runner clip with mattes and a job file (5 steps) in a fresh folder."""

@@ -9,10 +9,10 @@ import pytest
 
 from blender_addon import jobspec
 from blender_addon.engine_link import EngineError, connect
-from blender_addon.session import CANCELLED, DONE, EditSession
-from conformance import start_engine
+from blender_addon.session import CANCELLED, DONE, FAILED, EditSession
 from engine.demo import synthetic_clip
 from engine.media import encode_png
+from protocol.wire import Message
 
 
 def test_problems_in_plain_words():
@@ -30,12 +30,6 @@ def test_settings_keep_the_aspect_at_the_working_size():
     assert jobspec.working_size(100, 30, 64) == (64, 64)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    process, _, connection = start_engine(tmp_path_factory.mktemp("addon-engine"))
-    yield str(connection)
-    process.kill()
-    process.wait()
 
 
 def _job(steps: int):
@@ -52,8 +46,8 @@ def _drive(session: EditSession, limit_s: float = 60) -> None:
         time.sleep(0.02)
 
 
-def test_session_writes_png_frames_then_renames_into_place(engine, tmp_path):
-    session = EditSession(connect(engine), tmp_path / "result")
+def test_session_writes_png_frames_then_renames_into_place(tiny_engine, tmp_path):
+    session = EditSession(connect(tiny_engine), tmp_path / "result")
     session.submit(*_job(steps=3))
     _drive(session)
     assert session.state == DONE and session.progress == 1.0
@@ -63,21 +57,46 @@ def test_session_writes_png_frames_then_renames_into_place(engine, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result"]
     session.close()
     with pytest.raises(EngineError, match="already exists"):
-        EditSession(connect(engine), tmp_path / "result")
+        EditSession(connect(tiny_engine), tmp_path / "result")
 
 
-@pytest.mark.parametrize("keep_partial", [False, True])
-def test_cancelled_session_leaves_nothing_unless_asked(engine, tmp_path, keep_partial):
-    session = EditSession(connect(engine), tmp_path / "result", keep_partial=keep_partial)
+def test_cancelled_session_leaves_nothing(tiny_engine, tmp_path):
+    session = EditSession(connect(tiny_engine), tmp_path / "result")
     session.submit(*_job(steps=300))
     while session.phase not in ("invert", "edit"):
         session.tick()
         time.sleep(0.02)
     session.cancel()
     _drive(session)
-    assert session.state == CANCELLED
-    assert list(tmp_path.iterdir()) == []  # nothing decoded yet: even keep_partial has nothing to keep
+    assert session.state == CANCELLED and list(tmp_path.iterdir()) == []
     session.close()
+
+
+class ScriptedClient:
+    """Plays back engine messages, to reach a failure after some frames have arrived."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+
+    def submit(self, *args, **kwargs) -> str:
+        return "job-1"
+
+    def poll(self) -> list[Message]:
+        messages, self.messages = self.messages, []
+        return messages
+
+
+@pytest.mark.parametrize("keep_partial", [False, True])
+def test_failure_after_some_frames_keeps_them_only_when_asked(tmp_path, keep_partial):
+    frame = Message({"type": "frame", "job": "job-1", "index": 0, "image": {"part": 0, "encoding": "png"}}, [b"\x89PNG fake"])
+    failure = Message({"type": "error", "job": "job-1", "code": "internal", "message": "GPU fell over"})
+    session = EditSession(ScriptedClient([frame, failure]), tmp_path / "result", keep_partial=keep_partial)
+    session.submit({}, [], [])
+    assert session.tick() is False and session.state == FAILED and session.message == "GPU fell over"
+    expected = ["result-partial"] if keep_partial else []
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    if keep_partial:
+        assert (tmp_path / "result-partial" / "00000.png").read_bytes() == b"\x89PNG fake"
 
 
 def test_connect_without_engine(tmp_path):

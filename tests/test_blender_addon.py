@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from conformance import start_engine
 
 SCRIPTS = Path(__file__).parent / "blender_scripts"
 pytest.importorskip("bpy", reason="Blender as a module: pip install -e '.[blender]'")
@@ -22,12 +21,6 @@ def run_in_blender(script: str, *args: str, env: dict | None = None) -> None:
     assert done.returncode == 0 and done.stdout.rstrip().endswith("OK"), f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    process, _, connection = start_engine(tmp_path_factory.mktemp("blender-engine"))
-    yield str(connection)
-    process.kill()
-    process.wait()
 
 
 def test_register_and_unregister():
@@ -38,12 +31,12 @@ def test_export_gives_source_pixels_and_mattes_rasterise():
     run_in_blender("export_pixels.py")
 
 
-def test_round_trip_inserts_a_strip(engine):
-    run_in_blender("round_trip.py", engine)
+def test_round_trip_inserts_a_strip(tiny_engine):
+    run_in_blender("round_trip.py", tiny_engine)
 
 
-def test_cancel_leaves_the_timeline_as_it_was(engine):
-    run_in_blender("cancel.py", engine)
+def test_cancel_leaves_the_timeline_as_it_was(tiny_engine):
+    run_in_blender("cancel.py", tiny_engine)
 
 
 def test_no_engine_is_a_clear_message():

@@ -9,26 +9,19 @@ import cv2
 import numpy as np
 import pytest
 
-from conformance import start_engine
 from engine.demo import DEMO_PROMPT, synthetic_clip
 from protocol.client import EngineClient, EngineError, frame_image
 from protocol.wire import new_key
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    process, info, connection = start_engine(tmp_path_factory.mktemp("client"), "--heartbeat", "1")
-    yield connection
-    process.kill()
-    process.wait()
 
 
 SETTINGS = {"source_prompt": "two men", "prompt": DEMO_PROMPT, "steps": 3, "model": "tiny",
             "source": {"width": 64, "height": 64}, "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}]}
 
 
-def test_blocking_events(engine):
-    client = EngineClient(engine)
+def test_blocking_events(tiny_engine):
+    client = EngineClient(tiny_engine)
     try:
         assert client.hello()["device"] == "cpu" and client.heartbeat_s == 1
         clip, mattes = synthetic_clip(3, 64, 64)
@@ -42,8 +35,8 @@ def test_blocking_events(engine):
         client.close()
 
 
-def test_poll_never_blocks_and_keeps_the_heartbeat(engine):
-    client = EngineClient(engine)
+def test_poll_never_blocks_and_keeps_the_heartbeat(tiny_engine):
+    client = EngineClient(tiny_engine)
     try:
         client.hello()
         clip, mattes = synthetic_clip(2, 64, 64)
@@ -62,8 +55,8 @@ def test_poll_never_blocks_and_keeps_the_heartbeat(engine):
         client.close()
 
 
-def test_engine_errors_raise_with_their_code(engine):
-    client = EngineClient(engine)
+def test_engine_errors_raise_with_their_code(tiny_engine):
+    client = EngineClient(tiny_engine)
     try:
         with pytest.raises(EngineError) as caught:
             client.cancel("job-that-never-was")
@@ -88,7 +81,7 @@ def test_no_engine_is_a_clear_error(tmp_path):
         client.close()
 
 
-def test_cli_edit_through_the_engine_matches_in_process(engine, demo_job, tmp_path):
+def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, tmp_path):
     import subprocess
     import sys
 
@@ -99,7 +92,7 @@ def test_cli_edit_through_the_engine_matches_in_process(engine, demo_job, tmp_pa
         assert done.returncode == 0, done.stderr
         return np.stack([cv2.imread(str(p)) for p in sorted((out / "frames").iterdir())]).astype(int), out
 
-    remote, remote_out = run("--engine", str(engine))
+    remote, remote_out = run("--engine", str(tiny_engine))
     local, _ = run()
     assert remote.shape == local.shape == (4, 64, 64, 3)
     assert np.abs(remote - local).max() <= 1  # see test_frames_match_the_in_process_edit
