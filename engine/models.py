@@ -120,6 +120,7 @@ def tiny_pipeline(with_controlnet: bool = True, seed: int = 0, attention_gain: f
     Fresh random projections give nearly flat attention (score ranges well below 1), unlike a trained
     model, whose attention is sharp. Scaling the UNet's query and key projections by `attention_gain`
     widens the score ranges by its square, so that modulation acts on the tiny model as on a real one.
+    Likewise the ControlNet's zero convolutions get random weights, so control maps have an effect.
     """
     torch.manual_seed(seed)
     blocks = dict(
@@ -146,6 +147,11 @@ def tiny_pipeline(with_controlnet: bool = True, seed: int = 0, attention_gain: f
             if isinstance(module, Attention):
                 module.to_q.weight.mul_(attention_gain)
                 module.to_k.weight.mul_(attention_gain)
+        # A fresh ControlNet starts with zero convolutions, i.e. no effect at all; give them weights
+        # so the control maps reach the UNet, as a trained ControlNet's do.
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]
+        for conv in zero_convs:
+            torch.nn.init.normal_(conv.weight, std=0.1)
     return VideoGrainPipeline(
         vae=vae, text_encoder=text_encoder.eval(), tokenizer=_byte_level_tokenizer(), unet=unet, scheduler=_ddim(),
         controlnet=controlnet if with_controlnet else None,
