@@ -30,34 +30,36 @@ def frame_range(strip) -> range:
 
 
 @contextmanager
-def _render_only(scene: bpy.types.Scene, strip) -> Iterator[None]:
-    render, image = scene.render, scene.render.image_settings
-    saved = {
-        "view": scene.view_settings.view_transform, "look": scene.view_settings.look,
-        "exposure": scene.view_settings.exposure, "gamma": scene.view_settings.gamma,
-        "format": image.file_format, "mode": image.color_mode, "depth": image.color_depth,
-        "percent": render.resolution_percentage, "path": render.filepath, "frame": scene.frame_current,
-        "mute": {s.name: s.mute for s in all_strips_of(scene)},
-    }
+def _exact_output(scene: bpy.types.Scene) -> Iterator[None]:
+    """Output pixels equal to the input's: no view transform, look or exposure; 8-bit RGB PNG at 100 %."""
+    view, render, image = scene.view_settings, scene.render, scene.render.image_settings
+    saved = (view.view_transform, view.look, view.exposure, view.gamma, image.file_format, image.color_mode,
+             image.color_depth, render.resolution_percentage, render.filepath)
     try:
-        scene.view_settings.view_transform = "Standard"
-        scene.view_settings.look = "None"
-        scene.view_settings.exposure, scene.view_settings.gamma = 0.0, 1.0
+        view.view_transform, view.look, view.exposure, view.gamma = "Standard", "None", 0.0, 1.0
         image.file_format, image.color_mode, image.color_depth = "PNG", "RGB", "8"
         render.resolution_percentage = 100
-        for other in all_strips_of(scene):
-            other.mute = other != strip
         yield
     finally:
-        scene.view_settings.view_transform = saved["view"]
-        scene.view_settings.look = saved["look"]
-        scene.view_settings.exposure, scene.view_settings.gamma = saved["exposure"], saved["gamma"]
-        image.file_format, image.color_mode, image.color_depth = saved["format"], saved["mode"], saved["depth"]
-        render.resolution_percentage, render.filepath = saved["percent"], saved["path"]
+        (view.view_transform, view.look, view.exposure, view.gamma, image.file_format, image.color_mode,
+         image.color_depth, render.resolution_percentage, render.filepath) = saved
+
+
+@contextmanager
+def _render_only(scene: bpy.types.Scene, strip) -> Iterator[None]:
+    """Exact output of `strip` alone: every other strip muted meanwhile, mute flags restored after."""
+    muted = {s.name: s.mute for s in all_strips_of(scene)}
+    frame = scene.frame_current
+    try:
+        with _exact_output(scene):
+            for other in all_strips_of(scene):
+                other.mute = other != strip
+            yield
+    finally:
         for other in all_strips_of(scene):
-            if other.name in saved["mute"]:
-                other.mute = saved["mute"][other.name]
-        scene.frame_set(saved["frame"])
+            if other.name in muted:
+                other.mute = muted[other.name]
+        scene.frame_set(frame)
 
 
 def render_strip(scene: bpy.types.Scene, strip, frames: range, folder: Path) -> list[bytes]:
@@ -87,10 +89,11 @@ def render_mask(scene: bpy.types.Scene, mask: bpy.types.Mask, frames: range, fol
         strips.remove(temporary)
 
 
-def render_image(image: bpy.types.Image, frames: range, folder: Path) -> list[bytes]:
+def render_image(scene: bpy.types.Scene, image: bpy.types.Image, frames: range, folder: Path) -> list[bytes]:
     """A painted (still) image as the matte of every frame."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "matte.png"
-    image.save_render(str(path))
+    with _exact_output(scene):
+        image.save_render(str(path), scene=scene)
     data = path.read_bytes()
     return [data] * len(frames)

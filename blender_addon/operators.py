@@ -112,7 +112,7 @@ def _render_matte(scene, region, frames: range, folder: Path) -> list[bytes]:
     if region.matte_source == "MASK":
         return export.render_mask(scene, region.mask, frames, folder)
     if region.matte_source == "IMAGE":
-        return export.render_image(region.image, frames, folder)
+        return export.render_image(scene, region.image, frames, folder)
     return export.render_strip(scene, export.all_strips_of(scene)[region.strip], frames, folder)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import configure_edit, new_scene, register_addon, run_until_done, strip_summary
+from scene_setup import configure_edit, finish, new_scene, register_addon, run_until_done, strip_summary
 
 register_addon()
 from blender_addon import operators  # noqa: E402
@@ -29,4 +29,4 @@ assert not vg.running and vg.status == "Cancelled" and vg.error == "", (vg.statu
 assert strip_summary(scene) == before
 results = folder / "videograin_results"
 assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
-print("OK")
+finish()

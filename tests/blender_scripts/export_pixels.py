@@ -6,7 +6,7 @@ import bpy
 import cv2
 import numpy as np
 
-from scene_setup import FRAMES, HEIGHT, START, WIDTH, new_scene, register_addon, strip_summary
+from scene_setup import FRAMES, HEIGHT, START, WIDTH, finish, new_scene, register_addon, strip_summary
 
 register_addon()
 from blender_addon import export  # noqa: E402
@@ -53,7 +53,18 @@ inside = grey[int(max(top, 0)) + 2 : int(bottom) - 2, int(x0) + 2 : int(x1) - 2]
 assert inside.size and inside.min() == 255, inside
 assert grey[int(bottom) + 2 :, :].max() == 0 and grey[:, int(x1) + 2 :].max() == 0
 
+# A painted still image: the same matte for every frame.
+painted = bpy.data.images.new("painted", WIDTH, HEIGHT)
+pixels = np.zeros((HEIGHT, WIDTH, 4), np.float32)
+pixels[..., 3] = 1.0
+pixels[: HEIGHT // 2, :, :3] = 1.0  # Blender rows run bottom-up: this is the lower half on screen
+painted.pixels.foreach_set(pixels.ravel())
+stills = export.render_image(scene, painted, export.frame_range(source), folder / "painted-out")
+assert len(stills) == FRAMES and len(set(stills)) == 1
+grey = decode(stills[0], cv2.IMREAD_GRAYSCALE)
+assert grey.shape == (HEIGHT, WIDTH) and grey[: HEIGHT // 2].max() == 0 and grey[HEIGHT // 2 :].min() == 255, grey[:, 0]
+
 # The user's scene is as it was: settings, mute flags, no temporary strips.
 assert scene.view_settings.view_transform == "AgX"
 assert strip_summary(scene) == before, (strip_summary(scene), before)
-print("OK")
+finish()

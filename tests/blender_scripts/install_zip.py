@@ -17,4 +17,5 @@ assert addon_utils.check(module)[1], "add-on not loaded"
 assert hasattr(bpy.ops.videograin, "edit") and hasattr(bpy.types.Scene, "videograin")
 engine_link = sys.modules[f"{module}.engine_link"]
 assert engine_link.EngineClient.__module__ == f"{module}.protocol.client", engine_link.EngineClient.__module__
-print("OK")
+print("OK", flush=True)
+os._exit(0)  # bpy 4.5 can hang in its own teardown

@@ -4,7 +4,7 @@ import sys
 
 import bpy
 
-from scene_setup import register_addon
+from scene_setup import finish, register_addon
 
 register_addon()
 from blender_addon import operators  # noqa: E402
@@ -24,4 +24,4 @@ try:
     raise AssertionError("started with a missing Python")
 except RuntimeError as exc:
     assert "Cannot start the engine" in str(exc), exc
-print("OK")
+finish()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import configure_edit, new_scene, register_addon, strip_summary
+from scene_setup import configure_edit, finish, new_scene, register_addon, strip_summary
 
 register_addon()
 folder = Path(tempfile.mkdtemp())
@@ -38,4 +38,4 @@ except RuntimeError:
     pass
 assert "'iron man' is not in the prompt" in vg.error, vg.error
 assert strip_summary(scene) == before
-print("OK")
+finish()

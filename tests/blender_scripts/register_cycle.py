@@ -1,6 +1,6 @@
 import bpy
 
-from scene_setup import register_addon
+from scene_setup import finish, register_addon
 
 addon = register_addon()
 assert hasattr(bpy.types.Scene, "videograin")
@@ -13,4 +13,4 @@ addon.unregister()
 assert not hasattr(bpy.types.Scene, "videograin") and "VIDEOGRAIN_PT_panel" not in dir(bpy.types)
 addon.register()  # again, cleanly
 addon.unregister()
-print("OK")
+finish()

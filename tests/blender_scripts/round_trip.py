@@ -6,7 +6,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import FRAMES, START, configure_edit, new_scene, register_addon, run_until_done, strip_summary
+from scene_setup import FRAMES, START, configure_edit, finish, new_scene, register_addon, run_until_done, strip_summary
 
 register_addon()
 folder = Path(tempfile.mkdtemp())
@@ -35,4 +35,4 @@ assert results_dir.parent == folder / "videograin_results", results_dir  # next 
 assert sorted(p.name for p in results_dir.glob("*.png")) == [f"{i:05d}.png" for i in range(FRAMES)]
 assert not [p for p in results_dir.parent.iterdir() if ".partial-" in p.name]
 assert strip_summary(scene) == sorted(before + [(result.name, result.channel, START, START + FRAMES, False)])
-print("OK")
+finish()

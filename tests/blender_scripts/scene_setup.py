@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 WIDTH, HEIGHT, FRAMES, START = 64, 48, 4, 10
+
+
+def finish() -> None:
+    """Report success and leave at once: bpy 4.5 can hang in its own teardown after a render."""
+    print("OK", flush=True)
+    os._exit(0)
 
 
 def register_addon():
