@@ -97,3 +97,21 @@ def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, t
     assert remote.shape == local.shape == (4, 64, 64, 3)
     assert np.abs(remote - local).max() <= 1  # see test_frames_match_the_in_process_edit
     assert json.loads((remote_out / "result.json").read_text())["engine"].startswith("tcp://127.0.0.1:")
+
+
+def test_client_notices_a_dead_engine(tmp_path):
+    from conformance import start_engine
+
+    process, _, connection = start_engine(tmp_path, "--heartbeat", "0.5")
+    client = EngineClient(connection)
+    try:
+        client.hello()
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        with pytest.raises(EngineError) as caught:
+            while time.monotonic() < deadline:
+                client.poll(timeout_s=0.1)
+        assert caught.value.code == "engine_gone"
+    finally:
+        client.close()

@@ -169,3 +169,16 @@ def test_example_job_is_valid():
     job = load_job(Path(__file__).parents[1] / "examples" / "two-runners" / "job.yaml")
     assert job.frames.shape == (8, 128, 128, 3) and job.masks.shape == (2, 8, 128, 128)
     assert [r.phrase for r in job.settings.regions] == ["iron man", "spider man"]
+
+
+def test_control_maps_supplied_as_frames(demo_job, tiny_pipe):
+    maps = demo_job.parent / "depth"
+    for f in range(4):
+        write_png(maps / f"{f:04d}.png", np.full((64, 64, 3), 40 * f, np.uint8))
+    job = load_job(_rewrite(demo_job, control={"type": "frames", "path": "depth"}))
+    assert job.control_maps.shape == (4, 64, 64, 3) and job.control_maps[3].max() == 120
+    canny = edit_clip(load_job(_rewrite(demo_job, control={"type": "canny"})), tiny_pipe).frames
+    assert not np.array_equal(edit_clip(job, tiny_pipe).frames, canny)  # the maps steer the ControlNet
+    (maps / "0003.png").unlink()
+    with pytest.raises(JobError, match="control maps: .* has 3 frames"):
+        load_job(_rewrite(demo_job, control={"type": "frames", "path": "depth"}))

@@ -232,3 +232,53 @@ def test_frames_match_the_in_process_edit(peer, engine, tiny_pipe):
     # which can flip a rare pixel by one level, never more.
     difference = np.abs(np.stack([streamed[i] for i in range(3)]).astype(int) - local)
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+
+
+def test_submit_by_paths_on_a_shared_disk(peer, engine, demo_job):
+    import yaml
+
+    settings = yaml.safe_load(demo_job.read_text())
+    base = demo_job.parent
+    settings["source"]["path"] = str(base / settings["source"]["path"])
+    for region in settings["regions"]:
+        region["mask"] = str(base / region["mask"])
+    settings["steps"] = 2
+    accepted = peer.request({"type": "submit", "inline": False, "settings": settings})
+    assert accepted["type"] == "accepted", accepted
+    stream = collect_stream(peer, accepted["job"])
+    assert [m[0]["type"] for m in stream].count("frame") == 4 and stream[-1][0]["type"] == "done"
+    settings["regions"][0]["mask"] = str(base / "nowhere")
+    refused = peer.request({"type": "submit", "inline": False, "settings": settings})
+    assert refused["code"] == "bad_job" and "does not exist" in refused["message"]
+
+
+def test_ipc_transport_and_retention_expiry(tmp_path):
+    socket_path = tmp_path / "engine.sock"
+    process, info, _ = start_engine(tmp_path, "--bind", f"ipc://{socket_path}", "--retention", "1")
+    peer = RawPeer(info)
+    try:
+        assert info["address"] == f"ipc://{socket_path}"
+        header, parts = inline_job(frames=2, steps=2)
+        job = peer.request(header, parts)["job"]
+        assert collect_stream(peer, job)[-1][0]["type"] == "done"
+        assert peer.request({"type": "attach", "job": job, "from_frame": 0})["type"] == "status"
+        time.sleep(1.5)  # past --retention
+        expired = peer.request({"type": "attach", "job": job, "from_frame": 0})
+        assert expired["type"] == "error" and expired["code"] == "unknown_job"
+    finally:
+        peer.close()
+        process.kill()
+        process.wait()
+
+
+def test_engine_refuses_a_non_loopback_bind_unless_allowed():
+    from engine.errors import VideograinError
+    from engine.server import check_bind
+
+    for address in ("tcp://127.0.0.1:5000", "tcp://localhost:5000", "tcp://[::1]:5000", "ipc:///tmp/x"):
+        check_bind(address, allow_remote=False)
+    with pytest.raises(VideograinError, match="--allow-remote"):
+        check_bind("tcp://0.0.0.0:5000", allow_remote=False)
+    check_bind("tcp://0.0.0.0:5000", allow_remote=True)
+    with pytest.raises(VideograinError, match="must be tcp"):
+        check_bind("udp://127.0.0.1:5", allow_remote=True)

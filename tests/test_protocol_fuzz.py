@@ -16,7 +16,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 headers = st.fixed_dictionaries(
     {"type": st.sampled_from(TYPES) | st.text(max_size=10), "v": st.sampled_from([1, 1, 1, 0, 2, "1", None])},
     optional={
-        "id": st.text(max_size=70) | st.integers(),
+        "id": st.text(max_size=70) | st.integers(-2**63, 2**64 - 1),  # what msgpack can encode
         "job": values, "from_frame": values, "versions": values, "settings": values, "inline": values,
         "frames": values, "masks": values, "control_maps": values, "result_encoding": values,
     },
