@@ -1,5 +1,8 @@
 """The Blender add-on in real Blender (bpy from PyPI, headless). Each script runs in its own process:
-bpy is one Blender per process, and keeping it apart from torch mirrors real use."""
+bpy is one Blender per process, and keeping it apart from torch mirrors real use.
+
+Every test runs in each Blender found: bpy 5.0 in this venv, and 4.5 LTS in `.venv-blender45` when it
+exists (`.ci/run` makes it; see the README)."""
 
 from __future__ import annotations
 
@@ -12,43 +15,58 @@ import pytest
 
 
 SCRIPTS = Path(__file__).parent / "blender_scripts"
+BLENDER_45 = Path(__file__).parents[1] / ".venv-blender45" / "bin" / "python"
 pytest.importorskip("bpy", reason="Blender as a module: pip install -e '.[blender]'")
 
 
-def run_in_blender(script: str, *args: str, env: dict | None = None) -> None:
-    done = subprocess.run([sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
-    assert done.returncode == 0 and done.stdout.rstrip().endswith("OK"), f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+@pytest.fixture(params=[
+    pytest.param(sys.executable, id="blender-5.0"),
+    pytest.param(str(BLENDER_45), id="blender-4.5", marks=pytest.mark.skipif(
+        not BLENDER_45.exists(), reason="no .venv-blender45: python3 -m venv .venv-blender45 && "
+        ".venv-blender45/bin/pip install -r tests/blender-4.5.txt")),
+])
+def blender_python(request) -> str:
+    return request.param
 
 
+@pytest.fixture
+def run_in_blender(blender_python: str):
+    def run(script: str, *args: str, env: dict | None = None) -> None:
+        # The engine the add-on starts is this venv's: Blender's own Python has no torch.
+        env = {**os.environ, "VIDEOGRAIN_ENGINE_PYTHON": sys.executable, **(env or {})}
+        done = subprocess.run([blender_python, str(SCRIPTS / script), *args], capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert done.returncode == 0 and done.stdout.rstrip().endswith("OK"), \
+            f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return run
 
 
-def test_register_and_unregister():
+def test_register_and_unregister(run_in_blender):
     run_in_blender("register_cycle.py")
 
 
-def test_export_gives_source_pixels_and_mattes_rasterise():
+def test_export_gives_source_pixels_and_mattes_rasterise(run_in_blender):
     run_in_blender("export_pixels.py")
 
 
-def test_round_trip_inserts_a_strip(tiny_engine):
+def test_round_trip_inserts_a_strip(run_in_blender, tiny_engine):
     run_in_blender("round_trip.py", tiny_engine)
 
 
-def test_cancel_leaves_the_timeline_as_it_was(tiny_engine):
+def test_cancel_leaves_the_timeline_as_it_was(run_in_blender, tiny_engine):
     run_in_blender("cancel.py", tiny_engine)
 
 
-def test_no_engine_is_a_clear_message():
+def test_no_engine_is_a_clear_message(run_in_blender):
     run_in_blender("no_engine.py")
 
 
-def test_built_zip_installs_and_enables(tmp_path):
+def test_built_zip_installs_and_enables(run_in_blender, tmp_path):
     from blender_addon.build import build
 
     archive = build(tmp_path / "dist", ["linux-x64"])
     run_in_blender("install_zip.py", str(archive), env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})
 
 
-def test_start_check_and_stop_a_local_engine():
+def test_start_check_and_stop_a_local_engine(run_in_blender):
     run_in_blender("local_engine.py")

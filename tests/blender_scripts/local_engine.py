@@ -1,6 +1,6 @@
 """Start Engine runs `videograin serve` with the configured Python; Check Engine talks to it."""
 
-import sys
+import os
 
 import bpy
 
@@ -10,7 +10,7 @@ register_addon()
 from blender_addon import operators  # noqa: E402
 
 vg = bpy.context.scene.videograin
-vg.engine_python, vg.engine_args = sys.executable, "--model tiny --device cpu"
+vg.engine_python, vg.engine_args = os.environ["VIDEOGRAIN_ENGINE_PYTHON"], "--model tiny --device cpu"
 assert bpy.ops.videograin.start_engine(wait=True) == {"FINISHED"}
 assert vg.connection_file.endswith("engine.json") and vg.status == "Engine ready"
 assert bpy.ops.videograin.check_engine() == {"FINISHED"}
