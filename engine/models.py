@@ -30,11 +30,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def get_pipeline(model: str, controlnet: str | None, device: torch.device, dtype: torch.dtype | None = None):
     """The pipeline a job asks for: a random-weight model by name, or real weights."""
     dtype = dtype or default_dtype(device)
-    if model not in RANDOM_MODELS:
-        return load_pipeline(model, controlnet, dtype).to(device)
-    build = tiny_pipeline if model == "tiny" else sd15_random_pipeline
-    pipe = build(with_controlnet=controlnet is not None)
-    return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    if model in RANDOM_MODELS:
+        build = tiny_pipeline if model == "tiny" else sd15_random_pipeline
+        pipe = build(with_controlnet=controlnet is not None).to(device=device, dtype=dtype)
+    else:
+        pipe = load_pipeline(model, controlnet, dtype).to(device)
+    # Frames above the VAE's native size (512² for SD-1.5) encode and decode in overlapping tiles, so a
+    # large working size costs no more VAE memory than 512² does; at or below it tiling changes nothing.
+    pipe.vae.enable_tiling()
+    return pipe
 
 
 def load_pipeline(model: str, controlnet: str | None, dtype: torch.dtype) -> VideoGrainPipeline:

@@ -49,3 +49,15 @@ def test_random_model_names_build_without_files():
     pipe = get_pipeline("tiny", "any-controlnet", torch.device("cpu"))
     assert pipe.controlnet is not None and pipe.unet.dtype == torch.float32
     assert get_pipeline("tiny", None, torch.device("cpu")).controlnet is None
+
+
+def test_frames_above_the_vae_size_go_through_tiles(monkeypatch):
+    pipe = get_pipeline("tiny", None, torch.device("cpu"))
+    native = pipe.vae.config.sample_size
+    tiled = []
+    original = type(pipe.vae)._tiled_encode
+    monkeypatch.setattr(type(pipe.vae), "_tiled_encode", lambda vae, x: tiled.append(x.shape) or original(vae, x))
+    pipe.encode_frames(np.zeros((1, native, native, 3), np.uint8))
+    assert tiled == []  # at the native size: one pass, exactly as without tiling
+    latents = pipe.encode_frames(np.zeros((1, native * 2, native + 8, 3), np.uint8))
+    assert len(tiled) == 1 and latents.shape[-2:] == (native * 2 // 8, (native + 8) // 8)
