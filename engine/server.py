@@ -327,9 +327,9 @@ class EngineServer:
             clock = EtaClock(job.edit.settings.steps)
             try:
                 s = job.edit.settings
-                self.events.put(("progress", job, ProgressEvent("load", 0, 1)))
+                self.events.put(("progress", job, (ProgressEvent("load", 0, 1), None)))
                 pipe = self.pipeline_for(s.model, s.controlnet_id)
-                self.events.put(("progress", job, ProgressEvent("load", 1, 1)))
+                self.events.put(("progress", job, (ProgressEvent("load", 1, 1), None)))
                 result = edit_clip(
                     job.edit, pipe,
                     progress=lambda e: self.events.put(("progress", job, (e, clock.update(e)))),
@@ -363,7 +363,7 @@ class EngineServer:
                     self.queue.remove(job)
                 self.running, job.state = job, "running"
             elif kind == "progress":
-                event, eta = payload if isinstance(payload, tuple) else (payload, None)
+                event, eta = payload
                 job.phase, job.step, job.total = event.phase, event.step, event.total
                 header = {"type": "progress", "job": job.id, "phase": event.phase, "step": event.step,
                           "total": event.total, "eta_s": eta}
