@@ -84,9 +84,11 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
         vg.error, vg.status = "", "Exporting frames and mattes"
         try:
             frames_range = export.frame_range(source)
-            work = Path(tempfile.mkdtemp(prefix="videograin-export-"))
-            frames = export.render_strip(scene, source, frames_range, work / "frames")
-            mattes = [_render_matte(scene, region, frames_range, work / f"matte-{i}") for i, region in enumerate(vg.regions)]
+            # The renders are read back into memory for the submit: their folder goes at once.
+            with tempfile.TemporaryDirectory(prefix="videograin-export-") as folder:
+                work = Path(folder)
+                frames = export.render_strip(scene, source, frames_range, work / "frames")
+                mattes = [_render_matte(scene, region, frames_range, work / f"matte-{i}") for i, region in enumerate(vg.regions)]
             session = EditSession(client, results_folder(scene, source), vg.keep_partial)
             settings = jobspec.settings(request, scene.render.resolution_x, scene.render.resolution_y)
             session.submit(settings, frames, mattes)

@@ -10,6 +10,8 @@ from scene_setup import FRAMES, START, configure_edit, finish, new_scene, regist
 
 register_addon()
 folder = Path(tempfile.mkdtemp())
+tempfile.tempdir = str(folder / "tmp")  # the export's scratch files land here, to be checked at the end
+Path(tempfile.tempdir).mkdir()
 scene, source, mattes, frames = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
 configure_edit(scene, sys.argv[1])
@@ -34,5 +36,6 @@ results_dir = Path(bpy.path.abspath(result.directory))
 assert results_dir.parent == folder / "videograin_results", results_dir  # next to the .blend
 assert sorted(p.name for p in results_dir.glob("*.png")) == [f"{i:05d}.png" for i in range(FRAMES)]
 assert not [p for p in results_dir.parent.iterdir() if ".partial-" in p.name]
+assert not any(Path(tempfile.tempdir).iterdir()), "the export left scratch files"
 assert strip_summary(scene) == sorted(before + [(result.name, result.channel, START, START + FRAMES, False)])
 finish()
