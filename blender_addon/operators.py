@@ -320,16 +320,42 @@ classes = (
 )
 
 
+def _abandon_edits() -> None:
+    for session in _sessions.values():
+        session.abandon()
+    _sessions.clear()
+
+
+@bpy.app.handlers.persistent
+def _abandon_edits_of_closing_file(*_args) -> None:
+    """Another file is opening: this one's timers die with it, so its edits stop on the engine too."""
+    _abandon_edits()
+
+
+@bpy.app.handlers.persistent
+def _clear_interrupted_edits(*_args) -> None:
+    """A file saved mid-edit opens with no edit behind it: say so, and let Edit run again."""
+    for scene in bpy.data.scenes:
+        vg = scene.videograin
+        if vg.running:
+            vg.running, vg.status = False, "The last edit was interrupted when its file closed"
+
+
+HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits_of_closing_file), (bpy.app.handlers.load_post, _clear_interrupted_edits))
+
+
 def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
+    for handlers, handler in HANDLERS:
+        handlers.append(handler)
 
 
 def unregister() -> None:
-    for session in _sessions.values():
-        session.cancel()
-        session.close()
-    _sessions.clear()
+    for handlers, handler in HANDLERS:
+        if handler in handlers:
+            handlers.remove(handler)
+    _abandon_edits()
     stop_engine()
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -91,6 +91,13 @@ class EditSession:
             except EngineError as exc:
                 self._end(FAILED, exc.message)
 
+    def abandon(self) -> None:
+        """Stop for good without waiting for the engine's answer: the file or the add-on is going away."""
+        self.cancel()
+        if self.state == ACTIVE:
+            self._end(CANCELLED, "abandoned")
+        self.close()
+
     def _end(self, state: str, message: str) -> None:
         self.state, self.message = state, message
         if state != DONE and self.staging.exists():

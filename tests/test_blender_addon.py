@@ -70,3 +70,7 @@ def test_built_zip_installs_and_enables(run_in_blender, tmp_path):
 
 def test_start_check_and_stop_a_local_engine(run_in_blender):
     run_in_blender("local_engine.py")
+
+
+def test_opening_another_file_stops_the_edit(run_in_blender, tiny_engine):
+    run_in_blender("file_change.py", tiny_engine)
