@@ -31,6 +31,7 @@ from engine.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from engine.media import decode_png, encode_png
 from engine.models import RANDOM_MODELS
 from engine.progress import ProgressEvent
+from engine.retention import FrameStore
 from engine.runner import edit_clip
 from protocol import wire
 from protocol.wire import Limits, Message, ProtocolError
@@ -51,7 +52,7 @@ class Job:
     phase: str = "queued"
     step: int = 0
     total: int = 0
-    frames: list[np.ndarray] = field(default_factory=list)
+    frames_ready: int = 0  # frames decoded so far, kept in the server's FrameStore
     final: tuple[dict[str, Any], list] | None = None  # the stream's last message, kept for attach
     error: str | None = None
     finished_at: float | None = None
@@ -119,6 +120,7 @@ class EngineServer:
         self.queue: list[Job] = []
         self.running: Job | None = None
         self.peers_seen: dict[bytes, float] = {}
+        self.store = FrameStore()
         self.events: queue.Queue = queue.Queue()
         self.work: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
@@ -207,8 +209,8 @@ class EngineServer:
             job = self._job(h["job"])
             job.peer = peer
             self._send(peer, {**reply, "type": "status", "jobs": [self._describe(job)]})
-            for index in range(max(0, h["from_frame"]), len(job.frames)):
-                self._send_frame(job, index)
+            for index in range(max(0, h["from_frame"]), job.frames_ready):
+                self._send_frame(job, index, self.store.get(job.id, index))
             if job.final is not None:
                 self._send(peer, *job.final)
         elif kind == "shutdown":
@@ -234,7 +236,7 @@ class EngineServer:
 
     def _describe(self, job: Job) -> dict[str, Any]:
         return {"job": job.id, "state": job.state, "position": self._position(job), "phase": job.phase, "step": job.step,
-                "total": job.total, "frames_ready": len(job.frames), "error": job.error}
+                "total": job.total, "frames_ready": job.frames_ready, "error": job.error}
 
     def _submit(self, peer: bytes, message: Message) -> None:
         h = message.header
@@ -375,16 +377,16 @@ class EngineServer:
                     self._send(job.peer, header, parts)
             elif kind == "frame":
                 index, image = payload
-                job.frames.append(image)
-                self._send_frame(job, index)
+                self.store.put(job.id, index, image)
+                job.frames_ready += 1
+                self._send_frame(job, index, image)
             else:
                 state = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[kind]
                 self._finish(job, state, payload)
 
-    def _send_frame(self, job: Job, index: int) -> None:
+    def _send_frame(self, job: Job, index: int, image: np.ndarray) -> None:
         if not self._peer_alive(job.peer):
-            return  # the client is gone: keep the frame for `attach`, do not fill a dead queue
-        image = job.frames[index]
+            return  # the client is gone: the frame waits in the store for `attach`, not in a dead queue
         if job.result_encoding == "png":
             descriptor, part = {"part": 0, "encoding": "png"}, encode_png(image)
         else:
@@ -403,6 +405,7 @@ class EngineServer:
         now = time.monotonic()
         for job_id in [j.id for j in self.jobs.values() if j.finished_at and now - j.finished_at > self.retention_s]:
             del self.jobs[job_id]
+            self.store.drop(job_id)
 
     def _shut_down(self) -> None:
         self.stopping.set()
@@ -416,6 +419,7 @@ class EngineServer:
         self._drain_events()
         if self.connection_file is not None:
             self.connection_file.unlink(missing_ok=True)
+        self.store.close()
         self.socket.close(linger=200)
         self.context.term()
         log.info("engine stopped")
@@ -485,7 +489,7 @@ def add_parser(sub) -> None:
     serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
                        help="model for jobs that name none: hub id, local folder, 'tiny' or 'sd15-random'")
     serve.add_argument("--device", default="auto")
-    serve.add_argument("--retention", type=float, default=3600.0, help="seconds finished results stay attachable")
+    serve.add_argument("--retention", type=float, default=3600.0, help="seconds finished results stay attachable (kept on disk in the temp folder, not in RAM)")
     serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     serve.add_argument("--max-frames", type=int, default=Limits.max_frames)
     serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")

@@ -61,14 +61,14 @@ class RawPeer:
         self.socket.close(linger=0)
 
 
-def start_engine(folder: Path, *extra: str) -> tuple[subprocess.Popen, dict, Path]:
+def start_engine(folder: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, dict, Path]:
     """Start `videograin serve` on the tiny model; returns the process, its connection info and file."""
     connection = folder / "engine.json"
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--device", "cpu",
          "--connection-file", str(connection), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
     deadline = time.monotonic() + 120
     while not connection.exists():

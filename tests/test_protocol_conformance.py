@@ -253,8 +253,10 @@ def test_submit_by_paths_on_a_shared_disk(peer, engine, demo_job):
 
 
 def test_ipc_transport_and_retention_expiry(tmp_path):
-    socket_path = tmp_path / "engine.sock"
-    process, info, _ = start_engine(tmp_path, "--bind", f"ipc://{socket_path}", "--retention", "1")
+    socket_path, scratch = tmp_path / "engine.sock", tmp_path / "tmp"
+    scratch.mkdir()
+    process, info, _ = start_engine(tmp_path, "--bind", f"ipc://{socket_path}", "--retention", "1",
+                                    env={"TMPDIR": str(scratch)})
     peer = RawPeer(info)
     try:
         assert info["address"] == f"ipc://{socket_path}"
@@ -262,13 +264,19 @@ def test_ipc_transport_and_retention_expiry(tmp_path):
         job = peer.request(header, parts)["job"]
         assert collect_stream(peer, job)[-1][0]["type"] == "done"
         assert peer.request({"type": "attach", "job": job, "from_frame": 0})["type"] == "status"
+        # Retained frames wait on disk, not in the engine's memory.
+        assert len(list(scratch.glob(f"videograin-results-*/{job}/*.npy"))) == 2
         time.sleep(1.5)  # past --retention
         expired = peer.request({"type": "attach", "job": job, "from_frame": 0})
         assert expired["type"] == "error" and expired["code"] == "unknown_job"
+        assert not list(scratch.glob(f"videograin-results-*/{job}"))
+        assert peer.request({"type": "shutdown"})["type"] == "bye"
+        assert process.wait(timeout=30) == 0 and not any(scratch.iterdir())
     finally:
         peer.close()
-        process.kill()
-        process.wait()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_engine_refuses_a_non_loopback_bind_unless_allowed():
