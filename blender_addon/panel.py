@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from .operators import PREVIEW_IMAGE
@@ -78,23 +80,12 @@ class VIDEOGRAIN_PT_panel(bpy.types.Panel):
         if vg.status:
             layout.label(text=vg.status, icon="INFO")
         if vg.error:
-            for line in _wrap(vg.error):
+            for line in textwrap.wrap(vg.error, 48):  # labels do not wrap by themselves
                 layout.label(text=line, icon="ERROR")
 
 
 def _strips_name(context) -> str:
     return "strips_all" if hasattr(context.scene.sequence_editor, "strips_all") else "sequences_all"
-
-
-def _wrap(text: str, width: int = 48) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if len(line) + len(word) + 1 > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])
 
 
 classes = (VIDEOGRAIN_UL_regions, VIDEOGRAIN_PT_panel)

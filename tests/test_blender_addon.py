@@ -74,3 +74,7 @@ def test_start_check_and_stop_a_local_engine(run_in_blender):
 
 def test_opening_another_file_stops_the_edit(run_in_blender, tiny_engine):
     run_in_blender("file_change.py", tiny_engine)
+
+
+def test_panel_draws_in_every_state(run_in_blender):
+    run_in_blender("panel_draw.py")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import bpy
@@ -14,6 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 WIDTH, HEIGHT, FRAMES, START = 64, 48, 4, 10
+
+
+def _fail_at_once(kind, value, trace) -> None:
+    traceback.print_exception(kind, value, trace)
+    sys.stderr.flush()
+    os._exit(1)  # as finish(): a failing script must not hang in bpy 4.5's teardown either
+
+
+sys.excepthook = _fail_at_once
 
 
 def finish() -> None:
