@@ -95,7 +95,7 @@ def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, t
     remote, remote_out = run("--engine", str(tiny_engine))
     local, _ = run()
     assert remote.shape == local.shape == (4, 64, 64, 3)
-    assert np.abs(remote - local).max() <= 1  # see test_frames_match_the_in_process_edit
+    assert np.array_equal(remote, local)
     assert json.loads((remote_out / "result.json").read_text())["engine"].startswith("tcp://127.0.0.1:")
 
 

@@ -227,11 +227,9 @@ def test_frames_match_the_in_process_edit(peer, engine, tiny_pipe):
     streamed = {m[0]["index"]: np.frombuffer(m[1][0], np.uint8).reshape(64, 64, 3)
                 for m in collect_stream(peer, job) if m[0]["type"] == "frame"}
     clip, mattes = synthetic_clip(3, 64, 64)
-    local = edit_clip(EditJob(parse_settings(header["settings"]), clip, mattes), tiny_pipe).frames
-    # Same computation in another process: float reductions may order differently across threads,
-    # which can flip a rare pixel by one level, never more.
-    difference = np.abs(np.stack([streamed[i] for i in range(3)]).astype(int) - local)
-    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    # The engine measures leakage, which takes the reference path in cross-attention: so does this run.
+    local = edit_clip(EditJob(parse_settings(header["settings"]), clip, mattes), tiny_pipe, measure_leakage=True).frames
+    assert np.array_equal(np.stack([streamed[i] for i in range(3)]), local)
 
 
 def test_submit_by_paths_on_a_shared_disk(peer, engine, demo_job):
