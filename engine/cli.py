@@ -20,14 +20,19 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _edit_in_process(job, out: Path, device_name: str, preview: bool = True) -> dict:
+def _preview_path(out: Path) -> Path:
+    """Where the step previews go while an edit runs, for an image viewer to follow; removed after."""
+    return out.parent / f".{out.name}.preview.png"
+
+
+def _edit_in_process(job, out: Path, device_name: str) -> dict:
     from engine.models import RANDOM_MODELS, get_pipeline
     from engine.progress import ProgressBars, ProgressEvent
     from engine.runner import edit_clip, write_results
 
     device = resolve_device(device_name)
     s = job.settings
-    bars = ProgressBars(out.parent / f".{out.name}.preview.png" if preview else None)
+    bars = ProgressBars(_preview_path(out))
     started = time.perf_counter()
     bars(ProgressEvent("load", 0, 1))
     pipe = get_pipeline(s.model, s.controlnet_id, device)
@@ -36,10 +41,9 @@ def _edit_in_process(job, out: Path, device_name: str, preview: bool = True) -> 
         result = edit_clip(job, pipe, progress=bars, measure_leakage=True)
     finally:
         bars.close()
+        bars.preview_path.unlink(missing_ok=True)
     random_weights = s.model in RANDOM_MODELS
     write_results(out, job, result, random_weights, {"device": str(device), "seconds": time.perf_counter() - started})
-    if bars.preview_path is not None:
-        bars.preview_path.unlink(missing_ok=True)
     return {"random_weights": random_weights, "leakage": result.leakage}
 
 
@@ -53,21 +57,27 @@ def _edit_remote(connection_file: str, job, out: Path) -> dict:
     from protocol.client import EngineClient, frame_image
 
     client = EngineClient(connection_file)
-    bars = ProgressBars()
+    bars = ProgressBars(_preview_path(out))
     try:
         engine = client.hello(client="videograin-cli")
         job_id = client.submit(job.settings.to_dict(), job.frames, job.masks, job.control_maps)
         frames: dict[int, np.ndarray] = {}
-        for message in client.events(job_id):
-            h = message.header
-            if message.type == "progress":
-                bars(ProgressEvent(h["phase"], h["step"], h["total"]))
-            elif message.type == "frame":
-                frames[h["index"]] = frame_image(message)
-            elif message.type == "done":
-                done = h
+        try:
+            for message in client.events(job_id):
+                h = message.header
+                if message.type == "progress":
+                    preview = frame_image(message, "preview") if "preview" in h else None
+                    bars(ProgressEvent(h["phase"], h["step"], h["total"], preview))
+                elif message.type == "frame":
+                    frames[h["index"]] = frame_image(message)
+                elif message.type == "done":
+                    done = h
+        except KeyboardInterrupt:
+            client.cancel(job_id)  # Ctrl-C stops the engine's work too, not only this process
+            raise
     finally:
         bars.close()
+        bars.preview_path.unlink(missing_ok=True)
         client.close()
     result = EditResult(np.stack([frames[i] for i in sorted(frames)]), done["leakage"])
     write_results(out, job, result, done["random_weights"], {"device": engine["device"], "seconds": done["seconds"], "engine": client.address})

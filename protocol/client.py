@@ -110,10 +110,9 @@ class EngineClient:
             parts.append(buffer)
             return descriptor
 
-        mattes = masks
         header = {
             "type": "submit", "settings": settings, "inline": True, "result_encoding": result_encoding,
-            "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in mattes],
+            "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in masks],
         }
         if control_maps is not None:
             header["control_maps"] = [add(c) for c in control_maps]

@@ -13,9 +13,6 @@ from engine.demo import DEMO_PROMPT, synthetic_clip
 from protocol.client import EngineClient, EngineError, frame_image
 from protocol.wire import new_key
 
-
-
-
 SETTINGS = {"source_prompt": "two men", "prompt": DEMO_PROMPT, "steps": 3, "model": "tiny",
             "source": {"width": 64, "height": 64}, "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}]}
 
@@ -115,3 +112,34 @@ def test_client_notices_a_dead_engine(tmp_path):
         assert caught.value.code == "engine_gone"
     finally:
         client.close()
+
+
+def test_ctrl_c_on_a_remote_edit_cancels_the_engine_job(tiny_engine, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from engine.demo import write_demo_inputs
+
+    job_file = write_demo_inputs(tmp_path / "input", frames=2, size=64, steps=400)
+    client = EngineClient(tiny_engine)
+    client.hello()
+    known = {j["job"] for j in client.status()}
+    edit = subprocess.Popen([sys.executable, "-m", "engine.cli", "edit", str(job_file), "--out", str(tmp_path / "out"),
+                             "--engine", str(tiny_engine)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ours := [j for j in client.status() if j["job"] not in known and j["phase"] == "invert"]):
+            assert time.monotonic() < deadline and edit.poll() is None, edit.stderr.read() if edit.poll() is not None else ""
+            time.sleep(0.1)
+        edit.send_signal(signal.SIGINT)
+        assert edit.wait(timeout=30) == 130
+        deadline = time.monotonic() + 30
+        while client.status(ours[0]["job"])[0]["state"] != "cancelled":
+            assert time.monotonic() < deadline, client.status(ours[0]["job"])
+            time.sleep(0.1)
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    finally:
+        client.close()
+        if edit.poll() is None:
+            edit.kill()
