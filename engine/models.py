@@ -32,7 +32,9 @@ def get_pipeline(model: str, controlnet: str | None, device: torch.device, dtype
     dtype = dtype or default_dtype(device)
     if model in RANDOM_MODELS:
         build = tiny_pipeline if model == "tiny" else sd15_random_pipeline
-        pipe = build(with_controlnet=controlnet is not None).to(device=device, dtype=dtype)
+        pipe = build(with_controlnet=controlnet is not None)
+        # Built in fp32 already; casting to fp32 again would only make diffusers warn.
+        pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
     else:
         pipe = load_pipeline(model, controlnet, dtype).to(device)
     # Frames above the VAE's native size (512² for SD-1.5) encode and decode in overlapping tiles, so a
