@@ -337,7 +337,7 @@ class EngineServer:
                     progress=lambda e: self.events.put(("progress", job, (e, clock.update(e)))),
                     cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
                     measure_leakage=True,
-                    on_frame=lambda index, image: self.events.put(("frame", job, (index, image))),
+                    on_frame=lambda index, image: self._frame_decoded(job, index, image),
                 )
                 self.events.put(("done", job, {"type": "done", "job": job.id, "frames": len(result.frames),
                                                 "seconds": time.perf_counter() - started, "leakage": result.leakage,
@@ -353,6 +353,11 @@ class EngineServer:
                                                  "message": f"{type(exc).__name__}: {exc}"}))
             finally:
                 _free_device_memory()
+
+    def _frame_decoded(self, job: Job, index: int, image: np.ndarray) -> None:
+        """On the worker: store the frame for `attach` (disk I/O off the socket loop), then hand it on."""
+        self.store.put(job.id, index, image)
+        self.events.put(("frame", job, (index, image)))
 
     def _drain_events(self) -> None:
         while True:
@@ -377,8 +382,7 @@ class EngineServer:
                     self._send(job.peer, header, parts)
             elif kind == "frame":
                 index, image = payload
-                self.store.put(job.id, index, image)
-                job.frames_ready += 1
+                job.frames_ready += 1  # stored already, so `attach` may read it from now on
                 self._send_frame(job, index, image)
             else:
                 state = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[kind]
