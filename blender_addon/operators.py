@@ -320,16 +320,12 @@ classes = (
 )
 
 
-def _abandon_edits() -> None:
+@bpy.app.handlers.persistent
+def _abandon_edits(*_args) -> None:
+    """Stop every edit on the engine: the add-on goes, or another file opens (this one's timers die)."""
     for session in _sessions.values():
         session.abandon()
     _sessions.clear()
-
-
-@bpy.app.handlers.persistent
-def _abandon_edits_of_closing_file(*_args) -> None:
-    """Another file is opening: this one's timers die with it, so its edits stop on the engine too."""
-    _abandon_edits()
 
 
 @bpy.app.handlers.persistent
@@ -341,7 +337,7 @@ def _clear_interrupted_edits(*_args) -> None:
             vg.running, vg.status = False, "The last edit was interrupted when its file closed"
 
 
-HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits_of_closing_file), (bpy.app.handlers.load_post, _clear_interrupted_edits))
+HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits), (bpy.app.handlers.load_post, _clear_interrupted_edits))
 
 
 def register() -> None:
