@@ -260,8 +260,12 @@ def test_ipc_transport_and_retention_expiry(tmp_path):
         assert info["address"] == f"ipc://{socket_path}"
         header, parts = inline_job(frames=2, steps=2)
         job = peer.request(header, parts)["job"]
-        assert collect_stream(peer, job)[-1][0]["type"] == "done"
+        stream = collect_stream(peer, job)
+        assert stream[-1][0]["type"] == "done"
+        streamed = [parts[0] for header, parts in stream if header["type"] == "frame"]
         assert peer.request({"type": "attach", "job": job, "from_frame": 0})["type"] == "status"
+        resent = [parts[0] for header, parts in collect_stream(peer, job) if header["type"] == "frame"]
+        assert len(streamed) == 2 and resent == streamed  # the same bytes, read back from the store
         # Retained frames wait on disk, not in the engine's memory.
         assert len(list(scratch.glob(f"videograin-results-*/{job}/*.npy"))) == 2
         time.sleep(1.5)  # past --retention
