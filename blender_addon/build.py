@@ -1,7 +1,7 @@
 """Build the installable Blender extension zip:
 
-    python -m blender_addon.build --out dist/            # every platform
-    python -m blender_addon.build --platform linux-x64   # one platform (smaller, faster)
+    python -m videograin.blender_addon.build --out dist/            # every platform
+    python -m videograin.blender_addon.build --platform linux-x64   # one platform (smaller, faster)
 
 It bundles the protocol client (vendored as `protocol/`) and pyzmq + msgpack wheels for Blender's
 Pythons (3.11 for 4.2–5.0, 3.13 for 5.1+), and writes the wheels into the manifest. numpy ships with

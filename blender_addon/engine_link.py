@@ -1,7 +1,8 @@
 """The add-on's side of the engine: the protocol client, and a local engine process it can start.
 
 Plain Python (no bpy). The protocol package is vendored into the built extension by `build.py`;
-from a source checkout the repository's own `protocol` package is used.
+run as `videograin.blender_addon` (an installed or editable videograin), its sibling
+`videograin.protocol` is used.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 try:  # inside the built extension
     from .protocol.client import EngineClient, EngineError, frame_image
-except ImportError:  # running from the source tree
-    from protocol.client import EngineClient, EngineError, frame_image
+except ImportError:  # as videograin.blender_addon, beside videograin.protocol
+    from ..protocol.client import EngineClient, EngineError, frame_image
 
 __all__ = ["EngineClient", "EngineError", "LocalEngine", "connect", "frame_image"]
 
@@ -42,13 +43,13 @@ def connect(connection_file: str, timeout_s: float = 5.0) -> EngineClient:
 
 
 class LocalEngine:
-    """`<python> -m engine.cli serve ...` as a child process, found again through its connection file."""
+    """`<python> -m videograin serve ...` as a child process, found again through its connection file."""
 
     def __init__(self, python: str, extra_args: str = "") -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="videograin-engine-"))
         self.connection_file = self.folder / "engine.json"
         self.log_path = self.folder / "engine.log"
-        command = [python, "-m", "engine.cli", "serve", "--connection-file", str(self.connection_file), *shlex.split(extra_args)]
+        command = [python, "-m", "videograin", "serve", "--connection-file", str(self.connection_file), *shlex.split(extra_args)]
         self._log = open(self.log_path, "w")
         try:
             self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

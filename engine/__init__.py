@@ -1,3 +1,1 @@
-"""videograin engine: multi-grained, text-driven video editing (VideoGrain, ICLR 2025) on diffusers."""
-
-__version__ = "0.1.0"
+"""The engine: the VideoGrain edit on diffusers, its inputs, and the process that serves it."""

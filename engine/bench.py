@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.attention import layout_attention, plain_attention
-from engine.config import EditSettings, RegionConfig, SourceConfig
-from engine.demo import DEMO_PROMPT, synthetic_clip
-from engine.job import EditJob
-from engine.models import default_dtype, get_pipeline
-from engine.progress import ProgressEvent
-from engine.runner import edit_clip
+from videograin.engine.attention import layout_attention, plain_attention
+from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
+from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
+from videograin.engine.job import EditJob
+from videograin.engine.models import default_dtype, get_pipeline
+from videograin.engine.progress import ProgressEvent
+from videograin.engine.runner import edit_clip
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +65,7 @@ def attention_ratio(frames: int, size: int, device: torch.device, dtype: torch.d
 
 
 def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.cli import resolve_device
+    from videograin.engine.cli import resolve_device
 
     device = resolve_device(args.device)
     dtype = default_dtype(device)
@@ -118,7 +118,7 @@ def _device_name(device: torch.device) -> str:
 def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
     import zmq
 
-    from protocol import wire
+    from videograin.protocol import wire
 
     frame = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     key = wire.new_key().encode()

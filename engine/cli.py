@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import VideograinError
-from protocol.client import EngineError
+from videograin.engine.errors import VideograinError
+from videograin.protocol.client import EngineError
 
 
 def resolve_device(name: str):
@@ -26,9 +26,9 @@ def _preview_path(out: Path) -> Path:
 
 
 def _edit_in_process(job, out: Path, device_name: str) -> dict:
-    from engine.models import RANDOM_MODELS, get_pipeline
-    from engine.progress import ProgressBars, ProgressEvent
-    from engine.runner import edit_clip, write_results
+    from videograin.engine.models import RANDOM_MODELS, get_pipeline
+    from videograin.engine.progress import ProgressBars, ProgressEvent
+    from videograin.engine.runner import edit_clip, write_results
 
     device = resolve_device(device_name)
     s = job.settings
@@ -51,10 +51,10 @@ def _edit_remote(connection_file: str, job, out: Path) -> dict:
     """The same edit through a running engine (protocol v1), results written as in-process."""
     import numpy as np
 
-    from engine.pipeline import EditResult
-    from engine.progress import ProgressBars, ProgressEvent
-    from engine.runner import write_results
-    from protocol.client import EngineClient, frame_image
+    from videograin.engine.pipeline import EditResult
+    from videograin.engine.progress import ProgressBars, ProgressEvent
+    from videograin.engine.runner import write_results
+    from videograin.protocol.client import EngineClient, frame_image
 
     client = EngineClient(connection_file)
     bars = ProgressBars(_preview_path(out))
@@ -85,8 +85,8 @@ def _edit_remote(connection_file: str, job, out: Path) -> dict:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from engine.job import load_job
-    from engine.runner import check_output_folder
+    from videograin.engine.job import load_job
+    from videograin.engine.runner import check_output_folder
 
     job = load_job(args.job)
     if args.model:
@@ -102,8 +102,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo import write_demo_inputs
-    from engine.job import load_job
+    from videograin.engine.demo import write_demo_inputs
+    from videograin.engine.job import load_job
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
-    from engine import bench, server
+    from videograin.engine import bench, server
 
     server.add_parser(sub)
     bench.add_parser(sub)

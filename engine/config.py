@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import JobError
+from videograin.engine.errors import JobError
 
 CONTROL_TYPES = ("canny", "frames", "depth", "pose", "none")
 

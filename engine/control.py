@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from engine.config import ControlConfig
-from engine.errors import JobError, ModelUnavailableError
+from videograin.engine.config import ControlConfig
+from videograin.engine.errors import JobError, ModelUnavailableError
 
 # OpenPose body order: nose, neck, r-shoulder, r-elbow, r-wrist, l-shoulder, l-elbow, l-wrist, r-hip,
 # r-knee, r-ankle, l-hip, l-knee, l-ankle, r-eye, l-eye, r-ear, l-ear. COCO index of each (neck: None).

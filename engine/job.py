@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.config import EditSettings, SourceConfig, parse_settings
-from engine.errors import JobError
-from engine.layout import find_phrase
-from engine.media import read_sequence, sequence_length
+from videograin.engine.config import EditSettings, SourceConfig, parse_settings
+from videograin.engine.errors import JobError
+from videograin.engine.layout import find_phrase
+from videograin.engine.media import read_sequence, sequence_length
 
 MATTE_THRESHOLD = 128  # grey level at and above which a matte pixel is inside its region
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.errors import JobError
+from videograin.engine.errors import JobError
 
 NO_REGION = -1
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.errors import JobError
+from videograin.engine.errors import JobError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}

@@ -17,8 +17,8 @@ from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DCondi
 from diffusers.models.attention_processor import Attention
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from engine.errors import ModelUnavailableError
-from engine.pipeline import VideoGrainPipeline
+from videograin.engine.errors import ModelUnavailableError
+from videograin.engine.pipeline import VideoGrainPipeline
 
 RANDOM_MODELS = ("tiny", "sd15-random")
 

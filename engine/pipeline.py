@@ -24,13 +24,13 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from engine.attention import CHUNK_BYTES
-from engine.config import ModulationConfig
-from engine.errors import CancelledError
-from engine.layout import RegionLayout, token_labels
-from engine.leakage import LeakageMeter
-from engine.processors import AttentionContext, install_processors
-from engine.progress import ProgressCallback, ProgressEvent, no_progress
+from videograin.engine.attention import CHUNK_BYTES
+from videograin.engine.config import ModulationConfig
+from videograin.engine.errors import CancelledError
+from videograin.engine.layout import RegionLayout, token_labels
+from videograin.engine.leakage import LeakageMeter
+from videograin.engine.processors import AttentionContext, install_processors
+from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
 VAE_BATCH = 4  # frames per VAE call: bounds memory at high resolution
 FrameCallback = Callable[[int, np.ndarray], None]

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.attention import layout_attention, modulated_probs, plain_attention
-from engine.layout import RegionLayout
-from engine.leakage import LeakageMeter
+from videograin.engine.attention import layout_attention, modulated_probs, plain_attention
+from videograin.engine.layout import RegionLayout
+from videograin.engine.leakage import LeakageMeter
 
 
 @dataclass

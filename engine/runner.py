@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from engine.control import control_maps
-from engine.errors import JobError
-from engine.job import EditJob
-from engine.media import contact_sheet, current_umask, resize, write_atomic, write_mp4, write_png
-from engine.pipeline import EditResult, FrameCallback, VideoGrainPipeline
-from engine.progress import ProgressCallback, no_progress
+from videograin.engine.control import control_maps
+from videograin.engine.errors import JobError
+from videograin.engine.job import EditJob
+from videograin.engine.media import contact_sheet, current_umask, resize, write_atomic, write_mp4, write_png
+from videograin.engine.pipeline import EditResult, FrameCallback, VideoGrainPipeline
+from videograin.engine.progress import ProgressCallback, no_progress
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"
 

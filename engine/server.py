@@ -24,17 +24,17 @@ from urllib.parse import urlparse
 import numpy as np
 import zmq
 
-from engine import __version__
-from engine.config import CONTROL_TYPES, parse_settings
-from engine.errors import CancelledError, JobError, VideograinError
-from engine.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
-from engine.media import decode_png, encode_png
-from engine.models import RANDOM_MODELS
-from engine.progress import ProgressEvent
-from engine.retention import FrameStore
-from engine.runner import edit_clip
-from protocol import wire
-from protocol.wire import Limits, Message, ProtocolError
+from videograin import __version__
+from videograin.engine.config import CONTROL_TYPES, parse_settings
+from videograin.engine.errors import CancelledError, JobError, VideograinError
+from videograin.engine.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
+from videograin.engine.media import decode_png, encode_png
+from videograin.engine.models import RANDOM_MODELS
+from videograin.engine.progress import ProgressEvent
+from videograin.engine.retention import FrameStore
+from videograin.engine.runner import edit_clip
+from videograin.protocol import wire
+from videograin.protocol.wire import Limits, Message, ProtocolError
 
 log = logging.getLogger("videograin.server")
 
@@ -458,8 +458,8 @@ def check_bind(address: str, allow_remote: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine.cli import resolve_device
-    from engine.models import get_pipeline
+    from videograin.engine.cli import resolve_device
+    from videograin.engine.models import get_pipeline
 
     check_bind(args.bind, args.allow_remote)
     device = resolve_device(args.device)

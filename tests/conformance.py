@@ -65,7 +65,7 @@ def start_engine(folder: Path, *extra: str, env: dict | None = None) -> tuple[su
     """Start `videograin serve` on the tiny model; returns the process, its connection info and file."""
     connection = folder / "engine.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--model", "tiny", "--device", "cpu",
+        [sys.executable, "-m", "videograin", "serve", "--model", "tiny", "--device", "cpu",
          "--connection-file", str(connection), *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
@@ -80,7 +80,7 @@ def start_engine(folder: Path, *extra: str, env: dict | None = None) -> tuple[su
 
 def inline_job(frames: int = 4, size: int = 64, steps: int = 3, **settings) -> tuple[dict, list[bytes]]:
     """A submit header (without v/id) and its parts: raw RGB frames and 1-channel mattes."""
-    from engine.demo import DEMO_PROMPT, synthetic_clip
+    from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 
     clip, mattes = synthetic_clip(frames, size, size)
     parts: list[bytes] = []

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from engine.models import tiny_pipeline
+    from videograin.engine.models import tiny_pipeline
 
     return tiny_pipeline()
 
@@ -31,6 +31,6 @@ def tiny_engine(tmp_path_factory) -> str:
 @pytest.fixture()
 def demo_job(tmp_path: Path) -> Path:
     """A 4-frame, 64×64 two-runner clip with mattes and a job file (5 steps) in a fresh folder."""
-    from engine.demo import write_demo_inputs
+    from videograin.engine.demo import write_demo_inputs
 
     return write_demo_inputs(tmp_path / "input", frames=4, size=64, steps=5)

@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from blender_addon import jobspec
-from blender_addon.engine_link import EngineError, connect
-from blender_addon.session import CANCELLED, DONE, FAILED, EditSession
-from engine.demo import synthetic_clip
-from engine.media import encode_png
-from protocol.wire import Message
+from videograin.blender_addon import jobspec
+from videograin.blender_addon.engine_link import EngineError, connect
+from videograin.blender_addon.session import CANCELLED, DONE, FAILED, EditSession
+from videograin.engine.demo import synthetic_clip
+from videograin.engine.media import encode_png
+from videograin.protocol.wire import Message
 
 
 def test_problems_in_plain_words():

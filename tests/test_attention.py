@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import engine.attention as attention
-from engine.attention import layout_attention, modulated_attention
+from videograin.engine.attention import layout_attention, modulated_attention
 
 
 def dense_formula(q, k, v, positive, lam, scale):

@@ -9,7 +9,7 @@ import sys
 
 def _bench(tmp_path, *args: str) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, "-m", "engine.cli", "bench", *args, "--json", str(out)],
+    run = subprocess.run([sys.executable, "-m", "videograin", "bench", *args, "--json", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     return json.loads(out.read_text()), run.stdout

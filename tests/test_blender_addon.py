@@ -23,7 +23,7 @@ pytest.importorskip("bpy", reason="Blender as a module: pip install -e '.[blende
     pytest.param(sys.executable, id="blender-5.0"),
     pytest.param(str(BLENDER_45), id="blender-4.5", marks=pytest.mark.skipif(
         not BLENDER_45.exists(), reason="no .venv-blender45: python3 -m venv .venv-blender45 && "
-        ".venv-blender45/bin/pip install -r tests/blender-4.5.txt")),
+        ".venv-blender45/bin/pip install -r tests/blender-4.5.txt && .venv-blender45/bin/pip install --no-deps -e .")),
 ])
 def blender_python(request) -> str:
     return request.param
@@ -62,7 +62,7 @@ def test_no_engine_is_a_clear_message(run_in_blender):
 
 
 def test_built_zip_installs_and_enables(run_in_blender, tmp_path):
-    from blender_addon.build import build
+    from videograin.blender_addon.build import build
 
     archive = build(tmp_path / "dist", ["linux-x64"])
     run_in_blender("install_zip.py", str(archive), env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.demo import DEMO_PROMPT, synthetic_clip
-from protocol.client import EngineClient, EngineError, frame_image
-from protocol.wire import new_key
+from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
+from videograin.protocol.client import EngineClient, EngineError, frame_image
+from videograin.protocol.wire import new_key
 
 SETTINGS = {"source_prompt": "two men", "prompt": DEMO_PROMPT, "steps": 3, "model": "tiny",
             "source": {"width": 64, "height": 64}, "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}]}
@@ -84,7 +84,7 @@ def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, t
 
     def run(*extra):
         out = tmp_path / f"out{len(extra)}"
-        done = subprocess.run([sys.executable, "-m", "engine.cli", "edit", str(demo_job), "--out", str(out),
+        done = subprocess.run([sys.executable, "-m", "videograin", "edit", str(demo_job), "--out", str(out),
                                "--device", "cpu", *extra], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         return np.stack([cv2.imread(str(p)) for p in sorted((out / "frames").iterdir())]).astype(int), out
@@ -119,13 +119,13 @@ def test_ctrl_c_on_a_remote_edit_cancels_the_engine_job(tiny_engine, tmp_path):
     import subprocess
     import sys
 
-    from engine.demo import write_demo_inputs
+    from videograin.engine.demo import write_demo_inputs
 
     job_file = write_demo_inputs(tmp_path / "input", frames=2, size=64, steps=400)
     client = EngineClient(tiny_engine)
     client.hello()
     known = {j["job"] for j in client.status()}
-    edit = subprocess.Popen([sys.executable, "-m", "engine.cli", "edit", str(job_file), "--out", str(tmp_path / "out"),
+    edit = subprocess.Popen([sys.executable, "-m", "videograin", "edit", str(job_file), "--out", str(tmp_path / "out"),
                              "--engine", str(tiny_engine)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import DEFAULT_CONTROLNETS, ModulationConfig, parse_settings
-from engine.errors import JobError
+from videograin.engine.config import DEFAULT_CONTROLNETS, ModulationConfig, parse_settings
+from videograin.engine.errors import JobError
 
 BASE = {"prompt": "an iron man", "source_prompt": "a man", "regions": [{"phrase": "iron man", "mask": "m"}]}
 

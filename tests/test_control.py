@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.config import ControlConfig
-from engine.control import control_maps, draw_skeleton, region_boxes
-from engine.errors import JobError, ModelUnavailableError
+from videograin.engine.config import ControlConfig
+from videograin.engine.control import control_maps, draw_skeleton, region_boxes
+from videograin.engine.errors import JobError, ModelUnavailableError
 
 FRAMES = np.zeros((2, 80, 96, 3), np.uint8)
 FRAMES[:, 20:60, 30:70] = 255

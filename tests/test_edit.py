@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.config import ModulationConfig
-from engine.demo import synthetic_clip
-from engine.errors import JobError
-from engine.job import load_job
-from engine.media import list_frames, write_png
-from engine.runner import check_output_folder, edit_clip, write_results
+from videograin.engine.config import ModulationConfig
+from videograin.engine.demo import synthetic_clip
+from videograin.engine.errors import JobError
+from videograin.engine.job import load_job
+from videograin.engine.media import list_frames, write_png
+from videograin.engine.runner import check_output_folder, edit_clip, write_results
 
 
 def _rewrite(job_path: Path, **changes) -> Path:
@@ -82,7 +82,7 @@ def test_modulation_lowers_cross_attention_leakage(demo_job, tiny_pipe):
 
 
 def test_windowed_long_clip_edits_every_frame(demo_job, tiny_pipe):
-    from engine.pipeline import plan_passes
+    from videograin.engine.pipeline import plan_passes
 
     passes, anchors = plan_passes(10, 4)
     covered = sorted({f for p in passes for f in p})
@@ -144,7 +144,7 @@ def test_output_folder_is_never_overwritten(demo_job, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "videograin", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_bad_job_writes_nothing(demo_job, tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import JobError
-from engine.layout import NO_REGION, RegionLayout, find_phrase, label_map, phrase_token_indices, token_labels
+from videograin.engine.errors import JobError
+from videograin.engine.layout import NO_REGION, RegionLayout, find_phrase, label_map, phrase_token_indices, token_labels
 
 
 def test_phrase_tokens_are_the_phrase_inside_the_prompt(tiny_pipe):

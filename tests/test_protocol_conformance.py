@@ -217,10 +217,10 @@ def test_shutdown_message(tmp_path):
 
 
 def test_frames_match_the_in_process_edit(peer, engine, tiny_pipe):
-    from engine.config import parse_settings
-    from engine.demo import synthetic_clip
-    from engine.job import EditJob
-    from engine.runner import edit_clip
+    from videograin.engine.config import parse_settings
+    from videograin.engine.demo import synthetic_clip
+    from videograin.engine.job import EditJob
+    from videograin.engine.runner import edit_clip
 
     header, parts = inline_job(frames=3, steps=3)
     job = peer.request(header, parts)["job"]
@@ -282,8 +282,8 @@ def test_ipc_transport_and_retention_expiry(tmp_path):
 
 
 def test_engine_refuses_a_non_loopback_bind_unless_allowed():
-    from engine.errors import VideograinError
-    from engine.server import check_bind
+    from videograin.engine.errors import VideograinError
+    from videograin.engine.server import check_bind
 
     for address in ("tcp://127.0.0.1:5000", "tcp://localhost:5000", "tcp://[::1]:5000", "ipc:///tmp/x"):
         check_bind(address, allow_remote=False)

@@ -10,7 +10,7 @@ import bpy
 from scene_setup import configure_edit, finish, new_scene, register_addon, run_until_done, strip_summary
 
 register_addon()
-from blender_addon import operators  # noqa: E402
+from videograin.blender_addon import operators  # noqa: E402
 
 folder = Path(tempfile.mkdtemp())
 scene, source, mattes, frames = new_scene(folder)

@@ -9,7 +9,7 @@ import numpy as np
 from scene_setup import FRAMES, HEIGHT, START, WIDTH, finish, new_scene, register_addon, strip_summary
 
 register_addon()
-from blender_addon import export  # noqa: E402
+from videograin.blender_addon import export  # noqa: E402
 
 folder = Path(tempfile.mkdtemp())
 scene, source, mattes, frames = new_scene(folder)

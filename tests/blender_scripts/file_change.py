@@ -11,8 +11,8 @@ import bpy
 from scene_setup import configure_edit, finish, new_scene, register_addon, run_until_done
 
 register_addon()
-from blender_addon import operators  # noqa: E402
-from blender_addon.engine_link import connect  # noqa: E402
+from videograin.blender_addon import operators  # noqa: E402
+from videograin.blender_addon.engine_link import connect  # noqa: E402
 
 folder = Path(tempfile.mkdtemp())
 scene, source, mattes, frames = new_scene(folder)

@@ -7,7 +7,7 @@ import bpy
 from scene_setup import finish, register_addon
 
 register_addon()
-from blender_addon import operators  # noqa: E402
+from videograin.blender_addon import operators  # noqa: E402
 
 vg = bpy.context.scene.videograin
 vg.engine_python, vg.engine_args = os.environ["VIDEOGRAIN_ENGINE_PYTHON"], "--model tiny --device cpu"

@@ -12,7 +12,7 @@ import numpy as np
 from scene_setup import finish, new_scene, register_addon
 
 register_addon()
-from blender_addon import operators, panel  # noqa: E402
+from videograin.blender_addon import operators, panel  # noqa: E402
 
 
 class RecordingLayout:

@@ -24,7 +24,7 @@ run_until_done(scene)
 assert not vg.running and vg.error == "", vg.error
 assert vg.status.startswith("Done") and "not an edit" in vg.status, vg.status
 
-from blender_addon.export import all_strips_of  # noqa: E402
+from videograin.blender_addon.export import all_strips_of  # noqa: E402
 
 new = [s for s in all_strips_of(scene) if s.name not in {b[0] for b in before}]
 assert len(new) == 1, strip_summary(scene)

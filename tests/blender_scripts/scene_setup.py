@@ -11,9 +11,6 @@ import bpy
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
 WIDTH, HEIGHT, FRAMES, START = 64, 48, 4, 10
 
 
@@ -33,7 +30,7 @@ def finish() -> None:
 
 
 def register_addon():
-    import blender_addon
+    from videograin import blender_addon
 
     blender_addon.register()
     return blender_addon
@@ -55,7 +52,7 @@ def write_clip(folder: Path) -> tuple[Path, Path, np.ndarray]:
 
 
 def image_strip(scene, name: str, folder: Path, channel: int, start: int = START):
-    from blender_addon.export import strips_of
+    from videograin.blender_addon.export import strips_of
 
     files = sorted(folder.glob("*.png"))
     strip = strips_of(scene).new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=start)
@@ -90,7 +87,7 @@ def configure_edit(scene, connection_file: str, steps: int = 3) -> None:
 
 
 def strip_summary(scene) -> list[tuple]:
-    from blender_addon.export import all_strips_of
+    from videograin.blender_addon.export import all_strips_of
 
     return sorted((s.name, s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in all_strips_of(scene))
 
@@ -99,7 +96,7 @@ def run_until_done(scene, limit_s: float = 120.0) -> None:
     """Drive the edit's timer by hand: timers do not fire in headless Blender."""
     import time
 
-    from blender_addon import operators
+    from videograin.blender_addon import operators
 
     deadline = time.monotonic() + limit_s
     while operators.tick(scene.name) is not None:
