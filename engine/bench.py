@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from videograin.engine.attention import layout_attention, plain_attention
+from videograin.engine.method.attention import layout_attention, plain_attention
 from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
-from videograin.engine.job import EditJob
-from videograin.engine.models import default_dtype, get_pipeline
+from videograin.engine.inputs.job import EditJob
+from videograin.engine.models import default_dtype, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
 
@@ -65,8 +65,6 @@ def attention_ratio(frames: int, size: int, device: torch.device, dtype: torch.d
 
 
 def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
-    from videograin.engine.cli import resolve_device
-
     device = resolve_device(args.device)
     dtype = default_dtype(device)
     if device.type == "cuda":

@@ -12,21 +12,13 @@ from videograin.engine.errors import VideograinError
 from videograin.protocol.client import EngineError
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _preview_path(out: Path) -> Path:
     """Where the step previews go while an edit runs, for an image viewer to follow; removed after."""
     return out.parent / f".{out.name}.preview.png"
 
 
 def _edit_in_process(job, out: Path, device_name: str) -> dict:
-    from videograin.engine.models import RANDOM_MODELS, get_pipeline
+    from videograin.engine.models import RANDOM_MODELS, get_pipeline, resolve_device
     from videograin.engine.progress import ProgressBars, ProgressEvent
     from videograin.engine.runner import edit_clip, write_results
 
@@ -51,7 +43,7 @@ def _edit_remote(connection_file: str, job, out: Path) -> dict:
     """The same edit through a running engine (protocol v1), results written as in-process."""
     import numpy as np
 
-    from videograin.engine.pipeline import EditResult
+    from videograin.engine.method.pipeline import EditResult
     from videograin.engine.progress import ProgressBars, ProgressEvent
     from videograin.engine.runner import write_results
     from videograin.protocol.client import EngineClient, frame_image
@@ -85,7 +77,7 @@ def _edit_remote(connection_file: str, job, out: Path) -> dict:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from videograin.engine.job import load_job
+    from videograin.engine.inputs.job import load_job
     from videograin.engine.runner import check_output_folder
 
     job = load_job(args.job)
@@ -103,7 +95,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from videograin.engine.demo import write_demo_inputs
-    from videograin.engine.job import load_job
+    from videograin.engine.inputs.job import load_job
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -145,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
-    from videograin.engine import bench, server
+    from videograin.engine import bench
+    from videograin.engine.serving import server
 
     server.add_parser(sub)
     bench.add_parser(sub)

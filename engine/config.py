@@ -1,11 +1,12 @@
 """Edit settings as plain dataclasses, parsed from the job file's mapping (or a protocol `submit`).
 
-Only settings live here: paths are resolved and media read by `engine.job`.
+Only settings live here: paths are resolved and media read by `inputs.job`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,16 @@ class EditSettings:
         return data
 
 
+def find_phrase(prompt: str, phrase: str) -> tuple[int, int]:
+    """Character span of `phrase` in `prompt` (case-insensitive, whole words), or a JobError."""
+    if not phrase or not phrase.strip():
+        raise JobError("a region has an empty phrase: give it the words of the prompt that describe it")
+    match = re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", prompt, flags=re.IGNORECASE)
+    if match is None:
+        raise JobError(f"phrase '{phrase}' does not occur in the prompt '{prompt}': each phrase must be words of it")
+    return match.span()
+
+
 def _build(cls: type, data: Any, where: str, renames: dict[str, str] | None = None) -> Any:
     """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
     if data is None:
@@ -190,3 +201,5 @@ def _check_values(s: EditSettings) -> None:
     phrases = [r.phrase for r in s.regions] + ([s.background_phrase] if s.background_phrase else [])
     if len({p.lower() for p in phrases}) != len(phrases):
         raise JobError("two regions share the same phrase: give each region its own words")
+    for phrase in phrases:
+        find_phrase(s.prompt, phrase)

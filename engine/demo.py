@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import yaml
 
-from videograin.engine.media import write_png
+from videograin.engine.inputs.media import write_png
 
 DEMO_PROMPT = "an iron man and a spider man are jogging under cherry blossoms"
 

@@ -18,9 +18,16 @@ from diffusers.models.attention_processor import Attention
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from videograin.engine.errors import ModelUnavailableError
-from videograin.engine.pipeline import VideoGrainPipeline
+from videograin.engine.method.pipeline import VideoGrainPipeline
 
 RANDOM_MODELS = ("tiny", "sd15-random")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (the GPU when there is one), `cpu`, `cuda` or `cuda:N`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

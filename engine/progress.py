@@ -43,7 +43,7 @@ class ProgressBars:
         self._bar.n = event.step
         self._bar.refresh()
         if event.preview is not None and self.preview_path is not None:
-            from videograin.engine.media import write_png
+            from videograin.engine.inputs.media import write_png
 
             write_png(self.preview_path, event.preview)
 

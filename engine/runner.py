@@ -16,11 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from videograin.engine.control import control_maps
+from videograin.engine.inputs.control import control_maps
 from videograin.engine.errors import JobError
-from videograin.engine.job import EditJob
-from videograin.engine.media import contact_sheet, current_umask, resize, write_atomic, write_mp4, write_png
-from videograin.engine.pipeline import EditResult, FrameCallback, VideoGrainPipeline
+from videograin.engine.inputs.job import EditJob
+from videograin.engine.inputs.media import contact_sheet, current_umask, resize, write_atomic, write_mp4, write_png
+from videograin.engine.method.pipeline import EditResult, FrameCallback, VideoGrainPipeline
 from videograin.engine.progress import ProgressCallback, no_progress
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"

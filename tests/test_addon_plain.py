@@ -11,7 +11,7 @@ from videograin.blender_addon import jobspec
 from videograin.blender_addon.engine_link import EngineError, connect
 from videograin.blender_addon.session import CANCELLED, DONE, FAILED, EditSession
 from videograin.engine.demo import synthetic_clip
-from videograin.engine.media import encode_png
+from videograin.engine.inputs.media import encode_png
 from videograin.protocol.wire import Message
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import engine.attention as attention
-from videograin.engine.attention import layout_attention, modulated_attention
+import videograin.engine.method.attention as attention
+from videograin.engine.method.attention import layout_attention, modulated_attention
 
 
 def dense_formula(q, k, v, positive, lam, scale):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from videograin.engine.config import ControlConfig
-from videograin.engine.control import control_maps, draw_skeleton, region_boxes
+from videograin.engine.inputs.control import control_maps, draw_skeleton, region_boxes
 from videograin.engine.errors import JobError, ModelUnavailableError
 
 FRAMES = np.zeros((2, 80, 96, 3), np.uint8)

@@ -16,8 +16,8 @@ import yaml
 from videograin.engine.config import ModulationConfig
 from videograin.engine.demo import synthetic_clip
 from videograin.engine.errors import JobError
-from videograin.engine.job import load_job
-from videograin.engine.media import list_frames, write_png
+from videograin.engine.inputs.job import load_job
+from videograin.engine.inputs.media import list_frames, write_png
 from videograin.engine.runner import check_output_folder, edit_clip, write_results
 
 
@@ -82,7 +82,7 @@ def test_modulation_lowers_cross_attention_leakage(demo_job, tiny_pipe):
 
 
 def test_windowed_long_clip_edits_every_frame(demo_job, tiny_pipe):
-    from videograin.engine.pipeline import plan_passes
+    from videograin.engine.method.pipeline import plan_passes
 
     passes, anchors = plan_passes(10, 4)
     covered = sorted({f for p in passes for f in p})

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from videograin.engine.errors import JobError
-from videograin.engine.layout import NO_REGION, RegionLayout, find_phrase, label_map, phrase_token_indices, token_labels
+from videograin.engine.config import find_phrase
+from videograin.engine.method.layout import NO_REGION, RegionLayout, label_map, phrase_token_indices, token_labels
 
 
 def test_phrase_tokens_are_the_phrase_inside_the_prompt(tiny_pipe):

@@ -219,7 +219,7 @@ def test_shutdown_message(tmp_path):
 def test_frames_match_the_in_process_edit(peer, engine, tiny_pipe):
     from videograin.engine.config import parse_settings
     from videograin.engine.demo import synthetic_clip
-    from videograin.engine.job import EditJob
+    from videograin.engine.inputs.job import EditJob
     from videograin.engine.runner import edit_clip
 
     header, parts = inline_job(frames=3, steps=3)
@@ -283,7 +283,7 @@ def test_ipc_transport_and_retention_expiry(tmp_path):
 
 def test_engine_refuses_a_non_loopback_bind_unless_allowed():
     from videograin.engine.errors import VideograinError
-    from videograin.engine.server import check_bind
+    from videograin.engine.serving.server import check_bind
 
     for address in ("tcp://127.0.0.1:5000", "tcp://localhost:5000", "tcp://[::1]:5000", "ipc:///tmp/x"):
         check_bind(address, allow_remote=False)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from videograin.engine.attention import layout_attention, modulated_probs, plain_attention
-from videograin.engine.layout import RegionLayout
-from videograin.engine.leakage import LeakageMeter
+from videograin.engine.method.attention import layout_attention, modulated_probs, plain_attention
+from videograin.engine.method.layout import RegionLayout
+from videograin.engine.metrics.leakage import LeakageMeter
 
 
 @dataclass

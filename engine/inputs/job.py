@@ -14,8 +14,7 @@ import yaml
 
 from videograin.engine.config import EditSettings, SourceConfig, parse_settings
 from videograin.engine.errors import JobError
-from videograin.engine.layout import find_phrase
-from videograin.engine.media import read_sequence, sequence_length
+from videograin.engine.inputs.media import read_sequence, sequence_length
 
 MATTE_THRESHOLD = 128  # grey level at and above which a matte pixel is inside its region
 
@@ -137,7 +136,5 @@ def validate_job(job: EditJob) -> None:
             )
         if not stack.any():
             raise JobError(f"{name}: the matte is empty (no white pixels in any frame); paint the region")
-    for phrase in [r.phrase for r in s.regions] + ([s.background_phrase] if s.background_phrase else []):
-        find_phrase(s.prompt, phrase)
     if job.control_maps is not None and job.control_maps.shape[:3] != job.frames.shape[:3]:
         raise JobError("control maps must match the source frames in count and size")

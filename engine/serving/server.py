@@ -27,11 +27,11 @@ import zmq
 from videograin import __version__
 from videograin.engine.config import CONTROL_TYPES, parse_settings
 from videograin.engine.errors import CancelledError, JobError, VideograinError
-from videograin.engine.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
-from videograin.engine.media import decode_png, encode_png
+from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
+from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.models import RANDOM_MODELS
 from videograin.engine.progress import ProgressEvent
-from videograin.engine.retention import FrameStore
+from videograin.engine.serving.retention import FrameStore
 from videograin.engine.runner import edit_clip
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
@@ -458,8 +458,7 @@ def check_bind(address: str, allow_remote: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from videograin.engine.cli import resolve_device
-    from videograin.engine.models import get_pipeline
+    from videograin.engine.models import get_pipeline, resolve_device
 
     check_bind(args.bind, args.allow_remote)
     device = resolve_device(args.device)

@@ -8,7 +8,6 @@ label -1, which matches no pixel.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import cv2
@@ -16,19 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videograin.engine.config import find_phrase
 from videograin.engine.errors import JobError
 
 NO_REGION = -1
-
-
-def find_phrase(prompt: str, phrase: str) -> tuple[int, int]:
-    """Character span of `phrase` in `prompt` (case-insensitive, whole words), or a JobError."""
-    if not phrase or not phrase.strip():
-        raise JobError("a region has an empty phrase: give it the words of the prompt that describe it")
-    match = re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", prompt, flags=re.IGNORECASE)
-    if match is None:
-        raise JobError(f"phrase '{phrase}' does not occur in the prompt '{prompt}': each phrase must be words of it")
-    return match.span()
 
 
 def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
