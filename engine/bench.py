@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from videograin.engine.method.attention import layout_attention, plain_attention
 from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.inputs.job import EditJob
+from videograin.engine.method.attention import layout_attention, plain_attention
 from videograin.engine.models import default_dtype, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip

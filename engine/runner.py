@@ -1,7 +1,7 @@
 """Running a validated job: working-size inputs, the edit, and results at the source size.
 
-`edit_clip` is shared by the CLI (which then calls `write_results`) and the engine server (which streams
-the frames instead).
+`edit_clip` is shared by every caller (the engine server streams its frames); `edit_in_process` and
+`edit_on_engine` run a job to a results folder, here or on a running engine (the CLI's `edit`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,30 @@ from typing import Callable
 
 import numpy as np
 
-from videograin.engine.inputs.control import control_maps
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.control import control_maps
 from videograin.engine.inputs.job import EditJob
-from videograin.engine.inputs.media import contact_sheet, current_umask, resize, write_atomic, write_mp4, write_png
-from videograin.engine.method.pipeline import EditResult, FrameCallback, VideoGrainPipeline
-from videograin.engine.progress import ProgressCallback, no_progress
+from videograin.engine.inputs.media import (
+    contact_sheet,
+    current_umask,
+    resize,
+    write_atomic,
+    write_mp4,
+    write_png,
+)
+from videograin.engine.method.pipeline import (
+    EditResult,
+    FrameCallback,
+    VideoGrainPipeline,
+)
+from videograin.engine.models import RANDOM_MODELS, get_pipeline, resolve_device
+from videograin.engine.progress import (
+    ProgressBars,
+    ProgressCallback,
+    ProgressEvent,
+    no_progress,
+)
+from videograin.protocol.client import EngineClient, frame_image
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"
 
@@ -107,3 +125,57 @@ def write_results(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _preview_path(out: Path) -> Path:
+    """Where the step previews go while an edit runs, for an image viewer to follow; removed after."""
+    return out.parent / f".{out.name}.preview.png"
+
+
+def edit_in_process(job: EditJob, out: Path, device_name: str) -> dict:
+    """Load the job's model, edit with progress bars, write the results to `out`; returns a summary."""
+    device = resolve_device(device_name)
+    s = job.settings
+    bars = ProgressBars(_preview_path(out))
+    started = time.perf_counter()
+    bars(ProgressEvent("load", 0, 1))
+    pipe = get_pipeline(s.model, s.controlnet_id, device)
+    bars(ProgressEvent("load", 1, 1))
+    try:
+        result = edit_clip(job, pipe, progress=bars, measure_leakage=True)
+    finally:
+        bars.close()
+        bars.preview_path.unlink(missing_ok=True)
+    random_weights = s.model in RANDOM_MODELS
+    write_results(out, job, result, random_weights, {"device": str(device), "seconds": time.perf_counter() - started})
+    return {"random_weights": random_weights, "leakage": result.leakage}
+
+
+def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:
+    """The same edit through a running engine (protocol v1), results written as in-process."""
+    client = EngineClient(connection_file)
+    bars = ProgressBars(_preview_path(out))
+    try:
+        engine = client.hello(client="videograin-cli")
+        job_id = client.submit(job.settings.to_dict(), job.frames, job.masks, job.control_maps)
+        frames: dict[int, np.ndarray] = {}
+        try:
+            for message in client.events(job_id):
+                h = message.header
+                if message.type == "progress":
+                    preview = frame_image(message, "preview") if "preview" in h else None
+                    bars(ProgressEvent(h["phase"], h["step"], h["total"], preview))
+                elif message.type == "frame":
+                    frames[h["index"]] = frame_image(message)
+                elif message.type == "done":
+                    done = h
+        except KeyboardInterrupt:
+            client.cancel(job_id)  # Ctrl-C stops the engine's work too, not only this process
+            raise
+    finally:
+        bars.close()
+        bars.preview_path.unlink(missing_ok=True)
+        client.close()
+    result = EditResult(np.stack([frames[i] for i in sorted(frames)]), done["leakage"])
+    write_results(out, job, result, done["random_weights"], {"device": engine["device"], "seconds": done["seconds"], "engine": client.address})
+    return {"random_weights": done["random_weights"], "leakage": done["leakage"]}

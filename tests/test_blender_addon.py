@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-
 SCRIPTS = Path(__file__).parent / "blender_scripts"
 BLENDER_45 = Path(__file__).parents[1] / ".venv-blender45" / "bin" / "python"
 pytest.importorskip("bpy", reason="Blender as a module: pip install -e '.[blender]'")

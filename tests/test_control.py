@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from videograin.engine.config import ControlConfig
-from videograin.engine.inputs.control import control_maps, draw_skeleton, region_boxes
 from videograin.engine.errors import JobError, ModelUnavailableError
+from videograin.engine.inputs.control import control_maps, draw_skeleton, region_boxes
 
 FRAMES = np.zeros((2, 80, 96, 3), np.uint8)
 FRAMES[:, 20:60, 30:70] = 255

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from videograin.engine.errors import JobError
 from videograin.engine.config import find_phrase
+from videograin.engine.errors import JobError
 from videograin.engine.method.layout import NO_REGION, RegionLayout, label_map, phrase_token_indices, token_labels
 
 

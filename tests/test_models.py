@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from videograin.engine.errors import ModelUnavailableError
-from videograin.engine.models import get_pipeline, load_pipeline, tiny_pipeline
-from videograin.engine.method.pipeline import VideoGrainPipeline
 from videograin.engine.demo import synthetic_clip
+from videograin.engine.errors import ModelUnavailableError
+from videograin.engine.method.pipeline import VideoGrainPipeline
+from videograin.engine.models import get_pipeline, load_pipeline, tiny_pipeline
 
 
 def test_saved_tiny_pipeline_loads_back_and_edits_the_same(tmp_path):

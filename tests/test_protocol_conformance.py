@@ -10,7 +10,6 @@ import time
 import msgpack
 import numpy as np
 import pytest
-
 from conformance import RawPeer, collect_stream, inline_job, start_engine
 
 PART_LIMIT = 1 << 20

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from conformance import RawPeer, start_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conformance import RawPeer, start_engine
 
 TYPES = ["hello", "submit", "cancel", "status", "attach", "ping", "shutdown", "teleport", "", "frame"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20))

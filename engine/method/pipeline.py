@@ -24,12 +24,12 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.config import ModulationConfig
 from videograin.engine.errors import CancelledError
+from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.method.layout import RegionLayout, token_labels
-from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.method.processors import AttentionContext, install_processors
+from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
 VAE_BATCH = 4  # frames per VAE call: bounds memory at high resolution

@@ -31,8 +31,8 @@ from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapp
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.models import RANDOM_MODELS
 from videograin.engine.progress import ProgressEvent
-from videograin.engine.serving.retention import FrameStore
 from videograin.engine.runner import edit_clip
+from videograin.engine.serving.retention import FrameStore
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
 
