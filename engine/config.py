@@ -24,25 +24,69 @@ DEFAULT_CONTROLNETS = {
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+# Region layout rules (`modulation.layout`):
+# - reference: as the published code runs it: mattes resampled by nearest neighbour to every attention
+#   resolution, overlapping regions allowed (a pair is positive when it shares any region), pixels in no
+#   matte negative to everything unless the background has a phrase, no modulation at the finest level.
+# - area: area vote per cell, one region per cell (the later region wins), the background always a region,
+#   every level modulated.
+LAYOUT_RULES = ("reference", "area")
+# Size factors (`modulation.size`): reference: cross = 1 − the region's share within each frame,
+# self = 1 − count / (N·F²) as the published code computes it; clip: both 1 − count / (N·F), the share of
+# the query's region over the clip.
+SIZE_RULES = ("reference", "clip")
+# Which classifier-free-guidance branch's self-attention is modulated (`modulation.self_branch`). The
+# published code modulates only the unconditional one (it runs its controller on the first `heads` slices
+# of the batch); this looks accidental, but it is what produced the paper's results.
+SELF_BRANCHES = ("unconditional", "conditional", "both")
+CONTROLNET_ATTENTION = ("frame", "full")
+FLOW_METHODS = ("dis", "farneback", "raft", "frames", "none")
+# The negative prompt of the reference's configs, given to the ControlNet's unconditional branch.
+REFERENCE_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
+MAX_REGIONS = 62  # region sets are bit masks in an int64, with bit 0 for the background
+
+
 @dataclass
 class ModulationConfig:
-    """ST-Layout attention strengths and their timestep schedule.
+    """ST-Layout attention strengths, their timestep schedule and the layout rules behind them.
 
-    λ = weight · size · ((t − 1) / 1000) ** decay for the first `until` share of denoising steps,
-    0 afterwards (the late steps refine freely). `size` is 1 − the query region's area share.
+    λ = weight · size · ((t − 1) / 1000) ** decay for the first `steps` denoising steps (the reference's
+    fixed 15), or the first `until` share of them when `until` is set; 0 afterwards, so the late steps
+    refine freely. `size` is the per-query size factor of `size`.
     """
 
     enabled: bool = True
     cross: float = 1.0
     self_: float = 0.3
-    until: float = 0.3
+    steps: int = 15
+    until: float | None = None
     decay: float = 5.0
+    layout: str = "reference"
+    size: str = "reference"
+    self_branch: str = "unconditional"
+
+    def modulated_steps(self, num_steps: int) -> int:
+        return round(self.until * num_steps) if self.until is not None else min(self.steps, num_steps)
 
     def strength(self, weight: float, timestep: int, step_index: int, num_steps: int) -> float:
         """λ before the per-query size factor, for denoising step `step_index` at DDPM `timestep`."""
-        if not self.enabled or step_index >= round(self.until * num_steps):
+        if not self.enabled or step_index >= self.modulated_steps(num_steps):
             return 0.0
         return weight * (max(timestep - 1, 0) / 1000.0) ** self.decay
+
+
+@dataclass
+class FlowConfig:
+    """Optical flow for FLATTEN-style trajectory attention.
+
+    `levels`: the attention resolutions, as divisors of the latent size (1 = 64² for a 512² clip), whose
+    full-frame self-attention output goes through attention along flow trajectories ([1] in every
+    reference config, [1, 2] or [1, 2, 4] in some); [] or method `none` turns it off.
+    """
+
+    method: str = "dis"
+    path: str | None = None  # method `frames`: the editor's own flow (see inputs/flow.py for the format)
+    levels: list[int] = field(default_factory=lambda: [1])
 
 
 @dataclass
@@ -72,6 +116,11 @@ class RegionConfig:
 
 
 @dataclass
+class BackgroundConfig:
+    phrase: str | None = None  # pixels in no matte; with a phrase the background is a region of its own
+
+
+@dataclass
 class EditSettings:
     source_prompt: str
     prompt: str
@@ -87,6 +136,16 @@ class EditSettings:
     controlnet: str | None = None
     # Frames per UNet pass; None lets the engine pick the longest pass that fits the device.
     window: int | None = None
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    # Each region's phrase encoded alone overwrites its tokens in the target prompt's embedding.
+    phrase_embeddings: bool = True
+    negative_prompt: str = REFERENCE_NEGATIVE_PROMPT
+    controlnet_attention: str = "frame"  # frame: each frame on its own (reference); full: full-frame
+    # Edit steps that take the up blocks' self-attention queries/keys and resnet features recorded while
+    # inverting the same timestep (plug-and-play injection); 0 turns it off.
+    inject_step: int = 0
+    # Outside every region the latents are the source's inverted latents at the same timestep.
+    blend: bool = True
 
     @property
     def controlnet_id(self) -> str | None:
@@ -94,7 +153,13 @@ class EditSettings:
             return None
         return self.controlnet or DEFAULT_CONTROLNETS[self.control.type]
 
+    @property
+    def phrases(self) -> list[str]:
+        """Every phrase of the job: the regions', then the background's when it has one."""
+        return [r.phrase for r in self.regions] + ([self.background_phrase] if self.background_phrase else [])
+
     def to_dict(self) -> dict[str, Any]:
+        """The job file's mapping (its own keys, nested as in a job file)."""
         data = dataclasses.asdict(self)
         data["modulation"]["self"] = data["modulation"].pop("self_")
         data["background"] = {"phrase": data.pop("background_phrase")}
@@ -112,32 +177,41 @@ def find_phrase(prompt: str, phrase: str) -> tuple[int, int]:
 
 
 def _build(cls: type, data: Any, where: str, renames: dict[str, str] | None = None) -> Any:
-    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
+    """Instantiate dataclass `cls` from a mapping at job-file key `where` ("" for the top level),
+    rejecting unknown keys and wrong types by their job-file names."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise JobError(f"'{where}' must be a mapping, got {type(data).__name__}")
+        raise JobError(f"'{where}' must be a mapping of settings, got {type(data).__name__}")
     renames = renames or {}
+    shown = {value: key for key, value in renames.items()}  # field name -> job-file key
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         name = renames.get(key, key)
+        dotted = f"{where}.{key}" if where else str(key)
         if name not in fields:
-            known = ", ".join(sorted(renames.get(f, f) for f in fields))
-            raise JobError(f"unknown setting '{where}.{key}' (known: {known})")
-        kwargs[name] = _coerce(value, fields[name].type, f"{where}.{key}")
+            known = ", ".join(sorted(shown.get(f, f) for f in fields))
+            raise JobError(f"unknown setting '{dotted}' (known here: {known})")
+        kwargs[name] = _coerce(value, fields[name].type, dotted)
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise JobError(f"'{where}' is incomplete: {exc}") from None
+        missing = [shown.get(f.name, f.name) for f in fields.values() if f.name not in kwargs
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise JobError(f"'{where or 'the job'}' needs {', '.join(missing) or exc}") from None
 
 
 def _coerce(value: Any, annotation: str, where: str) -> Any:
-    """Check a scalar against its annotation (`from __future__` makes annotations strings)."""
+    """Check a value against its annotation (`from __future__` makes annotations strings)."""
     if value is None:
         if "None" in annotation:
             return None
         raise JobError(f"'{where}' must not be empty")
+    if annotation.startswith("list["):
+        if not isinstance(value, list):
+            raise JobError(f"'{where}' must be a list, got {value!r}")
+        return [_coerce(item, annotation[5:-1], f"{where}[{i}]") for i, item in enumerate(value)]
     for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if annotation.startswith(name):
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -160,17 +234,19 @@ def parse_settings(data: Any) -> EditSettings:
     if not isinstance(regions, list) or not regions:
         raise JobError("'regions' must be a non-empty list of {phrase, mask}")
     parsed_regions = [_build(RegionConfig, r, f"regions[{i}]") for i, r in enumerate(regions)]
-    background = data.pop("background", None) or {}
-    if not isinstance(background, dict) or set(background) - {"phrase"}:
-        raise JobError("'background' takes only 'phrase'")
+    background = _build(BackgroundConfig, data.pop("background", None), "background")
     nested = {
         "source": (SourceConfig, None),
         "control": (ControlConfig, None),
         "modulation": (ModulationConfig, {"self": "self_"}),
+        "flow": (FlowConfig, None),
     }
     parts = {key: _build(cls, data.pop(key, None), key, renames) for key, (cls, renames) in nested.items()}
-    settings = _build(EditSettings, {**data, "regions": [], **{"background_phrase": background.get("phrase")}}, "job")
+    if "background_phrase" in data:  # the field's name inside, not a job-file key
+        raise JobError("unknown setting 'background_phrase': write it as background: {phrase: ...}")
+    settings = _build(EditSettings, {**data, "regions": []}, "", {"background": "background_phrase"})
     settings.regions = parsed_regions
+    settings.background_phrase = background.phrase
     for key, value in parts.items():
         setattr(settings, key, value)
     _check_values(settings)
@@ -196,9 +272,29 @@ def _check_values(s: EditSettings) -> None:
         raise JobError("source.start must be >= 0, source.stride >= 1 and source.count >= 1")
     if s.window is not None and s.window < 1:
         raise JobError("'window' must be at least 1 frame")
-    if not 0.0 <= s.modulation.until <= 1.0:
-        raise JobError("modulation.until is a share of the steps, between 0 and 1")
-    phrases = [r.phrase for r in s.regions] + ([s.background_phrase] if s.background_phrase else [])
+    m = s.modulation
+    if m.until is not None and not 0.0 <= m.until <= 1.0:
+        raise JobError("'modulation.until' is a share of the steps, between 0 and 1 (or null: use modulation.steps)")
+    if m.steps < 0:
+        raise JobError("'modulation.steps' is a number of denoising steps, at least 0")
+    for key, value, allowed in (
+        ("modulation.layout", m.layout, LAYOUT_RULES),
+        ("modulation.size", m.size, SIZE_RULES),
+        ("modulation.self_branch", m.self_branch, SELF_BRANCHES),
+        ("controlnet_attention", s.controlnet_attention, CONTROLNET_ATTENTION),
+        ("flow.method", s.flow.method, FLOW_METHODS),
+    ):
+        if value not in allowed:
+            raise JobError(f"'{key}' is '{value}'; it must be one of {', '.join(allowed)}")
+    if s.flow.method == "frames" and not s.flow.path:
+        raise JobError("'flow.method' frames needs 'flow.path': the folder of your flow files")
+    if any(level not in (1, 2, 4, 8) for level in s.flow.levels):
+        raise JobError(f"'flow.levels' are divisors of the latent size: 1, 2, 4 or 8, got {s.flow.levels}")
+    if not 0 <= s.inject_step <= s.steps:
+        raise JobError(f"'inject_step' must be between 0 and the {s.steps} steps, got {s.inject_step}")
+    if len(s.regions) > MAX_REGIONS:
+        raise JobError(f"{len(s.regions)} regions: at most {MAX_REGIONS} are supported")
+    phrases = s.phrases
     if len({p.lower() for p in phrases}) != len(phrases):
         raise JobError("two regions share the same phrase: give each region its own words")
     for phrase in phrases:

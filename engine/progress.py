@@ -13,9 +13,11 @@ from tqdm.auto import tqdm
 @dataclass
 class ProgressEvent:
     phase: str  # "load", "encode", "invert", "edit", "decode", "write"
-    step: int  # steps done in this phase
+    step: int  # steps (invert, edit) or frames (encode, decode) done in this phase
     total: int
     preview: np.ndarray | None = None  # RGB uint8, during "edit" every few steps
+    pass_index: int = 0  # long clips run in passes, each inverted and edited in turn
+    passes: int = 1
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

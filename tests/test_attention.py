@@ -61,27 +61,34 @@ def test_modulation_moves_attention_to_positive_keys():
     torch.testing.assert_close(modulated_attention(q, k, eye, positive, 0.8), probs(0.8))
 
 
-def _case(seed, batch, heads, n, m, d, query_labels, key_labels):
+def _case(seed, batch, heads, n, m, d, query_regions, key_regions):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, n, d, generator=g)
     k = torch.randn(batch, heads, m, d, generator=g)
     v = torch.randn(batch, heads, m, d, generator=g)
-    return q, k, v, query_labels, key_labels
+    return q, k, v, query_regions, key_regions
+
+
+def _positive(query_regions, key_regions):
+    return (query_regions[..., :, None] & key_regions[..., None, :]) != 0
 
 
 def _self_case(seed=0):
-    # Uneven regions over 2 frames of 6x6 tokens: a big background, a small region, a single pixel.
-    labels = torch.zeros(72, dtype=torch.long)
-    labels[5:9] = 1
-    labels[40] = 2
-    return _case(seed, 2, 3, 72, 72, 16, labels, labels)
+    # Uneven region sets (bit masks) over 2 frames of 6x6 tokens: a big background, a small region
+    # overlapping a third one, a single pixel, and pixels in no region at all.
+    regions = torch.full((72,), 0b001)
+    regions[5:9] = 0b010
+    regions[7:12] = 0b110
+    regions[40] = 0b100
+    regions[60:] = 0
+    return _case(seed, 2, 3, 72, 72, 16, regions, regions)
 
 
 def _cross_case(seed=0):
-    # 20 pixels over 77 tokens: token labels -1 (no phrase) except two phrases; label 3 has no pixels.
-    pixels = torch.tensor([0] * 12 + [1] * 5 + [2] * 3)
-    tokens = torch.full((77,), -1)
-    tokens[2:4], tokens[6], tokens[9:11] = 1, 2, 3
+    # 20 pixels over 77 tokens: tokens outside every phrase have no region; bit 3 has no pixels.
+    pixels = torch.tensor([0b1] * 12 + [0b10] * 5 + [0b110] * 3)
+    tokens = torch.zeros(77, dtype=torch.long)
+    tokens[2:4], tokens[6], tokens[9:11] = 0b10, 0b100, 0b1000
     return _case(seed, 2, 4, 20, 77, 8, pixels, tokens)
 
 
@@ -93,7 +100,7 @@ def test_fast_path_matches_reference(case, lam, backend):
     if lam == "per-query":
         lam = torch.rand(q.shape[2], generator=torch.Generator().manual_seed(4))
     strength = torch.as_tensor(lam, dtype=torch.float32)
-    positive = qlab[:, None] == klab[None, :]
+    positive = _positive(qlab, klab)
     expected = modulated_attention(q, k, v, positive, strength.reshape(-1, 1) if strength.ndim else strength)
     got = layout_attention(q, k, v, qlab, klab, strength, backend=backend)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -103,16 +110,15 @@ def test_fast_path_in_many_chunks_matches_reference(monkeypatch):
     q, k, v, qlab, klab = _self_case(seed=5)
     monkeypatch.setitem(attention.CHUNK_BYTES, "cpu", 2 * 3 * 72 * 4 * 7)  # 7 query rows per chunk
     assert attention._chunk_rows(q, 72) == 7
-    expected = modulated_attention(q, k, v, qlab[:, None] == klab[None, :], 0.6)
+    expected = modulated_attention(q, k, v, _positive(qlab, klab), 0.6)
     torch.testing.assert_close(layout_attention(q, k, v, qlab, klab, 0.6, backend="chunked"), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_path_per_batch_labels():
+def test_fast_path_per_batch_regions():
     q, k, v, _, _ = _case(6, 2, 2, 10, 10, 8, None, None)
-    labels = torch.tensor([[0] * 5 + [1] * 5, [1] * 2 + [0] * 8])
-    positive = labels[:, :, None] == labels[:, None, :]
-    expected = modulated_attention(q, k, v, positive[:, None], 0.5)
-    torch.testing.assert_close(layout_attention(q, k, v, labels, labels, 0.5), expected, atol=1e-5, rtol=1e-5)
+    regions = torch.tensor([[1] * 5 + [2] * 5, [2] * 2 + [1] * 8])
+    expected = modulated_attention(q, k, v, _positive(regions, regions)[:, None], 0.5)
+    torch.testing.assert_close(layout_attention(q, k, v, regions, regions, 0.5), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -121,6 +127,6 @@ def test_fast_path_on_gpu_low_precision(dtype, tolerance):
     # Same rounded inputs for both; bf16's own output rounding is ~4e-3 at 0.5, hence its wider bound.
     q, k, v, qlab, klab = (t.cuda() for t in _self_case(seed=7))
     q, k, v = (t.to(dtype) for t in (q, k, v))
-    expected = modulated_attention(q.float(), k.float(), v.float(), qlab[:, None] == klab[None, :], 0.5)
+    expected = modulated_attention(q.float(), k.float(), v.float(), _positive(qlab, klab), 0.5)
     got = layout_attention(q, k, v, qlab, klab, 0.5)
     torch.testing.assert_close(got.float(), expected, atol=tolerance, rtol=0)

@@ -23,7 +23,8 @@ def test_strength_follows_the_schedule():
     m = ModulationConfig()
     assert m.strength(1.0, 981, 0, 50) == pytest.approx((980 / 1000) ** 5)
     assert m.strength(0.3, 701, 14, 50) == pytest.approx(0.3 * 0.7**5)
-    assert m.strength(1.0, 681, 15, 50) == 0.0  # past the first 30 % of steps
+    assert m.strength(1.0, 681, 15, 50) == 0.0  # past the first 15 steps
+    assert ModulationConfig(until=0.5).strength(1.0, 681, 15, 50) > 0.0  # the first half
     assert ModulationConfig(enabled=False).strength(1.0, 981, 0, 50) == 0.0
 
 
@@ -36,7 +37,14 @@ def test_strength_follows_the_schedule():
         ({"guidance": 0.5}, "at least 1.0"),
         ({"control": {"type": "depth"}}, "needs control.path"),
         ({"regions": [{"phrase": "a", "mask": "m"}, {"phrase": "A", "mask": "n"}]}, "same phrase"),
-        ({"background": {"colour": 1}}, "takes only 'phrase'"),
+        ({"background": {"colour": 1}}, "unknown setting 'background.colour'"),
+        ({"background": {"phrase": 3}}, "'background.phrase' must be str"),
+        ({"background_phrase": "man"}, "write it as background"),
+        ({"flow": {"levels": [3]}}, "'flow.levels'"),
+        ({"flow": {"method": "frames"}}, "needs 'flow.path'"),
+        ({"modulation": {"self_branch": "left"}}, "'modulation.self_branch' is 'left'"),
+        ({"inject_step": 60}, "'inject_step' must be between 0 and the 50 steps"),
+        ({"modulation": {"until": 1.5}}, "'modulation.until' is a share"),
         ({"steps": True}, "must be int"),
     ],
 )

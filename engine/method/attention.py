@@ -6,7 +6,8 @@ The paper's modulation, with S = QKᵀ and a boolean condition map R (True = pos
 
 max/min taken over the keys of each query row. Because they are per row, S + λ·M equals
 (1 − λ)·S + λ·(max − min)·R plus a per-row constant that softmax ignores, so the fast path needs only
-the per-row range of S and the region labels that generate R: it never stores an N×M matrix.
+the per-row range of S and the region sets that generate R (R[x, y] = the region sets of x and y share
+a region, see layout.py): it never stores an N×M matrix.
 """
 
 from __future__ import annotations
@@ -69,22 +70,23 @@ def layout_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    query_labels: torch.Tensor,
-    key_labels: torch.Tensor,
+    query_regions: torch.Tensor,
+    key_regions: torch.Tensor,
     strength: float | torch.Tensor,
     scale: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Modulated attention with R[x, y] = (query_labels[x] == key_labels[y]), in O(N) extra memory.
+    """Modulated attention with R[x, y] = (query_regions[x] & key_regions[y]) != 0, in O(N) extra memory.
 
-    query (B, H, N, d); key, value (B, H, M, d); query_labels (B, N) or (N,); key_labels (B, M) or (M,);
-    strength λ: a number or (B, N) / (N,) per query. backend: "auto" (flex_attention on CUDA, chunked
-    SDPA elsewhere), "flex" or "chunked". Equals `modulated_attention` up to float rounding.
+    query (B, H, N, d); key, value (B, H, M, d); region sets (int64 bit masks) query_regions (B, N) or
+    (N,), key_regions (B, M) or (M,); strength λ: a number or (B, N) / (N,) per query. backend: "auto"
+    (flex_attention on CUDA, chunked SDPA elsewhere), "flex" or "chunked". Equals `modulated_attention`
+    up to float rounding.
     """
     batch, heads, tokens, dim = query.shape
     scale = dim**-0.5 if scale is None else scale
-    query_labels = query_labels.expand(batch, tokens)
-    key_labels = key_labels.expand(batch, key.shape[-2])
+    query_regions = query_regions.expand(batch, tokens)
+    key_regions = key_regions.expand(batch, key.shape[-2])
     lam = torch.as_tensor(strength, dtype=torch.float32, device=query.device).expand(batch, tokens)
     chunk = _chunk_rows(query, key.shape[-2])
     # Row range of the raw scores; λ·range is the bias that positive pairs receive.
@@ -94,10 +96,10 @@ def layout_attention(
         backend = "flex" if query.is_cuda else "chunked"
     if backend == "flex":
         try:
-            return _flex_layout_attention(query, key, value, query_labels, key_labels, keep, amplitude, scale)
+            return _flex_layout_attention(query, key, value, query_regions, key_regions, keep, amplitude, scale)
         except Exception as exc:  # a compile failure must not lose the user's job: fall back, say so once
             _warn_once(f"flex_attention unavailable ({type(exc).__name__}: {exc}); using chunked SDPA")
-    return _chunked_layout_attention(query, key, value, query_labels, key_labels, keep, amplitude, scale, chunk)
+    return _chunked_layout_attention(query, key, value, query_regions, key_regions, keep, amplitude, scale, chunk)
 
 
 def _chunk_rows(query: torch.Tensor, keys: int) -> int:
@@ -106,11 +108,11 @@ def _chunk_rows(query: torch.Tensor, keys: int) -> int:
     return max(1, min(query.shape[-2], budget // max(1, batch * heads * keys * 4)))
 
 
-def _chunked_layout_attention(query, key, value, query_labels, key_labels, keep, amplitude, scale, chunk):
+def _chunked_layout_attention(query, key, value, query_regions, key_regions, keep, amplitude, scale, chunk):
     outputs = []
     for start in range(0, query.shape[-2], chunk):
         rows = slice(start, start + chunk)
-        positive = query_labels[:, rows, None] == key_labels[:, None, :]  # (B, n, M)
+        positive = (query_regions[:, rows, None] & key_regions[:, None, :]) != 0  # (B, n, M)
         bias = (amplitude[:, :, rows, None] * scale) * positive[:, None]  # (B, H, n, M)
         scaled_query = query[:, :, rows] * keep[:, None, rows, None].to(query.dtype)
         outputs.append(
@@ -119,7 +121,7 @@ def _chunked_layout_attention(query, key, value, query_labels, key_labels, keep,
     return torch.cat(outputs, dim=-2)
 
 
-def _flex_layout_attention(query, key, value, query_labels, key_labels, keep, amplitude, scale):
+def _flex_layout_attention(query, key, value, query_regions, key_regions, keep, amplitude, scale):
     from torch.nn.attention.flex_attention import flex_attention
 
     bias = (amplitude * scale).to(query.dtype)
@@ -127,7 +129,7 @@ def _flex_layout_attention(query, key, value, query_labels, key_labels, keep, am
 
     def score_mod(score, b, h, q_idx, kv_idx):
         # flex_attention passes the already scaled score; the bias is pre-scaled to match.
-        positive = query_labels[b, q_idx] == key_labels[b, kv_idx]
+        positive = (query_regions[b, q_idx] & key_regions[b, kv_idx]) != 0
         return score * keep[b, q_idx] + torch.where(positive, bias[b, h, q_idx], 0.0)
 
     attend = _compiled_flex() if query.is_cuda else flex_attention

@@ -1,9 +1,19 @@
-"""Region layout: which pixel belongs to which region, at every attention resolution, and which prompt
+"""Region layout: which regions each pixel belongs to, at every attention resolution, and which prompt
 tokens belong to which region.
 
-Labels: 0 is the background (pixels in no matte), k + 1 is region k. Where mattes overlap, the region
-listed later wins, as a later layer paints over an earlier one. Text tokens outside every phrase get
-label -1, which matches no pixel.
+Region sets are bit masks (int64): bit 0 is the background, bit k + 1 is region k. A pair of tokens is
+positive for ST-Layout attention when their sets share a bit, so overlapping regions are allowed; a
+pixel in no region (set 0) is positive with nothing. Text tokens carry the bit of the phrase they
+belong to, 0 for words outside every phrase.
+
+Two sets of rules (`ModulationConfig.layout`):
+- `reference`, as the published code runs it: each matte is resampled by nearest neighbour to the
+  latent size, then by nearest neighbour to every coarser UNet resolution, so a thin structure that lies
+  on the sampling grid survives at every level (and one between grid lines may vanish); pixels in no
+  matte are a region (the background) only when the background has a phrase; the finest level
+  (the latent size, 64² for 512²) is not modulated.
+- `area`: each cell takes the region with the largest area in it (the later region wins where mattes
+  overlap), the background is always a region, and every level is modulated.
 """
 
 from __future__ import annotations
@@ -18,7 +28,12 @@ import torch.nn.functional as F
 from videograin.engine.config import find_phrase
 from videograin.engine.errors import JobError
 
-NO_REGION = -1
+BACKGROUND_BIT = 1  # bit 0
+
+
+def region_bit(region: int) -> int:
+    """The bit of region `region` (0-based, in job order)."""
+    return 1 << (region + 1)
 
 
 def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
@@ -40,17 +55,19 @@ def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
     return list(range(first, first + len(span)))
 
 
-def token_labels(tokenizer, prompt: str, phrases: list[str | None]) -> torch.Tensor:
-    """Label per prompt token: phrases[l] marks label l (phrases[0] is the background's, may be None)."""
-    labels = torch.full((tokenizer.model_max_length,), NO_REGION, dtype=torch.long)
-    for label, phrase in enumerate(phrases):
+def token_regions(tokenizer, prompt: str, phrases: list[str], background_phrase: str | None) -> torch.Tensor:
+    """Region set (bit mask) of every prompt token: region k's phrase gets bit k + 1, the background's bit 0."""
+    regions = torch.zeros(tokenizer.model_max_length, dtype=torch.long)
+    marked = [(background_phrase, BACKGROUND_BIT)] + [(p, region_bit(k)) for k, p in enumerate(phrases)]
+    for phrase, bit in marked:
         if phrase:
-            labels[phrase_token_indices(tokenizer, prompt, phrase)] = label
-    return labels
+            regions[phrase_token_indices(tokenizer, prompt, phrase)] |= bit
+    return regions
 
 
 def label_map(masks: np.ndarray) -> np.ndarray:
-    """(K, F, H, W) bool mattes → (F, H, W) int labels; later regions win where mattes overlap."""
+    """(K, F, H, W) bool mattes → (F, H, W) int labels, 0 = background; later regions win where mattes
+    overlap (the `area` rules, and pictures of the layout)."""
     labels = np.zeros(masks.shape[1:], dtype=np.int64)
     for k, mask in enumerate(masks):
         labels[mask] = k + 1
@@ -68,42 +85,94 @@ def resize_labels(labels: np.ndarray, num_labels: int, width: int, height: int) 
     return votes.argmax(0)
 
 
+def nearest_masks(masks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(K, F, H, W) bool mattes → (K, F, height, width) by nearest-neighbour sampling (OpenCV's rule:
+    destination cell i takes source pixel floor(i · H / height))."""
+    flat = masks.reshape(-1, *masks.shape[2:]).astype(np.uint8)
+    small = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in flat])
+    return small.reshape(*masks.shape[:2], height, width).astype(bool)
+
+
 @dataclass
 class LayoutLevel:
     """The layout at one attention resolution, flattened per frame like the UNet's tokens."""
 
-    labels: torch.Tensor  # (F, N) long
-    size: torch.Tensor  # (F, N) float: 1 − area share (over the clip) of each query's region
+    regions: torch.Tensor  # (F, N) int64 region sets
+    self_size: torch.Tensor  # (F, N) float: the self-attention size factor of each query
+    cross_size: torch.Tensor  # (F, N) float: the cross-attention size factor of each query
+    modulated: bool  # False: this level is left alone (the finest level, under the reference rules)
+
+
+def _counts_sharing(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every token, how many tokens of its own frame, and of the whole clip, share a region with it."""
+    patterns, inverse = torch.unique(regions, return_inverse=True)
+    shares = (patterns[:, None] & patterns[None, :]) != 0  # (U, U): two region sets overlap
+    histogram = F.one_hot(inverse, len(patterns)).sum(1)  # (F, U): tokens of each set per frame
+    per_frame = histogram @ shares.long()  # (F, U): tokens of the frame sharing a region with set u
+    per_clip = per_frame.sum(0, keepdim=True)
+    return per_frame.gather(1, inverse), per_clip.expand_as(per_frame).gather(1, inverse)
 
 
 class RegionLayout:
-    """Per-frame region labels at the latent resolution and every coarser UNet resolution."""
+    """Region sets per frame at the latent resolution and every coarser UNet resolution."""
 
-    def __init__(self, latent_labels: np.ndarray, num_labels: int) -> None:
-        self.num_labels = num_labels
-        self.height, self.width = latent_labels.shape[1:]
-        self._one_hot = F.one_hot(torch.from_numpy(latent_labels), num_labels).permute(0, 3, 1, 2).float()
+    def __init__(
+        self, masks: np.ndarray, latent_width: int, latent_height: int, background_is_region: bool,
+        rules: str = "reference", size: str = "reference",
+    ) -> None:
+        """`masks` (K, F, H, W) bool at any size; `background_is_region`: the background has a phrase."""
+        self.rules, self.size_rule = rules, size
+        self.width, self.height = latent_width, latent_height
+        self.num_regions = masks.shape[0]
+        self.background_is_region = background_is_region or rules == "area"
+        if rules == "area":
+            labels = resize_labels(label_map(masks), self.num_regions + 1, latent_width, latent_height)
+            self._latent = F.one_hot(torch.from_numpy(labels), self.num_regions + 1).permute(0, 3, 1, 2).float()
+        else:
+            self._latent = torch.from_numpy(nearest_masks(masks, latent_width, latent_height)).float()
         self._levels: dict[tuple[int, str], LayoutLevel] = {}
 
-    @classmethod
-    def from_masks(cls, masks: np.ndarray, latent_width: int, latent_height: int) -> "RegionLayout":
-        num_labels = masks.shape[0] + 1
-        return cls(resize_labels(label_map(masks), num_labels, latent_width, latent_height), num_labels)
+    def level_size(self, tokens_per_frame: int) -> tuple[int, int]:
+        """(height, width) of the UNet resolution with this many tokens per frame."""
+        height, width = self.height, self.width
+        # UNet downsampling halves each side, rounding up (stride-2 convs with padding).
+        while height * width > tokens_per_frame and height > 1 and width > 1:
+            height, width = -(-height // 2), -(-width // 2)
+        if height * width != tokens_per_frame:
+            raise ValueError(f"no UNet resolution of a {self.width}x{self.height} latent has {tokens_per_frame} tokens")
+        return height, width
 
     def level(self, tokens_per_frame: int, device: torch.device) -> LayoutLevel:
         key = (tokens_per_frame, str(device))
         if key not in self._levels:
-            self._levels[key] = self._build(tokens_per_frame, device)
+            level = self._build(*self.level_size(tokens_per_frame))
+            self._levels[key] = LayoutLevel(
+                level.regions.to(device), level.self_size.to(device), level.cross_size.to(device), level.modulated
+            )
         return self._levels[key]
 
-    def _build(self, tokens: int, device: torch.device) -> LayoutLevel:
-        height, width = self.height, self.width
-        # UNet downsampling halves each side, rounding up (stride-2 convs with padding).
-        while height * width > tokens and height > 1 and width > 1:
-            height, width = -(-height // 2), -(-width // 2)
-        if height * width != tokens:
-            raise ValueError(f"no UNet resolution of a {self.width}x{self.height} latent has {tokens} tokens")
-        votes = F.adaptive_avg_pool2d(self._one_hot, (height, width))
-        labels = votes.argmax(1).flatten(1)
-        share = torch.bincount(labels.flatten(), minlength=self.num_labels).float() / labels.numel()
-        return LayoutLevel(labels.to(device), (1.0 - share)[labels].to(device))
+    def _regions_at(self, height: int, width: int) -> torch.Tensor:
+        """(F, h·w) region sets at one resolution."""
+        if self.rules == "area":
+            votes = F.adaptive_avg_pool2d(self._latent, (height, width))
+            return (1 << votes.argmax(1)).flatten(1)  # label l (0 = background) is bit l
+        masks = F.interpolate(self._latent, (height, width), mode="nearest").bool()  # (K, F, h, w)
+        regions = torch.zeros(masks.shape[1:], dtype=torch.long)
+        for k, mask in enumerate(masks):
+            regions[mask] |= region_bit(k)
+        if self.background_is_region:
+            regions[regions == 0] = BACKGROUND_BIT
+        return regions.flatten(1)
+
+    def _build(self, height: int, width: int) -> LayoutLevel:
+        regions = self._regions_at(height, width)
+        frames, tokens = regions.shape
+        per_frame, per_clip = _counts_sharing(regions)
+        if self.size_rule == "clip":
+            self_size = cross_size = 1.0 - per_clip.float() / regions.numel()
+        else:
+            # The published code divides the clip count by N·F² (not N·F) for self-attention.
+            self_size = 1.0 - per_clip.float() / (tokens * frames**2)
+            cross_size = 1.0 - per_frame.float() / tokens
+        finest = (height, width) == (self.height, self.width)
+        return LayoutLevel(regions, self_size, cross_size, modulated=self.rules == "area" or not finest)

@@ -1,15 +1,24 @@
 """The VideoGrain edit as a diffusers pipeline: DDIM inversion of the clip, then a guided, ControlNet-
 conditioned DDIM sampling with ST-Layout attention, all frames of a pass denoised as one batch.
 
+What the published code does beyond the attention equation, and this pipeline with it (each has a
+setting that turns it off, see config.py): each phrase's embedding is encoded alone and overwrites its
+tokens in the target prompt's embedding; the ControlNet attends per frame and its unconditional branch
+reads the negative prompt; the up blocks' features recorded while inverting are injected into the first
+`inject_step` edit steps; outside every region the latents are the source's at the same noise level
+(blending); and at the resolutions the flow settings name, self-attention is followed by attention along
+optical-flow trajectories.
+
 Long clips: when the clip has more frames than one pass holds (`window`), a few anchor frames, evenly
 spread over the clip, join every pass. Each pass's frames attend to their own frames and the anchors;
 anchors attend only among themselves, so they are identical in every pass and tie all passes to the
-same appearance. Every denoising step runs all passes before any latent moves on.
+same appearance. Passes are therefore independent: each is inverted, edited and decoded in turn, and
+its frames are handed on (in clip order) while the next pass runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,10 +33,11 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videograin.engine.config import ModulationConfig
+from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.errors import CancelledError
 from videograin.engine.method.attention import CHUNK_BYTES
-from videograin.engine.method.layout import RegionLayout, token_labels
+from videograin.engine.method.injection import Features, FeatureInjection
+from videograin.engine.method.layout import RegionLayout, phrase_token_indices, token_regions
 from videograin.engine.method.processors import AttentionContext, install_processors
 from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
@@ -40,6 +50,26 @@ FrameCallback = Callable[[int, np.ndarray], None]
 class EditResult:
     frames: np.ndarray  # (F, H, W, 3) uint8 at the working size
     leakage: dict[str, float] | None  # per phrase, when measured
+
+
+@dataclass
+class PassInversion:
+    """What inverting one pass yields that its edit reuses."""
+
+    latents: torch.Tensor  # (F, 4, h, w): the pass's frames inverted to the first edit timestep
+    # noise level (timestep; 0 = the clean encoding) -> the pass's source latents there, for blending
+    source: dict[int, torch.Tensor] = field(default_factory=dict)
+    features: dict[int, Features] = field(default_factory=dict)  # timestep -> recorded injection features
+
+
+@dataclass
+class _Texts:
+    """Text embeddings, one per guidance branch (unconditional first)."""
+
+    invert: torch.Tensor  # the source prompt, alone: inversion needs no guidance
+    record: torch.Tensor  # "" + the source prompt: inversion steps that record both branches' features
+    edit: torch.Tensor  # UNet: "" + the target prompt (phrase embeddings swapped in)
+    controlnet_edit: torch.Tensor  # ControlNet: the negative prompt + the target prompt as written
 
 
 def plan_passes(num_frames: int, window: int) -> tuple[list[list[int]], int]:
@@ -103,6 +133,17 @@ class VideoGrainPipeline(DiffusionPipeline):
         ).input_ids
         return self.text_encoder(ids.to(self.device))[0].to(self.unet.dtype)
 
+    def encode_target(self, prompt: str, phrases: list[str], swap: bool) -> torch.Tensor:
+        """The target prompt's embedding; with `swap`, each phrase encoded alone overwrites its tokens
+        (as the published code does), so a region's words are not coloured by the rest of the prompt."""
+        target = self.encode_prompt(prompt)
+        if swap:
+            for phrase in phrases:
+                positions = phrase_token_indices(self.tokenizer, prompt, phrase)
+                alone = self.encode_prompt(phrase)
+                target[0, positions] = alone[0, 1 : 1 + len(positions)]
+        return target
+
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
         latents = []
@@ -129,37 +170,91 @@ class VideoGrainPipeline(DiffusionPipeline):
             return None
         return torch.from_numpy(control_maps).permute(0, 3, 1, 2).to(self.device, self.controlnet.dtype) / 255.0
 
-    def _predict_noise(self, latents, timestep, text, control, control_scale, guidance) -> torch.Tensor:
-        """ε for one pass: text holds one embedding per group (unconditional first when guided)."""
+    def _predict_noise(self, latents, timestep, text, controlnet_text, control, control_scale, guidance) -> torch.Tensor:
+        """ε for one pass: `text` / `controlnet_text` hold one embedding per group (unconditional first).
+        With two groups and `guidance` None, the conditional group's ε alone (inversion steps that only
+        record the unconditional branch's features)."""
         groups, frames = text.shape[0], latents.shape[0]
         model_input = latents.repeat(groups, 1, 1, 1)
         embeddings = text.repeat_interleave(frames, dim=0)
         extra = {}
         if control is not None:
             down, mid = self.controlnet(
-                model_input, timestep, encoder_hidden_states=embeddings,
+                model_input, timestep, encoder_hidden_states=controlnet_text.repeat_interleave(frames, dim=0),
                 controlnet_cond=control.repeat(groups, 1, 1, 1), conditioning_scale=control_scale, return_dict=False,
             )
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         noise = self.unet(model_input, timestep, encoder_hidden_states=embeddings, **extra).sample
         if groups == 2:
             unconditional, conditional = noise.chunk(2)
-            noise = unconditional + guidance * (conditional - unconditional)
+            noise = conditional if guidance is None else unconditional + guidance * (conditional - unconditional)
         return noise
 
-    def _predict_clip(self, ctx, latents, timestep, text, control, control_scale, guidance, passes, anchors):
-        noise = torch.empty_like(latents)
-        for number, frame_ids in enumerate(passes):
-            ctx.frames, ctx.anchors = len(frame_ids), anchors
-            ctx.frame_ids = torch.tensor(frame_ids)
-            part = self._predict_noise(
-                latents[frame_ids], timestep, text,
-                None if control is None else control[frame_ids], control_scale, guidance,
-            )
-            # Anchors come out identical in every pass: keep the first pass's.
-            keep = len(frame_ids) if number == 0 else len(frame_ids) - anchors
-            noise[frame_ids[:keep]] = part[:keep]
-        return noise
+    # -- one pass ----------------------------------------------------------------------------------
+
+    def invert_pass(
+        self, ctx: AttentionContext, latents: torch.Tensor, texts: _Texts, control: torch.Tensor | None,
+        control_scale: float, steps: int, record: set[int], keep_source: bool, step_done: Callable[[int], None],
+    ) -> PassInversion:
+        """DDIM inversion of one pass with the source prompt: no guidance, no modulation. Timesteps in
+        `record` also run the unconditional branch and record injection features."""
+        inverse = DDIMInverseScheduler.from_config(self.scheduler.config)
+        inverse.set_timesteps(steps, device=self.device)
+        ctx.cross_groups, ctx.self_groups, ctx.cross_strength, ctx.self_strength = (), (), 0.0, 0.0
+        result = PassInversion(latents, {0: latents} if keep_source else {})
+        for i, t in enumerate(inverse.timesteps):
+            recording = ctx.injection is not None and int(t) in record
+            if recording:
+                ctx.injection.record(int(t))
+            text = texts.record if recording else texts.invert
+            noise = self._predict_noise(latents, t, text, text, control, control_scale, None)
+            latents = inverse.step(noise, t, latents).prev_sample
+            if keep_source:
+                result.source[int(t)] = latents
+            step_done(i)
+        if ctx.injection is not None:
+            result.features = ctx.injection.recorded
+            ctx.injection.recorded = {}
+            ctx.injection.idle()
+        result.latents = latents
+        return result
+
+    def edit_pass(
+        self, ctx: AttentionContext, inversion: PassInversion, texts: _Texts, control: torch.Tensor | None,
+        control_scale: float, steps: int, guidance: float, modulation: ModulationConfig, inject_step: int,
+        keep: torch.Tensor | None, generator: torch.Generator, step_done: Callable[[int, torch.Tensor], None],
+    ) -> torch.Tensor:
+        """Guided sampling of one pass from its inverted latents with ST-Layout attention; `keep` (F, 1,
+        h, w) is 1 where the edit is kept, 0 where the source's latents are blended in."""
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(steps, device=self.device)
+        guided = guidance > 1.0
+        ctx.cross_groups = (1,) if guided else (0,)
+        ctx.self_groups = {
+            "unconditional": (0,) if guided else (),
+            "conditional": (1,) if guided else (0,),
+            "both": (0, 1) if guided else (0,),
+        }[modulation.self_branch]
+        if ctx.injection is not None:
+            ctx.injection.recorded = inversion.features
+        latents = inversion.latents
+        timesteps = [int(t) for t in sampler.timesteps]
+        for i, t in enumerate(sampler.timesteps):
+            ctx.cross_strength = modulation.strength(modulation.cross, int(t), i, steps)
+            ctx.self_strength = modulation.strength(modulation.self_, int(t), i, steps)
+            if ctx.injection is not None:
+                ctx.injection.inject(int(t)) if i < inject_step else ctx.injection.idle()
+            noise = self._predict_noise(latents, t, texts.edit, texts.controlnet_edit, control, control_scale, guidance)
+            stepped = sampler.step(noise, t, latents, generator=generator)
+            latents = stepped.prev_sample
+            if keep is not None:
+                source = inversion.source[timesteps[i + 1] if i + 1 < steps else 0]
+                latents = latents * keep + source * (1 - keep)
+            step_done(i, stepped.pred_original_sample)
+        if ctx.injection is not None:
+            ctx.injection.recorded = {}
+            ctx.injection.idle()
+        return latents
 
     # -- the edit --------------------------------------------------------------------------------
 
@@ -179,71 +274,130 @@ class VideoGrainPipeline(DiffusionPipeline):
         seed: int = 0,
         modulation: ModulationConfig | None = None,
         window: int | None = None,
+        negative_prompt: str = REFERENCE_NEGATIVE_PROMPT,
+        phrase_embeddings: bool = True,
+        controlnet_attention: str = "frame",
+        inject_step: int = 0,
+        blend: bool = True,
+        trajectories: dict[tuple[int, int], torch.Tensor] | None = None,
         progress: ProgressCallback = no_progress,
         cancelled: Callable[[], bool] = lambda: False,
         measure_leakage: bool = False,
         preview_every: int = 5,
         on_frame: FrameCallback | None = None,
     ) -> EditResult:
-        """Edit `frames` (F, H, W, 3) uint8 at the working size; `masks` (K, F, H, W) bool, one per phrase."""
+        """Edit `frames` (F, H, W, 3) uint8 at the working size; `masks` (K, F, H, W) bool, one per phrase.
+
+        `trajectories`: (h, w) of an attention resolution -> (F, h·w) trajectory id of every token
+        (trajectory.py), for the resolutions that get trajectory attention."""
         modulation = modulation or ModulationConfig()
         height, width = frames.shape[1:3]
         latent_w, latent_h = width // self.vae_scale_factor, height // self.vae_scale_factor
-        layout = RegionLayout.from_masks(masks, latent_w, latent_h)
+        layout = RegionLayout(
+            masks, latent_w, latent_h, background_is_region=bool(background_phrase), rules=modulation.layout,
+            size=modulation.size,
+        )
         ctx = AttentionContext(
             layout=layout,
-            token_labels=token_labels(self.tokenizer, prompt, [background_phrase, *phrases]),
-            leakage=LeakageMeter(layout.num_labels) if measure_leakage else None,
+            token_regions=token_regions(self.tokenizer, prompt, phrases, background_phrase),
+            trajectories=trajectories or {},
+            leakage=LeakageMeter(len(phrases) + 1) if measure_leakage else None,
         )
-        install_processors(self.unet, self.controlnet, ctx)
+        install_processors(self.unet, self.controlnet, ctx, controlnet_full_frame=controlnet_attention == "full")
         window = window or longest_pass(len(frames), latent_w * latent_h, self.device)
         passes, anchors = plan_passes(len(frames), window)
         control = self._control_tensor(control_maps)
         generator = torch.Generator().manual_seed(seed)
+        guided = guidance > 1.0
+        phrases_all = [*phrases, *([background_phrase] if background_phrase else [])]
+        source_text = self.encode_prompt(source_prompt)
+        unconditional = self.encode_prompt("")
+        target = self.encode_target(prompt, phrases_all, phrase_embeddings)
+        texts = _Texts(
+            invert=source_text,
+            record=torch.cat([unconditional, source_text]) if guided else source_text,
+            edit=torch.cat([unconditional, target]) if guided else target,
+            controlnet_edit=torch.cat([self.encode_prompt(negative_prompt), self.encode_prompt(prompt)]) if guided
+            else self.encode_prompt(prompt),
+        )
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(steps)
+        record = {int(t) for t in sampler.timesteps[:inject_step]}
 
         def check_cancel() -> None:
             if cancelled():
                 raise CancelledError("the edit was cancelled")
 
-        progress(ProgressEvent("encode", 0, 1))
+        progress(ProgressEvent("encode", 0, len(frames)))
         latents = self.encode_frames(frames)
-        progress(ProgressEvent("encode", 1, 1))
+        progress(ProgressEvent("encode", len(frames), len(frames)))
+        keep = None
+        if blend:
+            finest = layout.level(latent_w * latent_h, latents.device)
+            keep = (finest.regions != 0).to(latents.dtype).reshape(len(frames), 1, latent_h, latent_w)
 
-        # DDIM inversion with the source prompt: no guidance, no modulation.
-        inverse = DDIMInverseScheduler.from_config(self.scheduler.config)
-        inverse.set_timesteps(steps, device=self.device)
-        source_text = self.encode_prompt(source_prompt)
-        ctx.conditional_groups = ()
-        for i, t in enumerate(inverse.timesteps):
-            check_cancel()
-            noise = self._predict_clip(ctx, latents, t, source_text, control, control_scale, 1.0, passes, anchors)
-            latents = inverse.step(noise, t, latents).prev_sample
-            progress(ProgressEvent("invert", i + 1, steps))
+        decoded = _InOrderDecoder(self, len(frames), on_frame, progress)
+        ctx.injection = FeatureInjection(self.unet) if inject_step else None
+        try:
+            for number, frame_ids in enumerate(passes):
+                ctx.frames, ctx.anchors, ctx.frame_ids = len(frame_ids), anchors, torch.tensor(frame_ids)
+                pass_control = None if control is None else control[frame_ids]
 
-        # Guided sampling from the inverted latents with ST-Layout attention.
-        sampler = DDIMScheduler.from_config(self.scheduler.config)
-        sampler.set_timesteps(steps, device=self.device)
-        target = self.encode_prompt(prompt)
-        guided = guidance > 1.0
-        text = torch.cat([self.encode_prompt(""), target]) if guided else target
-        ctx.conditional_groups = (1,) if guided else (0,)
-        for i, t in enumerate(sampler.timesteps):
-            check_cancel()
-            ctx.cross_strength = modulation.strength(modulation.cross, int(t), i, steps)
-            ctx.self_strength = modulation.strength(modulation.self_, int(t), i, steps)
-            noise = self._predict_clip(ctx, latents, t, text, control, control_scale, guidance, passes, anchors)
-            stepped = sampler.step(noise, t, latents, generator=generator)
-            latents = stepped.prev_sample
-            preview = None
-            if (i + 1) % preview_every == 0 or i + 1 == steps:
-                preview = self.decode_latents(stepped.pred_original_sample[:1])[0]
-            progress(ProgressEvent("edit", i + 1, steps, preview))
+                def inverted(i: int) -> None:
+                    check_cancel()
+                    progress(ProgressEvent("invert", i + 1, steps, None, number, len(passes)))
 
-        progress(ProgressEvent("decode", 0, 1))
-        edited = self.decode_latents(latents, on_frame)
-        progress(ProgressEvent("decode", 1, 1))
+                def edited(i: int, predicted: torch.Tensor) -> None:
+                    check_cancel()
+                    preview = None
+                    if number == 0 and ((i + 1) % preview_every == 0 or i + 1 == steps):
+                        preview = self.decode_latents(predicted[:1])[0]
+                    progress(ProgressEvent("edit", i + 1, steps, preview, number, len(passes)))
+
+                check_cancel()
+                inversion = self.invert_pass(
+                    ctx, latents[frame_ids], texts, pass_control, control_scale, steps, record, blend, inverted
+                )
+                result = self.edit_pass(
+                    ctx, inversion, texts, pass_control, control_scale, steps, guidance, modulation, inject_step,
+                    None if keep is None else keep[frame_ids], generator, edited,
+                )
+                # Anchors come out identical in every pass: the first pass's are kept.
+                kept = len(frame_ids) if number == 0 else len(frame_ids) - anchors
+                decoded.add(frame_ids[:kept], result[:kept])
+        finally:
+            if ctx.injection is not None:
+                ctx.injection.remove()
         leakage = None
         if ctx.leakage is not None:
             names = [background_phrase, *phrases]
-            leakage = {names[label]: share for label, share in ctx.leakage.shares().items()}
-        return EditResult(edited, leakage)
+            leakage = {names[bit]: share for bit, share in ctx.leakage.shares().items()}
+        return EditResult(decoded.frames(), leakage)
+
+
+class _InOrderDecoder:
+    """Decodes finished latents in clip order, `VAE_BATCH` consecutive frames at a time (the batches a
+    whole-clip decode would use), so frames reach `on_frame` in index order as soon as they can."""
+
+    def __init__(self, pipe: VideoGrainPipeline, count: int, on_frame: FrameCallback | None,
+                 progress: ProgressCallback) -> None:
+        self.pipe, self.count, self.on_frame, self.progress = pipe, count, on_frame, progress
+        self.pending: dict[int, torch.Tensor] = {}
+        self.images: list[np.ndarray] = []
+
+    def add(self, frame_ids: list[int], latents: torch.Tensor) -> None:
+        self.pending.update(zip(frame_ids, latents))
+        # The sampler hands latents out channels-last; the VAE's kernels depend on the memory format.
+        layout = torch.channels_last if latents.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        while len(self.images) < self.count:
+            start = len(self.images)
+            chunk = range(start, min(start + VAE_BATCH, self.count))
+            if any(i not in self.pending for i in chunk):
+                return
+            batch = torch.stack([self.pending.pop(i) for i in chunk]).contiguous(memory_format=layout)
+            on_frame = None if self.on_frame is None else lambda index, image: self.on_frame(start + index, image)
+            self.images.extend(self.pipe.decode_latents(batch, on_frame))
+            self.progress(ProgressEvent("decode", len(self.images), self.count))
+
+    def frames(self) -> np.ndarray:
+        return np.stack(self.images)

@@ -1,10 +1,13 @@
 """ST-Layout attention as a diffusers attention processor.
 
-Installed on the UNet (modulated) and the ControlNet (full-frame only), it replaces each attention
-layer's core while keeping the layer's own projections:
+Installed on the UNet (and, with `controlnet_attention: full`, on the ControlNet), it replaces each
+attention layer's core while keeping the layer's own projections:
 - self-attention is full-frame: the frames of a batch group attend to the keys/values of all of them;
-- with λ > 0, self-attention pairs of the same region label are pulled together and others pushed
-  apart, and cross-attention pulls each region's phrase tokens into its own pixels only.
+- with λ > 0, self-attention pairs that share a region are pulled together and others pushed apart, and
+  cross-attention pulls each region's phrase tokens into its own pixels only (layout.py has the rules);
+- at the resolutions named by the flow settings, the full-frame output then goes through attention along
+  optical-flow trajectories (trajectory.py), queries and keys being the layer's own, as FLATTEN does;
+- in the up blocks, queries and keys may be recorded or injected (injection.py).
 The pipeline steers every processor through one shared `AttentionContext`.
 """
 
@@ -13,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from videograin.engine.method.attention import layout_attention, modulated_probs, plain_attention
+from videograin.engine.method.injection import FeatureInjection
 from videograin.engine.method.layout import RegionLayout
 from videograin.engine.metrics.leakage import LeakageMeter
 
@@ -31,25 +36,39 @@ class AttentionContext:
     frames: int = 1
     frame_ids: torch.Tensor | None = None  # clip index of each frame in a block, for the layout
     anchors: int = 0
-    conditional_groups: tuple[int, ...] = ()  # blocks whose text is the target prompt
+    cross_groups: tuple[int, ...] = ()  # blocks whose cross-attention is modulated (the target text)
+    self_groups: tuple[int, ...] = ()  # blocks whose self-attention is modulated
     layout: RegionLayout | None = None
-    token_labels: torch.Tensor | None = None  # (77,) region label of each prompt token
+    token_regions: torch.Tensor | None = None  # (77,) region set of each prompt token
     cross_strength: float = 0.0
     self_strength: float = 0.0
+    # (h, w) of an attention resolution -> (clip frames, h·w) trajectory id of every token
+    trajectories: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    injection: FeatureInjection | None = None
     leakage: LeakageMeter | None = None
     backend: str = "auto"
-    _token_labels_on: dict = field(default_factory=dict)
+    _on_device: dict = field(default_factory=dict)
 
-    def level(self, tokens_per_frame: int, device: torch.device):
-        level = self.layout.level(tokens_per_frame, device)
-        ids = self.frame_ids.to(device)
-        return level.labels[ids], level.size[ids]
+    def _cached(self, name: str, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        key = (name, id(tensor), str(device))
+        if key not in self._on_device:
+            self._on_device[key] = tensor.to(device)
+        return self._on_device[key]
 
-    def text_labels(self, device: torch.device) -> torch.Tensor:
-        key = str(device)
-        if key not in self._token_labels_on:
-            self._token_labels_on[key] = self.token_labels.to(device)
-        return self._token_labels_on[key]
+    def text_regions(self, device: torch.device) -> torch.Tensor:
+        return self._cached("text", self.token_regions, device)
+
+    def trajectory_groups(self, tokens: int, device: torch.device) -> torch.Tensor | None:
+        """Trajectory id of every token of a block (frames × tokens), or None at resolutions without
+        trajectory attention. Anchors keep to trajectories among anchors, so they stay pass-independent."""
+        size = self.layout.level_size(tokens) if self.trajectories else None
+        if size not in self.trajectories:
+            return None
+        ids = self._cached(f"trajectories{size}", self.trajectories[size], device)[self.frame_ids.to(device)]
+        if self.anchors:
+            ids = ids.clone()
+            ids[-self.anchors :] += int(ids.max()) + 1
+        return ids.flatten()
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -63,7 +82,8 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 class STLayoutAttnProcessor:
-    """Full-frame self-attention and, when `modulate`, ST-Layout modulation of self and cross attention."""
+    """Full-frame self-attention and, when `modulate`, ST-Layout modulation, trajectory attention and
+    feature injection."""
 
     def __init__(self, context: AttentionContext, modulate: bool = True) -> None:
         self.context = context
@@ -78,6 +98,8 @@ class STLayoutAttnProcessor:
         if is_cross:
             out = self._cross(query, key, value, attn.heads)
         else:
+            if self.modulate and self.context.injection is not None:
+                query, key = self.context.injection.exchange(attn, query, key)
             out = self._self(query, key, value, attn.heads)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -91,29 +113,48 @@ class STLayoutAttnProcessor:
         # Fold the frames of each block into one sequence: every frame sees every frame.
         fold = lambda x: _split_heads(x.reshape(groups, ctx.frames * tokens, channels), heads)  # noqa: E731
         q, k, v = fold(query), fold(key), fold(value)
-        labels = strength = None
+        modulated: list[int] = []
         if self.modulate and ctx.self_strength > 0:
-            labels, size = ctx.level(tokens, query.device)
-            labels, strength = labels.flatten(), ctx.self_strength * size.flatten()
-        split = (ctx.frames - ctx.anchors) * tokens
-        if ctx.anchors and split > 0:
+            level = ctx.layout.level(tokens, query.device)
+            if level.modulated:
+                modulated = [g for g in range(groups) if g in ctx.self_groups]
+                ids = ctx.frame_ids.to(query.device)
+                regions = level.regions[ids].flatten()
+                strength = ctx.self_strength * level.self_size[ids].flatten()
+        if not modulated:
+            out = self._full_frame(q, k, v, None, None)
+        elif len(modulated) == groups:
+            out = self._full_frame(q, k, v, regions, strength)
+        else:  # one guidance branch modulated, the other plain
+            plain = [g for g in range(groups) if g not in modulated]
+            out = torch.empty_like(q)
+            out[plain] = self._full_frame(q[plain], k[plain], v[plain], None, None)
+            out[modulated] = self._full_frame(q[modulated], k[modulated], v[modulated], regions, strength)
+        trajectories = ctx.trajectory_groups(tokens, query.device) if self.modulate else None
+        if trajectories is not None:
+            
+            out = trajectory_attention(q, k, out, trajectories)
+        return _merge_heads(out).reshape(batch, tokens, channels)
+
+    def _full_frame(self, q, k, v, regions, strength):
+        """Full-frame attention of folded blocks; with anchors, anchors attend only among themselves."""
+        split = (self.context.frames - self.context.anchors) * q.shape[2] // self.context.frames
+        if self.context.anchors and split > 0:
             everything, window, anchors = slice(None), slice(0, split), slice(split, None)
-            out = torch.cat(
+            return torch.cat(
                 [
-                    self._attend(q[:, :, window], k, v, labels, strength, window, everything),
-                    self._attend(q[:, :, anchors], k[:, :, anchors], v[:, :, anchors], labels, strength, anchors, anchors),
+                    self._attend(q[:, :, window], k, v, regions, strength, window, everything),
+                    self._attend(q[:, :, anchors], k[:, :, anchors], v[:, :, anchors], regions, strength, anchors, anchors),
                 ],
                 dim=2,
             )
-        else:
-            out = self._attend(q, k, v, labels, strength, slice(None), slice(None))
-        return _merge_heads(out).reshape(batch, tokens, channels)
+        return self._attend(q, k, v, regions, strength, slice(None), slice(None))
 
-    def _attend(self, q, k, v, labels, strength, rows: slice, keys: slice):
+    def _attend(self, q, k, v, regions, strength, rows: slice, keys: slice):
         """Self-attention of query `rows` over `keys` (slices of the folded sequence)."""
-        if labels is None:
+        if regions is None:
             return plain_attention(q, k, v)
-        return layout_attention(q, k, v, labels[rows], labels[keys], strength[rows], backend=self.context.backend)
+        return layout_attention(q, k, v, regions[rows], regions[keys], strength[rows], backend=self.context.backend)
 
     def _cross(self, query, key, value, heads):
         ctx = self.context
@@ -122,28 +163,35 @@ class STLayoutAttnProcessor:
         tokens = q.shape[2]
         for group in range(q.shape[0] // ctx.frames):
             rows = slice(group * ctx.frames, (group + 1) * ctx.frames)
-            conditional = self.modulate and group in ctx.conditional_groups and ctx.layout is not None
+            conditional = self.modulate and group in ctx.cross_groups and ctx.layout is not None
             if conditional and (ctx.cross_strength > 0 or ctx.leakage is not None):
-                labels, size = ctx.level(tokens, q.device)
-                text = ctx.text_labels(q.device)
-                strength = (ctx.cross_strength * size)[:, None, :, None]  # (F, 1, N, 1)
+                level = ctx.layout.level(tokens, q.device)
+                ids = ctx.frame_ids.to(q.device)
+                regions, size = level.regions[ids], level.cross_size[ids]
+                text = ctx.text_regions(q.device)
+                weight = ctx.cross_strength if level.modulated else 0.0
+                strength = (weight * size)[:, None, :, None]  # (F, 1, N, 1)
                 if ctx.leakage is not None:
                     # The meter needs the probabilities themselves; cross-attention is small enough.
-                    positive = (labels[:, :, None] == text[None, None, :])[:, None]
+                    positive = ((regions[:, :, None] & text[None, None, :]) != 0)[:, None]
                     probs = modulated_probs(q[rows], k[rows], positive, strength)
                     out[rows] = probs @ v[rows]
-                    ctx.leakage.add(probs, labels, text)
-                else:
+                    ctx.leakage.add(probs, regions, text)
+                    continue
+                if level.modulated:
                     out[rows] = layout_attention(
-                        q[rows], k[rows], v[rows], labels, text, strength[:, 0, :, 0], backend=ctx.backend
+                        q[rows], k[rows], v[rows], regions, text, strength[:, 0, :, 0], backend=ctx.backend
                     )
-            else:
-                out[rows] = plain_attention(q[rows], k[rows], v[rows])
+                    continue
+            out[rows] = plain_attention(q[rows], k[rows], v[rows])
         return _merge_heads(out)
 
 
-def install_processors(unet, controlnet, context: AttentionContext) -> None:
-    """Swap ST-Layout processors into the UNet (modulated) and the ControlNet (full-frame only)."""
+def install_processors(unet, controlnet, context: AttentionContext, controlnet_full_frame: bool) -> None:
+    """Swap ST-Layout processors into the UNet; the ControlNet attends per frame (diffusers' own
+    processor, as the published code does) or full-frame without modulation."""
     unet.set_attn_processor(STLayoutAttnProcessor(context, modulate=True))
     if controlnet is not None:
-        controlnet.set_attn_processor(STLayoutAttnProcessor(context, modulate=False))
+        controlnet.set_attn_processor(
+            STLayoutAttnProcessor(context, modulate=False) if controlnet_full_frame else AttnProcessor2_0()
+        )

@@ -1,0 +1,225 @@
+"""The edit as the published VideoGrain code runs it (issue: reference fidelity), on the tiny model.
+
+Each test fails without the behaviour it names; the last one checks that with every one of them turned
+off the pipeline gives, bit for bit, the frames it gave before they existed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
+from videograin.engine.inputs.job import EditJob, load_job
+from videograin.engine.method import injection as injection_module
+from videograin.engine.method.attention import plain_attention
+from videograin.engine.method.layout import RegionLayout, phrase_token_indices
+from videograin.engine.method.processors import AttentionContext, STLayoutAttnProcessor, install_processors
+from videograin.engine.runner import edit_clip
+
+GOLDEN = Path(__file__).parent / "data" / "pre-reference-fidelity.npz"
+PROMPT = "an iron man and a spider man are jogging under cherry blossoms"
+
+
+def _edit(pipe, job: EditJob, **changes):
+    for key, value in changes.items():
+        setattr(job.settings, key, value)
+    return edit_clip(job, pipe)
+
+
+def test_everything_off_reproduces_the_frames_from_before_bit_for_bit(demo_job, tiny_pipe):
+    # tests/data/pre-reference-fidelity.npz: `edit_clip` on this demo job (4 frames, 64², 5 steps), whole
+    # and in passes of 3, written by commit 12fe31d, before any of this existed.
+    golden = np.load(GOLDEN)
+    job = load_job(demo_job)
+    s = job.settings
+    s.modulation = ModulationConfig(until=0.3, layout="area", size="clip", self_branch="both")
+    s.negative_prompt, s.phrase_embeddings, s.controlnet_attention, s.inject_step, s.blend = "", False, "full", 0, False
+    s.flow.method = "none"
+    np.testing.assert_array_equal(edit_clip(job, tiny_pipe).frames, golden["whole"])
+    s.window = 3
+    np.testing.assert_array_equal(edit_clip(job, tiny_pipe).frames, golden["windowed"])
+
+
+def test_the_defaults_are_the_reference_behaviour(demo_job, tiny_pipe):
+    s = load_job(demo_job).settings
+    m = s.modulation
+    assert (m.steps, m.until, m.layout, m.size, m.self_branch) == (15, None, "reference", "reference", "unconditional")
+    assert s.phrase_embeddings and s.blend and s.controlnet_attention == "frame"
+    assert s.negative_prompt == REFERENCE_NEGATIVE_PROMPT and s.flow.levels == [1]
+
+
+@pytest.mark.parametrize("steps", [25, 50, 100])
+def test_a_fixed_fifteen_steps_are_modulated(steps):
+    sampler = DDIMScheduler(steps_offset=1)
+    sampler.set_timesteps(steps)
+    m = ModulationConfig()
+    strengths = [m.strength(1.0, int(t), i, steps) for i, t in enumerate(sampler.timesteps)]
+    assert all(s > 0 for s in strengths[:15]) and not any(strengths[15:])
+    assert ModulationConfig(until=0.3).modulated_steps(steps) == round(0.3 * steps)
+
+
+def test_phrase_embeddings_are_the_phrases_encoded_alone(tiny_pipe):
+    phrases = ["iron man", "spider man", "cherry blossoms"]
+    swapped = tiny_pipe.encode_target(PROMPT, phrases, swap=True)
+    whole = tiny_pipe.encode_prompt(PROMPT)
+    changed = torch.zeros(77, dtype=torch.bool)
+    for phrase in phrases:
+        positions = phrase_token_indices(tiny_pipe.tokenizer, PROMPT, phrase)
+        alone = tiny_pipe.encode_prompt(phrase)
+        torch.testing.assert_close(swapped[0, positions], alone[0, 1 : 1 + len(positions)], rtol=0, atol=0)
+        changed[positions] = True
+    torch.testing.assert_close(swapped[0, ~changed], whole[0, ~changed], rtol=0, atol=0)
+    assert not torch.equal(swapped, whole)
+
+
+def _spy_text(module, calls: list):
+    def hook(_module, args, kwargs):
+        calls.append(kwargs["encoder_hidden_states"].clone())
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_unet_reads_swapped_text_and_controlnet_the_negative_prompt(demo_job, tiny_pipe):
+    job = load_job(demo_job)
+    unet_text, controlnet_text = [], []
+    hooks = [_spy_text(tiny_pipe.unet, unet_text), _spy_text(tiny_pipe.controlnet, controlnet_text)]
+    try:
+        edit_clip(job, tiny_pipe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    frames = len(job.frames)
+    edit_unet, edit_controlnet = unet_text[-1], controlnet_text[-1]  # the last edit step
+    phrases = [r.phrase for r in job.settings.regions] + [job.settings.background_phrase]
+    expected_target = tiny_pipe.encode_target(job.settings.prompt, phrases, swap=True)[0]
+    torch.testing.assert_close(edit_unet[0], tiny_pipe.encode_prompt("")[0], rtol=0, atol=0)
+    torch.testing.assert_close(edit_unet[frames], expected_target, rtol=0, atol=0)
+    torch.testing.assert_close(edit_controlnet[0], tiny_pipe.encode_prompt(REFERENCE_NEGATIVE_PROMPT)[0], rtol=0, atol=0)
+    torch.testing.assert_close(edit_controlnet[frames], tiny_pipe.encode_prompt(job.settings.prompt)[0], rtol=0, atol=0)
+
+
+def test_controlnet_self_attention_is_per_frame(tiny_pipe):
+    controlnet = tiny_pipe.controlnet
+    context = AttentionContext(frames=2, frame_ids=torch.arange(2))
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 77, 32, generator=torch.Generator().manual_seed(1))
+    control = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+
+    def first_frame_residuals(lat):
+        down, mid = controlnet(lat, 501, encoder_hidden_states=text, controlnet_cond=control, return_dict=False)
+        return torch.cat([d[0].flatten() for d in down] + [mid[0].flatten()])
+
+    other = latents.clone()
+    other[1] = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(3))
+    try:
+        install_processors(tiny_pipe.unet, controlnet, context, controlnet_full_frame=False)
+        assert all(isinstance(p, AttnProcessor2_0) for p in controlnet.attn_processors.values())
+        torch.testing.assert_close(first_frame_residuals(latents), first_frame_residuals(other), rtol=0, atol=0)
+        install_processors(tiny_pipe.unet, controlnet, context, controlnet_full_frame=True)
+        assert not torch.allclose(first_frame_residuals(latents), first_frame_residuals(other))
+    finally:
+        install_processors(tiny_pipe.unet, controlnet, context, controlnet_full_frame=False)
+
+
+def _self_attention_case(self_groups):
+    """One self-attention layer over 2 guidance groups of 2 frames of 4x4 tokens with identical inputs."""
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8)
+    masks = np.zeros((1, 2, 32, 32), bool)
+    masks[0, :, :, :16] = True
+    layout = RegionLayout(masks, 8, 8, background_is_region=True, rules="area")
+    context = AttentionContext(frames=2, frame_ids=torch.arange(2), layout=layout, self_groups=self_groups,
+                               self_strength=0.9)
+    attn.set_processor(STLayoutAttnProcessor(context))
+    hidden = torch.randn(2, 16, 16).repeat(2, 1, 1)  # (groups · frames, tokens, channels)
+    return attn, hidden
+
+
+def test_self_attention_modulates_only_the_unconditional_branch_by_default():
+    attn, hidden = _self_attention_case(self_groups=(0,))  # what `unconditional` sets when guided
+    out = attn(hidden)
+    assert not torch.allclose(out[:2], out[2:])
+    # The conditional block is plain full-frame attention.
+    q, k, v = (attn.to_q(hidden[2:]), attn.to_k(hidden[2:]), attn.to_v(hidden[2:]))
+    fold = lambda x: x.reshape(1, 32, 2, 8).transpose(1, 2)  # noqa: E731
+    plain = plain_attention(fold(q), fold(k), fold(v)).transpose(1, 2).reshape(2, 16, 16)
+    torch.testing.assert_close(out[2:], attn.to_out[0](plain))
+    attn, hidden = _self_attention_case(self_groups=(0, 1))
+    out = attn(hidden)
+    torch.testing.assert_close(out[:2], out[2:])
+
+
+def test_injected_features_reach_the_up_blocks_only_for_the_first_inject_steps(demo_job, tiny_pipe, monkeypatch):
+    events: list[tuple[str, int, str, torch.Tensor]] = []
+    swap = injection_module.FeatureInjection._swap
+
+    def spy(self, name, tensor):
+        result = swap(self, name, tensor)
+        if self.mode is not None:
+            events.append((self.mode, self.timestep, name, result.detach().clone()))
+        return result
+
+    monkeypatch.setattr(injection_module.FeatureInjection, "_swap", spy)
+    job = load_job(demo_job)
+    job.settings.steps = 5
+    injected = _edit(tiny_pipe, job, inject_step=2).frames
+    sampler = DDIMScheduler.from_config(tiny_pipe.scheduler.config)
+    sampler.set_timesteps(5)
+    first_two = [int(t) for t in sampler.timesteps[:2]]
+    recorded = {(t, name): tensor for mode, t, name, tensor in events if mode == "record"}
+    injections = [(t, name, tensor) for mode, t, name, tensor in events if mode == "inject"]
+    names = {name for _, name, _ in injections}
+    assert {"up_blocks.1.resnets.0", "up_blocks.1.resnets.1"} <= names  # resnets of the up path
+    assert {n for n in names if n.endswith((".q", ".k"))}  # and self-attention queries / keys
+    assert all(not n.startswith(("down_blocks", "mid_block")) for n in names)
+    assert sorted({t for t, _, _ in injections}) == sorted(first_two)
+    for t, name, tensor in injections:  # the very features recorded while inverting the same timestep
+        torch.testing.assert_close(tensor, recorded[(t, name)], rtol=0, atol=0)
+    events.clear()
+    plain = _edit(tiny_pipe, job, inject_step=0).frames
+    assert not events and not np.array_equal(plain, injected)
+
+
+def test_blending_keeps_the_source_outside_every_region(demo_job, tiny_pipe, monkeypatch):
+    job = load_job(demo_job)
+    job.settings.background_phrase = None  # no background phrase: the background is not a region
+    job.settings.prompt = "an iron man and a spider man are jogging"
+    inversions, step_inputs, decoded = [], [], []
+    invert, predict, decode = tiny_pipe.invert_pass, tiny_pipe._predict_noise, tiny_pipe.decode_latents
+
+    def spy_invert(*args, **kwargs):
+        inversions.append(invert(*args, **kwargs))
+        return inversions[-1]
+
+    def spy_predict(latents, timestep, text, *args):
+        if text.shape[0] == 2:  # edit steps (guided)
+            step_inputs.append((int(timestep), latents.clone()))
+        return predict(latents, timestep, text, *args)
+
+    def spy_decode(latents, *args):
+        decoded.append(latents.clone())
+        return decode(latents, *args)
+
+    monkeypatch.setattr(tiny_pipe, "invert_pass", spy_invert)
+    monkeypatch.setattr(tiny_pipe, "_predict_noise", spy_predict)
+    monkeypatch.setattr(tiny_pipe, "decode_latents", spy_decode)
+    blended = edit_clip(job, tiny_pipe).frames
+    source = inversions[0].source
+    layout = RegionLayout(job.masks, 8, 8, background_is_region=False)
+    outside = (layout.level(64, torch.device("cpu")).regions == 0).reshape(4, 1, 8, 8).expand(-1, 4, -1, -1)
+    assert outside.any() and not outside.all()
+    assert len(step_inputs) == job.settings.steps
+    for timestep, latents in step_inputs[1:]:  # every step after the first starts from blended latents
+        torch.testing.assert_close(latents[outside], source[timestep][outside], rtol=0, atol=0)
+    # What is decoded is the source's own encoding outside the regions, i.e. its reconstruction there (the
+    # random tiny VAE's mid-block attention is global, so decoded pixels are compared no further).
+    final = decoded[-1]
+    torch.testing.assert_close(final[outside], source[0][outside], rtol=0, atol=0)
+    assert not torch.equal(final[~outside], source[0][~outside])
+    assert not np.array_equal(_edit(tiny_pipe, job, blend=False).frames, blended)
