@@ -54,18 +54,25 @@ def load_pipeline(model: str, controlnet: str | None, dtype: torch.dtype) -> Vid
     """Load SD-1.5-layout weights from a local diffusers folder or the Hugging Face cache / hub."""
     kwargs = {"torch_dtype": dtype}
     if controlnet is not None:
-        kwargs["controlnet"] = _from_pretrained(ControlNetModel, controlnet, "ControlNet", torch_dtype=dtype)
+        kwargs["controlnet"] = from_pretrained(ControlNetModel, controlnet, "ControlNet", torch_dtype=dtype)
     elif not _is_pipeline_folder_with(model, "controlnet"):
         kwargs["controlnet"] = None
-    return _from_pretrained(VideoGrainPipeline, model, "Stable Diffusion", **kwargs)
+    return from_pretrained(VideoGrainPipeline, model, "Stable Diffusion", **kwargs)
 
 
 def _is_pipeline_folder_with(model: str, component: str) -> bool:
     return (Path(model) / component).is_dir()
 
 
-def _from_pretrained(cls, name: str, what: str, *args, **kwargs):
-    """`cls.from_pretrained`, local files first; missing weights become one actionable error."""
+EDIT_WEIGHTS_HINT = (
+    "point the job's model/controlnet at that folder, or use `--model tiny` to try the tool with random "
+    "weights (not an edit)"
+)
+
+
+def from_pretrained(cls, name: str, what: str, *args, hint: str = EDIT_WEIGHTS_HINT, **kwargs):
+    """`cls.from_pretrained`, local files first; missing weights become one actionable error whose last
+    words (`hint`) say what to do with the fetched folder."""
     local = Path(name).expanduser()
     if local.exists():
         try:
@@ -77,18 +84,17 @@ def _from_pretrained(cls, name: str, what: str, *args, **kwargs):
     except (OSError, ValueError):
         pass
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
-        raise ModelUnavailableError(_how_to_get(name, what, "HF_HUB_OFFLINE is set and it is not cached"))
+        raise ModelUnavailableError(_how_to_get(name, what, "HF_HUB_OFFLINE is set and it is not cached", hint))
     try:
         return cls.from_pretrained(name, *args, **kwargs)
     except Exception as exc:  # network, auth, missing repo: all mean "no weights here"
-        raise ModelUnavailableError(_how_to_get(name, what, f"{type(exc).__name__}: {exc}")) from None
+        raise ModelUnavailableError(_how_to_get(name, what, f"{type(exc).__name__}: {exc}", hint)) from None
 
 
-def _how_to_get(name: str, what: str, reason: str) -> str:
+def _how_to_get(name: str, what: str, reason: str, hint: str) -> str:
     return (
         f"{what} weights '{name}' are not available ({reason}). On a machine with network, run "
-        f"`hf download {name} --local-dir models/{name.split('/')[-1]}` and point the job's model/controlnet "
-        "at that folder, or use `--model tiny` to try the tool with random weights (not an edit)."
+        f"`hf download {name} --local-dir models/{name.split('/')[-1]}` and {hint}."
     )
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from videograin.engine.errors import JobError
+from videograin.engine.cache import InversionCache, job_key
 from videograin.engine.inputs.control import control_maps
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.inputs.media import (
@@ -51,9 +52,10 @@ def edit_clip(
     cancelled: Callable[[], bool] = lambda: False,
     measure_leakage: bool = False,
     on_frame: FrameCallback | None = None,
+    cache: InversionCache | None = None,
 ) -> EditResult:
     """Run the edit at the working size; frames, returned and handed to `on_frame` as each is decoded,
-    are back at the source size."""
+    are back at the source size. With `cache`, inversions are looked up and kept there."""
     s = job.settings
     width, height = s.source.width, s.source.height
     to_source = lambda images: resize(images, *job.source_size)  # noqa: E731
@@ -62,6 +64,18 @@ def edit_clip(
     masks_small = resize(job.masks.reshape(-1, *job.masks.shape[2:]).astype(np.uint8), width, height, nearest=True)
     supplied = None if job.control_maps is None else resize(job.control_maps, width, height)
     control = control_maps(s.control, frames, masks_small.reshape(len(job.masks), -1, height, width) > 0, supplied)
+    inversions = None
+    if cache is not None:
+        # Exactly what inversion depends on (cache.py); the pipeline adds the pass's frames and anchors.
+        material = {
+            "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.unet.dtype), "device": pipe.device.type,
+            "frames": frames, "control": control, "control_scale": s.control.scale, "source_prompt": s.source_prompt,
+            "steps": s.steps, "controlnet_attention": s.controlnet_attention, "inject_step": s.inject_step,
+            "guided": s.guidance > 1.0,
+        }
+
+        def inversions(pass_material: dict, compute):
+            return cache.fetch(job_key({**material, **pass_material}), pipe.device, compute)
     result = pipe(
         frames,
         job.masks,
@@ -81,12 +95,13 @@ def edit_clip(
         controlnet_attention=s.controlnet_attention,
         inject_step=s.inject_step,
         blend=s.blend,
+        inversions=inversions,
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
         on_frame=None if on_frame is None else lambda index, image: on_frame(index, to_source(image[None])[0]),
     )
-    return EditResult(to_source(result.frames), result.leakage)
+    return EditResult(to_source(result.frames), result.leakage, result.cached_passes)
 
 
 def check_output_folder(out: Path, job: EditJob) -> None:

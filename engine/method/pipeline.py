@@ -50,6 +50,7 @@ FrameCallback = Callable[[int, np.ndarray], None]
 class EditResult:
     frames: np.ndarray  # (F, H, W, 3) uint8 at the working size
     leakage: dict[str, float] | None  # per phrase, when measured
+    cached_passes: int = 0  # passes whose inversion came from the inversion cache
 
 
 @dataclass
@@ -60,6 +61,11 @@ class PassInversion:
     # noise level (timestep; 0 = the clean encoding) -> the pass's source latents there, for blending
     source: dict[int, torch.Tensor] = field(default_factory=dict)
     features: dict[int, Features] = field(default_factory=dict)  # timestep -> recorded injection features
+
+
+# Given a pass (its frame ids and anchor count) and the function that inverts it, an inversion and
+# whether it was found rather than computed.
+InversionSource = Callable[[dict, Callable[[], PassInversion]], tuple[PassInversion, bool]]
 
 
 @dataclass
@@ -280,6 +286,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         inject_step: int = 0,
         blend: bool = True,
         trajectories: dict[tuple[int, int], torch.Tensor] | None = None,
+        inversions: InversionSource | None = None,
         progress: ProgressCallback = no_progress,
         cancelled: Callable[[], bool] = lambda: False,
         measure_leakage: bool = False,
@@ -289,7 +296,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         """Edit `frames` (F, H, W, 3) uint8 at the working size; `masks` (K, F, H, W) bool, one per phrase.
 
         `trajectories`: (h, w) of an attention resolution -> (F, h·w) trajectory id of every token
-        (trajectory.py), for the resolutions that get trajectory attention."""
+        (trajectory.py), for the resolutions that get trajectory attention. `inversions`: where a pass's
+        inversion may come from instead of being computed (the inversion cache)."""
         modulation = modulation or ModulationConfig()
         height, width = frames.shape[1:3]
         latent_w, latent_h = width // self.vae_scale_factor, height // self.vae_scale_factor
@@ -337,6 +345,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             keep = (finest.regions != 0).to(latents.dtype).reshape(len(frames), 1, latent_h, latent_w)
 
         decoded = _InOrderDecoder(self, len(frames), on_frame, progress)
+        cached_passes = 0
         ctx.injection = FeatureInjection(self.unet) if inject_step else None
         try:
             for number, frame_ids in enumerate(passes):
@@ -355,9 +364,17 @@ class VideoGrainPipeline(DiffusionPipeline):
                     progress(ProgressEvent("edit", i + 1, steps, preview, number, len(passes)))
 
                 check_cancel()
-                inversion = self.invert_pass(
-                    ctx, latents[frame_ids], texts, pass_control, control_scale, steps, record, blend, inverted
+                compute = lambda: self.invert_pass(  # noqa: E731
+                    ctx, latents[frame_ids], texts, pass_control, control_scale, steps, record,
+                    blend or inversions is not None, inverted,  # a cached inversion serves edits with or without blending
                 )
+                if inversions is None:
+                    inversion = compute()
+                else:
+                    inversion, hit = inversions({"pass_frames": frame_ids, "pass_anchors": anchors}, compute)
+                    if hit:
+                        cached_passes += 1
+                        progress(ProgressEvent("invert", steps, steps, None, number, len(passes)))
                 result = self.edit_pass(
                     ctx, inversion, texts, pass_control, control_scale, steps, guidance, modulation, inject_step,
                     None if keep is None else keep[frame_ids], generator, edited,
@@ -372,7 +389,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         if ctx.leakage is not None:
             names = [background_phrase, *phrases]
             leakage = {names[bit]: share for bit, share in ctx.leakage.shares().items()}
-        return EditResult(decoded.frames(), leakage)
+        return EditResult(decoded.frames(), leakage, cached_passes)
 
 
 class _InOrderDecoder:

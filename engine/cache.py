@@ -1,0 +1,192 @@
+"""The inversion cache: what inverting a clip yields, kept on disk for the next edit of the same clip.
+
+Inversion depends on the frames, the working size, the source prompt, the control maps and their scale,
+the steps, the model, the ControlNet and its attention, the dtype and device, the pass layout, the flow
+trajectories and which steps record injection features; never on the target prompt, the regions or the
+modulation. A re-edit that changes only those skips inversion and gives the very frames an uncached run
+gives: the tensors come back bit for bit, in the memory format they were made in.
+
+One file per pass, `<key>.safetensors`, keyed by a SHA-256 of exactly those inputs (`job_key`), written
+atomically (a temporary name, then a rename), so engines sharing one folder never see a torn entry. A
+checksum over the tensors sits in the file's metadata: an entry that is truncated or altered is deleted
+and recomputed, never used. The folder is kept under a size cap by evicting the least recently used
+entries (a hit touches its file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from videograin.engine.errors import JobError
+from videograin.engine.method.pipeline import PassInversion
+
+log = logging.getLogger(__name__)
+
+FORMAT = "videograin-inversion-1"
+DEFAULT_SIZE = 20 * 2**30
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def default_folder() -> Path:
+    """The user's cache directory: $XDG_CACHE_HOME/videograin/inversions, else ~/.cache/videograin/..."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "videograin" / "inversions"
+
+
+def parse_size(text: str) -> int:
+    """`--cache-size` values: bytes, or a number with K, M, G or T (powers of 1024), e.g. 20G."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in SIZE_UNITS and value[-1:] else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise JobError(f"cache size '{text}' is not a size: write bytes or a number with K, M, G or T, e.g. 20G") from None
+    if number < 0:
+        raise JobError(f"cache size '{text}' must not be negative")
+    return int(number * SIZE_UNITS[unit])
+
+
+def job_key(material: dict[str, Any]) -> str:
+    """SHA-256 over the inversion's inputs: arrays by dtype, shape and bytes, everything else as JSON."""
+    digest = hashlib.sha256()
+    for name in sorted(material):
+        value = material[name]
+        digest.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().contiguous().numpy()
+        if isinstance(value, np.ndarray):
+            digest.update(f"{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, dict) and any(isinstance(v, (np.ndarray, torch.Tensor)) for v in value.values()):
+            digest.update(job_key({f"{name}.{k}": v for k, v in value.items()}).encode())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+        digest.update(b"\1")
+    return digest.hexdigest()
+
+
+def _flatten(inversion: PassInversion) -> dict[str, torch.Tensor]:
+    tensors = {"latents": inversion.latents}
+    tensors |= {f"source/{t}": x for t, x in inversion.source.items()}
+    tensors |= {f"features/{t}/{name}": x for t, named in inversion.features.items() for name, x in named.items()}
+    return tensors
+
+
+def _unflatten(tensors: dict[str, torch.Tensor]) -> PassInversion:
+    inversion = PassInversion(tensors.pop("latents"))
+    for name, tensor in tensors.items():
+        kind, timestep, *rest = name.split("/", 2)
+        if kind == "source":
+            inversion.source[int(timestep)] = tensor
+        else:
+            inversion.features.setdefault(int(timestep), {})[rest[0]] = tensor
+    return inversion
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + b"\0" + tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file: an 8-byte little-endian header length, then JSON."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + length]).get("__metadata__", {})
+
+
+class InversionCache:
+    """Pass inversions on disk under `folder`, at most `max_bytes` in all."""
+
+    def __init__(self, folder: Path | None = None, max_bytes: int = DEFAULT_SIZE) -> None:
+        self.folder = folder or default_folder()
+        self.max_bytes = max_bytes
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JobError(f"inversion cache folder '{self.folder}' cannot be made: {exc}; choose another with --cache") from None
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def get(self, key: str, device: torch.device) -> PassInversion | None:
+        """The entry for `key` on `device`, or None (missing, or corrupt: then it is deleted)."""
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            metadata = _metadata(data)
+            tensors = load_tensors(data)
+            if metadata.get("format") != FORMAT or metadata.get("checksum") != _checksum(tensors):
+                raise ValueError("checksum or format mismatch")
+        except Exception as exc:  # truncated, altered or foreign: never use it
+            log.warning("inversion cache entry %s is corrupt (%s): recomputing", path.name, exc)
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)  # least recently used goes first
+        channels_last = set(json.loads(metadata.get("channels_last", "[]")))
+        for name, tensor in tensors.items():
+            tensor = tensor.to(device)
+            if name in channels_last:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+            tensors[name] = tensor
+        return _unflatten(tensors)
+
+    def put(self, key: str, inversion: PassInversion) -> None:
+        tensors = _flatten(inversion)
+        channels_last = [n for n, t in tensors.items() if t.dim() == 4 and not t.is_contiguous() and
+                         t.is_contiguous(memory_format=torch.channels_last)]
+        cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+        metadata = {"format": FORMAT, "checksum": _checksum(cpu), "channels_last": json.dumps(channels_last)}
+        data = save_tensors(cpu, metadata)
+        if len(data) > self.max_bytes:
+            return  # larger than the whole cache: keeping it would evict everything else for nothing
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.evict()
+
+    def evict(self) -> None:
+        """Delete least recently used entries until the folder is under the cap."""
+        entries = []
+        for path in self.folder.glob("*.safetensors"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # another engine evicted it meanwhile
+                continue
+            entries.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def fetch(self, key: str, device: torch.device, compute: Callable[[], PassInversion]) -> tuple[PassInversion, bool]:
+        """The cached inversion, or `compute()`'s, stored for next time; and whether it was a hit."""
+        cached = self.get(key, device)
+        if cached is not None:
+            return cached, True
+        inversion = compute()
+        self.put(key, inversion)
+        return inversion, False

@@ -1,0 +1,147 @@
+"""The inversion cache: hits exactly when inversion's inputs are the same, bit-identical frames, corrupt
+entries recomputed, least recently used entries evicted, engines sharing a folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videograin.engine.cache import InversionCache, job_key, parse_size
+from videograin.engine.errors import JobError
+from videograin.engine.inputs.job import load_job
+from videograin.engine.method.pipeline import PassInversion
+from videograin.engine.runner import edit_clip
+
+
+@pytest.fixture()
+def small_job(tmp_path):
+    from videograin.engine.demo import write_demo_inputs
+
+    return load_job(write_demo_inputs(tmp_path / "input", frames=3, size=64, steps=3))
+
+
+def _hits(job, pipe, cache) -> int:
+    return edit_clip(job, pipe, cache=cache).cached_passes
+
+
+def test_a_reedit_of_target_settings_hits_and_gives_the_uncached_frames(small_job, tiny_pipe, tmp_path):
+    cache = InversionCache(tmp_path / "cache")
+    small_job.settings.inject_step = 1  # features for injection are cached too
+    assert _hits(small_job, tiny_pipe, cache) == 0
+    s = small_job.settings
+    s.prompt, s.regions[0].phrase = "an iron man and a spider man are walking under cherry blossoms", "iron man"
+    s.modulation.cross, s.seed, s.blend = 0.5, 3, False
+    cached = edit_clip(small_job, tiny_pipe, cache=cache)
+    assert cached.cached_passes == 1
+    np.testing.assert_array_equal(cached.frames, edit_clip(small_job, tiny_pipe).frames)
+
+
+def _change_frames(job):
+    job.frames[0, 0, 0] ^= 0xFF
+
+
+def _change_control(job):
+    job.settings.control.low_threshold = 30
+
+
+CHANGES = {
+    "frames": _change_frames,
+    "working size": lambda job: setattr(job.settings.source, "width", 72),
+    "source prompt": lambda job: setattr(job.settings, "source_prompt", "two women walk"),
+    "control maps": _change_control,
+    "control scale": lambda job: setattr(job.settings.control, "scale", 0.5),
+    "steps": lambda job: setattr(job.settings, "steps", 4),
+    "model": lambda job: setattr(job.settings, "model", "another/model"),
+    "controlnet": lambda job: setattr(job.settings, "controlnet", "another/controlnet"),
+    "controlnet attention": lambda job: setattr(job.settings, "controlnet_attention", "full"),
+    "injection steps": lambda job: setattr(job.settings, "inject_step", 2),
+    "pass layout": lambda job: setattr(job.settings, "window", 2),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
+def test_every_input_of_inversion_misses(change, small_job, tiny_pipe, tmp_path):
+    cache = InversionCache(tmp_path / "cache")
+    assert _hits(small_job, tiny_pipe, cache) == 0
+    assert _hits(small_job, tiny_pipe, cache) == 1
+    CHANGES[change](small_job)
+    assert _hits(small_job, tiny_pipe, cache) == 0
+
+
+def test_a_corrupt_entry_is_recomputed_never_used(small_job, tiny_pipe, tmp_path):
+    cache = InversionCache(tmp_path / "cache")
+    first = edit_clip(small_job, tiny_pipe, cache=cache).frames
+    (entry,) = cache.folder.glob("*.safetensors")
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2])  # truncated
+    again = edit_clip(small_job, tiny_pipe, cache=cache)
+    assert again.cached_passes == 0
+    np.testing.assert_array_equal(again.frames, first)
+    data = bytearray(entry.read_bytes())  # rewritten whole by the recompute
+    data[-5] ^= 0x01  # one bit of one tensor flipped
+    entry.write_bytes(bytes(data))
+    assert edit_clip(small_job, tiny_pipe, cache=cache).cached_passes == 0
+    assert edit_clip(small_job, tiny_pipe, cache=cache).cached_passes == 1
+
+
+def _inversion(seed: int, size: int = 4096) -> PassInversion:
+    g = torch.Generator().manual_seed(seed)
+    return PassInversion(torch.randn(size, generator=g), {0: torch.randn(size, generator=g)})
+
+
+def test_the_size_cap_evicts_the_least_recently_used(tmp_path):
+    cache = InversionCache(tmp_path / "cache", max_bytes=3 * 2 * 4096 * 4 + 3 * 1024)  # room for three
+    for n in range(3):
+        cache.put(f"entry{n}", _inversion(n))
+        os.utime(cache._path(f"entry{n}"), (time.time() - 100 + n, time.time() - 100 + n))  # distinct ages
+    assert cache.get("entry0", torch.device("cpu")) is not None  # a hit makes entry0 the most recent
+    cache.put("entry3", _inversion(3))
+    assert {p.stem for p in cache.folder.glob("*.safetensors")} == {"entry0", "entry2", "entry3"}
+    got = cache.get("entry3", torch.device("cpu"))
+    torch.testing.assert_close(got.source[0], _inversion(3).source[0], rtol=0, atol=0)
+
+
+def test_sizes_and_keys():
+    assert parse_size("20G") == 20 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
+    with pytest.raises(JobError, match="not a size"):
+        parse_size("lots")
+    a = {"frames": np.zeros((2, 2), np.uint8), "prompt": "x"}
+    assert job_key(a) == job_key(dict(a)) != job_key({**a, "prompt": "y"})
+    assert job_key(a) != job_key({**a, "frames": np.zeros((2, 2), np.int8)})
+
+
+SHARED_WRITER = """
+import sys, torch
+from pathlib import Path
+from videograin.engine.cache import InversionCache
+from videograin.engine.method.pipeline import PassInversion
+cache = InversionCache(Path(sys.argv[1]), max_bytes=6 * 70_000)
+for n in range(60):
+    key = f"entry{n % 9}"
+    value = float(n % 9)
+    got = cache.get(key, torch.device("cpu"))
+    assert got is None or bool((got.latents == value).all()), "a torn or foreign entry was read"
+    cache.put(key, PassInversion(torch.full((16384,), value), {0: torch.full((16,), value)}))
+print("done")
+"""
+
+
+def test_two_engines_sharing_a_folder_never_corrupt_it(tmp_path):
+    folder = tmp_path / "cache"
+    writers = [subprocess.Popen([sys.executable, "-c", SHARED_WRITER, str(folder)], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for writer in writers:
+        out, _ = writer.communicate(timeout=120)
+        assert writer.returncode == 0 and "done" in out
+    cache = InversionCache(folder, max_bytes=6 * 70_000)
+    entries = list(folder.glob("*.safetensors"))
+    assert entries and not list(folder.glob(".*.tmp"))
+    for entry in entries:
+        assert cache.get(entry.stem, torch.device("cpu")) is not None  # every entry whole
