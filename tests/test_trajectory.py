@@ -163,6 +163,22 @@ def test_a_pass_holding_some_frames_attends_within_what_it_holds():
         trajectory_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], plan)
 
 
+def test_anchors_keep_to_themselves_so_every_pass_agrees_on_them():
+    height, width = 64, 64
+    trajectories = Trajectories(constant_flow(10, height, width, 0, 0), None, 8, 8)  # still: one trajectory per cell
+    g = torch.Generator().manual_seed(1)
+    anchor_q, anchor_k, anchor_v = (torch.randn(1, 2, 2 * 64, 8, generator=g) for _ in range(3))
+    outputs = []
+    for window in ([1, 2, 3], [4, 6, 7]):
+        frame_ids = torch.tensor([*window, 0, 9])  # anchors 0 and 9 come last, as in the pipeline
+        plan = trajectories.plan(64, frame_ids, torch.device("cpu"), anchors=2)
+        q, k, v = (torch.cat([torch.randn(1, 2, 3 * 64, 8, generator=g), a], 2) for a in (anchor_q, anchor_k, anchor_v))
+        outputs.append(trajectory_attention(q, k, v, plan)[:, :, 3 * 64 :])
+    assert torch.equal(outputs[0], outputs[1])
+    alone = trajectory_attention_reference(anchor_q, anchor_k, anchor_v, trajectories.ids(64)[[0, 9]].flatten())
+    assert torch.allclose(outputs[0], alone, atol=1e-5, rtol=0)
+
+
 def test_singletons_return_their_value_exactly():
     v = torch.randn(1, 2, 5, 4)
     q, k = torch.randn(1, 2, 5, 4) * 100, torch.randn(1, 2, 5, 4) * 100
