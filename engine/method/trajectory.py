@@ -102,7 +102,6 @@ class Trajectories:
     ) -> None:
         if any(level not in LEVELS for level in levels):
             raise ValueError(f"trajectory levels must be among {LEVELS}, got {levels}")
-        self.frames = forward.shape[0] + 1
         self._ids: dict[int, torch.Tensor] = {}
         for level in levels:
             height, width = level_size(latent_height, latent_width, level)
