@@ -41,6 +41,8 @@ SIZE_RULES = ("reference", "clip")
 SELF_BRANCHES = ("unconditional", "conditional", "both")
 CONTROLNET_ATTENTION = ("frame", "full")
 FLOW_METHODS = ("dis", "farneback", "raft", "frames", "none")
+FLOW_PRESETS = ("ultrafast", "fast", "medium")  # OpenCV DIS presets, fastest first
+FLOW_LEVELS = (1, 2, 4, 8)  # latent size divided by these: the UNet's four attention resolutions
 # The negative prompt of the reference's configs, given to the ControlNet's unconditional branch.
 REFERENCE_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 MAX_REGIONS = 62  # region sets are bit masks in an int64, with bit 0 for the background
@@ -77,7 +79,8 @@ class ModulationConfig:
 
 @dataclass
 class FlowConfig:
-    """Optical flow for FLATTEN-style trajectory attention.
+    """Optical flow of the source clip (inputs/flow.py has the methods and the supplied-flow format),
+    for FLATTEN-style trajectory attention and the warp-error metric.
 
     `levels`: the attention resolutions, as divisors of the latent size (1 = 64² for a 512² clip), whose
     full-frame self-attention output goes through attention along flow trajectories ([1] in every
@@ -85,8 +88,23 @@ class FlowConfig:
     """
 
     method: str = "dis"
-    path: str | None = None  # method `frames`: the editor's own flow (see inputs/flow.py for the format)
+    path: str | None = None  # `frames`: folder of supplied flow; `raft`: optional weights file
+    preset: str = "medium"  # DIS preset
     levels: list[int] = field(default_factory=lambda: [1])
+
+    @property
+    def trajectories(self) -> bool:
+        return self.method != "none" and bool(self.levels)
+
+    def check(self) -> None:
+        """Raise one JobError naming the setting to fix."""
+        for key, value, allowed in (("flow.method", self.method, FLOW_METHODS), ("flow.preset", self.preset, FLOW_PRESETS)):
+            if value not in allowed:
+                raise JobError(f"'{key}' is '{value}'; it must be one of {', '.join(allowed)}")
+        if self.method == "frames" and not self.path:
+            raise JobError("'flow.method' frames needs 'flow.path': a folder with forward/ and backward/ flow files")
+        if any(level not in FLOW_LEVELS for level in self.levels):
+            raise JobError(f"'flow.levels' are divisors of the latent size: 1, 2, 4 or 8, got {self.levels}")
 
 
 @dataclass
@@ -282,14 +300,10 @@ def _check_values(s: EditSettings) -> None:
         ("modulation.size", m.size, SIZE_RULES),
         ("modulation.self_branch", m.self_branch, SELF_BRANCHES),
         ("controlnet_attention", s.controlnet_attention, CONTROLNET_ATTENTION),
-        ("flow.method", s.flow.method, FLOW_METHODS),
     ):
         if value not in allowed:
             raise JobError(f"'{key}' is '{value}'; it must be one of {', '.join(allowed)}")
-    if s.flow.method == "frames" and not s.flow.path:
-        raise JobError("'flow.method' frames needs 'flow.path': the folder of your flow files")
-    if any(level not in (1, 2, 4, 8) for level in s.flow.levels):
-        raise JobError(f"'flow.levels' are divisors of the latent size: 1, 2, 4 or 8, got {s.flow.levels}")
+    s.flow.check()
     if not 0 <= s.inject_step <= s.steps:
         raise JobError(f"'inject_step' must be between 0 and the {s.steps} steps, got {s.inject_step}")
     if len(s.regions) > MAX_REGIONS:

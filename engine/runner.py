@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
-from videograin.engine.errors import JobError
 from videograin.engine.cache import InversionCache, job_key
+from videograin.engine.config import FlowConfig
+from videograin.engine.errors import JobError
 from videograin.engine.inputs.control import control_maps
+from videograin.engine.inputs.flow import ClipFlow, clip_flow
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.inputs.media import (
     contact_sheet,
@@ -33,6 +36,8 @@ from videograin.engine.method.pipeline import (
     FrameCallback,
     VideoGrainPipeline,
 )
+from videograin.engine.method.trajectory import Trajectories
+from videograin.engine.metrics.warp import warp_error
 from videograin.engine.models import RANDOM_MODELS, get_pipeline, resolve_device
 from videograin.engine.progress import (
     ProgressBars,
@@ -64,6 +69,13 @@ def edit_clip(
     masks_small = resize(job.masks.reshape(-1, *job.masks.shape[2:]).astype(np.uint8), width, height, nearest=True)
     supplied = None if job.control_maps is None else resize(job.control_maps, width, height)
     control = control_maps(s.control, frames, masks_small.reshape(len(job.masks), -1, height, width) > 0, supplied)
+    flow = source_flow(job, frames, pipe.device)
+    trajectories = None
+    if s.flow.trajectories:
+        trajectories = Trajectories(
+            torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward),
+            height // pipe.vae_scale_factor, width // pipe.vae_scale_factor, tuple(s.flow.levels),
+        )
     inversions = None
     if cache is not None:
         # Exactly what inversion depends on (cache.py); the pipeline adds the pass's frames and anchors.
@@ -71,7 +83,8 @@ def edit_clip(
             "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.unet.dtype), "device": pipe.device.type,
             "frames": frames, "control": control, "control_scale": s.control.scale, "source_prompt": s.source_prompt,
             "steps": s.steps, "controlnet_attention": s.controlnet_attention, "inject_step": s.inject_step,
-            "guided": s.guidance > 1.0,
+            "guided": s.guidance > 1.0, "trajectories": None if trajectories is None else
+            {"forward": flow.forward, "occluded": flow.occluded_forward, "levels": s.flow.levels},
         }
 
         def inversions(pass_material: dict, compute):
@@ -95,13 +108,21 @@ def edit_clip(
         controlnet_attention=s.controlnet_attention,
         inject_step=s.inject_step,
         blend=s.blend,
+        trajectories=trajectories,
         inversions=inversions,
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
         on_frame=None if on_frame is None else lambda index, image: on_frame(index, to_source(image[None])[0]),
     )
-    return EditResult(to_source(result.frames), result.leakage, result.cached_passes)
+    return EditResult(to_source(result.frames), result.leakage, result.cached_passes, warp_error(result.frames, flow))
+
+
+def source_flow(job: EditJob, frames: np.ndarray, device) -> ClipFlow:
+    """The source clip's optical flow at the working size: for trajectory attention and the warp-error
+    metric (DIS when the job asks for no flow: the metric still needs one)."""
+    config = job.settings.flow if job.settings.flow.method != "none" else FlowConfig(method="dis")
+    return clip_flow(frames, config, job.indices, job.source_length, str(device))
 
 
 def check_output_folder(out: Path, job: EditJob) -> None:
@@ -133,6 +154,8 @@ def write_results(
             "frames": len(result.frames),
             "size": list(job.source_size),
             "leakage": result.leakage,
+            "warp_error": result.warp_error,
+            "inversion_cached": result.cached_passes > 0,
             "random_weights": random_weights,
             "note": "random weights: the pictures are not an edit" if random_weights else None,
             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from videograin.engine.config import FlowConfig
 from videograin.engine.errors import JobError, ModelUnavailableError
 from videograin.engine.inputs.flow import (
     FLO_MAGIC,
     ClipFlow,
-    FlowConfig,
     clip_flow,
     compose,
     read_flow_file,
@@ -198,9 +198,9 @@ def test_bad_supplied_flow_gives_one_clear_error(tmp_path, case, message):
 @pytest.mark.parametrize(
     "config, message",
     [
-        (FlowConfig(method="sift"), "flow.method 'sift'"),
-        (FlowConfig(preset="slow"), "flow.preset 'slow'"),
-        (FlowConfig(method="frames"), "needs flow.path"),
+        (FlowConfig(method="sift"), "'flow.method' is 'sift'"),
+        (FlowConfig(preset="slow"), "'flow.preset' is 'slow'"),
+        (FlowConfig(method="frames"), "needs 'flow.path'"),
     ],
 )
 def test_bad_flow_settings_are_named(config, message):

@@ -223,3 +223,47 @@ def test_blending_keeps_the_source_outside_every_region(demo_job, tiny_pipe, mon
     torch.testing.assert_close(final[outside], source[0][outside], rtol=0, atol=0)
     assert not torch.equal(final[~outside], source[0][~outside])
     assert not np.array_equal(_edit(tiny_pipe, job, blend=False).frames, blended)
+
+
+def test_trajectory_attention_runs_while_inverting_and_editing(demo_job, tiny_pipe, monkeypatch):
+    from videograin.engine.method import processors
+
+    calls = []
+    real = processors.trajectory_attention
+
+    def spy(q, k, v, plan):
+        calls.append((q.shape[0], plan.tokens))
+        return real(q, k, v, plan)
+
+    monkeypatch.setattr(processors, "trajectory_attention", spy)
+    job = load_job(demo_job)
+    with_flow = edit_clip(job, tiny_pipe).frames
+    tokens = 4 * 8 * 8  # 4 frames of the tiny UNet's finest level (64² working size → 8² latents)
+    steps = job.settings.steps
+    assert {c[1] for c in calls} == {tokens}  # level 1 only, the reference's flatten_res [1]
+    assert sum(1 for c in calls if c[0] == 1) >= steps and sum(1 for c in calls if c[0] == 2) >= steps
+    calls.clear()
+    job.settings.flow.method = "none"
+    assert not np.array_equal(edit_clip(job, tiny_pipe).frames, with_flow) and not calls
+
+
+def test_passes_of_a_long_clip_compute_the_same_anchors_with_every_feature_on(tmp_path, tiny_pipe, monkeypatch):
+    from videograin.engine.demo import write_demo_inputs
+
+    job = load_job(write_demo_inputs(tmp_path / "input", frames=7, size=64, steps=4))
+    job.settings.window, job.settings.inject_step = 4, 2  # anchors 0 and 6; trajectories, blending on
+    job.settings.background_phrase, job.settings.prompt = None, "an iron man and a spider man are jogging"
+    results = []
+    edit = tiny_pipe.edit_pass
+
+    def spy(ctx, *args, **kwargs):
+        results.append((ctx.frame_ids.tolist(), ctx.anchors, edit(ctx, *args, **kwargs)))
+        return results[-1][2]
+
+    monkeypatch.setattr(tiny_pipe, "edit_pass", spy)
+    frames = edit_clip(job, tiny_pipe).frames
+    assert len(results) >= 2 and frames.shape[0] == 7
+    anchors = [(ids[-n:], latents[-n:]) for ids, n, latents in results]
+    for ids, latents in anchors[1:]:
+        assert ids == anchors[0][0]
+        torch.testing.assert_close(latents, anchors[0][1], rtol=0, atol=0)

@@ -5,7 +5,7 @@ x to the right, y down, row 0 at the top; pixel centres sit at integer coordinat
 frames, `forward[t]` carries a pixel of frame t to frame t + 1 and `backward[t]` a pixel of frame t + 1
 to frame t. Pixel (x, y) of frame t sits at (x, y) + forward[t][y, x] in frame t + 1.
 
-Methods (`FlowConfig.method`):
+Methods (`FlowConfig.method`, config.py; `none` computes no flow):
 - `dis` (default, no weights): OpenCV's DIS. Preset `medium` by default: on a textured 512² pair it is
   within 0.05 px of a known shift (p99) where `fast` is within 0.15 px and `ultrafast` 0.17 px, and its
   ~0.18 s per pair and direction on two cores is small beside an edit; matte tracking at 720p, which must
@@ -47,10 +47,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from videograin.engine.config import FlowConfig
 from videograin.engine.errors import JobError, ModelUnavailableError
-from videograin.engine.inputs.media import _natural_key
+from videograin.engine.inputs.media import natural_key
 
-METHODS = ("dis", "farneback", "raft", "frames")
 DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -65,24 +65,6 @@ BOUNDARY_ABSOLUTE = 0.002
 FLO_MAGIC = 202021.25  # Middlebury .flo header tag ("PIEH")
 FLOW_SUFFIXES = (".flo", ".npy")
 RAFT_BATCH = 4  # frame pairs per RAFT call
-
-
-@dataclass
-class FlowConfig:
-    """How the clip's optical flow is obtained (job file: `flow: {method, path, preset}`)."""
-
-    method: str = "dis"
-    path: str | None = None  # `frames`: folder of supplied flow; `raft`: optional weights file
-    preset: str = "medium"  # DIS preset: ultrafast | fast | medium
-
-    def check(self) -> None:
-        """Raise one JobError naming the setting to fix."""
-        if self.method not in METHODS:
-            raise JobError(f"flow.method '{self.method}' is not one of {', '.join(METHODS)}")
-        if self.preset not in DIS_PRESETS:
-            raise JobError(f"flow.preset '{self.preset}' is not one of {', '.join(DIS_PRESETS)}")
-        if self.method == "frames" and not self.path:
-            raise JobError("flow.method 'frames' needs flow.path: a folder with forward/ and backward/ flow files")
 
 
 @dataclass
@@ -243,7 +225,7 @@ def read_flow(
 def _flow_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise JobError(f"flow: '{folder}' is missing; supplied flow needs forward/ and backward/ folders")
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FLOW_SUFFIXES), key=_natural_key)
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FLOW_SUFFIXES), key=natural_key)
 
 
 def read_flow_file(file: Path) -> np.ndarray:

@@ -25,6 +25,10 @@ class EditJob:
     frames: np.ndarray  # (F, H, W, 3) uint8, source resolution
     masks: np.ndarray  # (K, F, H, W) bool, one stack per region, source resolution
     control_maps: np.ndarray | None = None  # (F, H, W, 3) uint8, for control type "frames"
+    # Which source frames the clip holds, and how many the source has (supplied flow is per source frame);
+    # None for frames that arrived inline.
+    indices: list[int] | None = None
+    source_length: int | None = None
 
     @property
     def source_size(self) -> tuple[int, int]:
@@ -91,7 +95,11 @@ def load_job_mapping(data: object, base: Path) -> EditJob:
         control_maps = _read_aligned(control_path, indices, length, "control maps", grey=False)
     elif settings.control.type in ("depth", "pose"):
         settings.control.path = str(_resolve(base, settings.control.path or ""))
-    job = EditJob(settings, frames, masks, control_maps)
+    if settings.flow.path:
+        settings.flow.path = str(_resolve(base, settings.flow.path))
+        if not Path(settings.flow.path).exists():
+            raise JobError(f"flow.path: '{settings.flow.path}' does not exist")
+    job = EditJob(settings, frames, masks, control_maps, indices, length)
     validate_job(job)
     return job
 

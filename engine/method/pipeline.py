@@ -36,9 +36,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.errors import CancelledError
 from videograin.engine.method.attention import CHUNK_BYTES
-from videograin.engine.method.injection import Features, FeatureInjection
+from videograin.engine.method.injection import FeatureInjection, Features
 from videograin.engine.method.layout import RegionLayout, phrase_token_indices, token_regions
 from videograin.engine.method.processors import AttentionContext, install_processors
+from videograin.engine.method.trajectory import Trajectories
 from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -51,6 +52,7 @@ class EditResult:
     frames: np.ndarray  # (F, H, W, 3) uint8 at the working size
     leakage: dict[str, float] | None  # per phrase, when measured
     cached_passes: int = 0  # passes whose inversion came from the inversion cache
+    warp_error: float | None = None  # ×10³, under the source's flow (metrics/warp.py), when measured
 
 
 @dataclass
@@ -285,7 +287,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         controlnet_attention: str = "frame",
         inject_step: int = 0,
         blend: bool = True,
-        trajectories: dict[tuple[int, int], torch.Tensor] | None = None,
+        trajectories: Trajectories | None = None,
         inversions: InversionSource | None = None,
         progress: ProgressCallback = no_progress,
         cancelled: Callable[[], bool] = lambda: False,
@@ -295,9 +297,9 @@ class VideoGrainPipeline(DiffusionPipeline):
     ) -> EditResult:
         """Edit `frames` (F, H, W, 3) uint8 at the working size; `masks` (K, F, H, W) bool, one per phrase.
 
-        `trajectories`: (h, w) of an attention resolution -> (F, h·w) trajectory id of every token
-        (trajectory.py), for the resolutions that get trajectory attention. `inversions`: where a pass's
-        inversion may come from instead of being computed (the inversion cache)."""
+        `trajectories`: the clip's flow trajectories at the resolutions that get trajectory attention
+        (trajectory.py). `inversions`: where a pass's inversion may come from instead of being computed
+        (the inversion cache)."""
         modulation = modulation or ModulationConfig()
         height, width = frames.shape[1:3]
         latent_w, latent_h = width // self.vae_scale_factor, height // self.vae_scale_factor
@@ -308,7 +310,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         ctx = AttentionContext(
             layout=layout,
             token_regions=token_regions(self.tokenizer, prompt, phrases, background_phrase),
-            trajectories=trajectories or {},
+            trajectories=trajectories,
             leakage=LeakageMeter(len(phrases) + 1) if measure_leakage else None,
         )
         install_processors(self.unet, self.controlnet, ctx, controlnet_full_frame=controlnet_attention == "full")

@@ -21,6 +21,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from videograin.engine.method.attention import layout_attention, modulated_probs, plain_attention
 from videograin.engine.method.injection import FeatureInjection
 from videograin.engine.method.layout import RegionLayout
+from videograin.engine.method.trajectory import Trajectories, TrajectoryPlan, trajectory_attention
 from videograin.engine.metrics.leakage import LeakageMeter
 
 
@@ -42,33 +43,24 @@ class AttentionContext:
     token_regions: torch.Tensor | None = None  # (77,) region set of each prompt token
     cross_strength: float = 0.0
     self_strength: float = 0.0
-    # (h, w) of an attention resolution -> (clip frames, h·w) trajectory id of every token
-    trajectories: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    trajectories: Trajectories | None = None  # flow trajectories at the resolutions that follow them
     injection: FeatureInjection | None = None
     leakage: LeakageMeter | None = None
     backend: str = "auto"
     _on_device: dict = field(default_factory=dict)
 
-    def _cached(self, name: str, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-        key = (name, id(tensor), str(device))
+    def text_regions(self, device: torch.device) -> torch.Tensor:
+        key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = tensor.to(device)
+            self._on_device[key] = self.token_regions.to(device)
         return self._on_device[key]
 
-    def text_regions(self, device: torch.device) -> torch.Tensor:
-        return self._cached("text", self.token_regions, device)
-
-    def trajectory_groups(self, tokens: int, device: torch.device) -> torch.Tensor | None:
-        """Trajectory id of every token of a block (frames × tokens), or None at resolutions without
-        trajectory attention. Anchors keep to trajectories among anchors, so they stay pass-independent."""
-        size = self.layout.level_size(tokens) if self.trajectories else None
-        if size not in self.trajectories:
+    def trajectory_plan(self, tokens_per_frame: int, device: torch.device) -> TrajectoryPlan | None:
+        """How this block's tokens gather into trajectories, or None at resolutions without trajectory
+        attention. Anchors keep to trajectories among anchors, so they stay the same in every pass."""
+        if self.trajectories is None:
             return None
-        ids = self._cached(f"trajectories{size}", self.trajectories[size], device)[self.frame_ids.to(device)]
-        if self.anchors:
-            ids = ids.clone()
-            ids[-self.anchors :] += int(ids.max()) + 1
-        return ids.flatten()
+        return self.trajectories.plan(tokens_per_frame, self.frame_ids, device, anchors=self.anchors)
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -130,10 +122,11 @@ class STLayoutAttnProcessor:
             out = torch.empty_like(q)
             out[plain] = self._full_frame(q[plain], k[plain], v[plain], None, None)
             out[modulated] = self._full_frame(q[modulated], k[modulated], v[modulated], regions, strength)
-        trajectories = ctx.trajectory_groups(tokens, query.device) if self.modulate else None
-        if trajectories is not None:
-            
-            out = trajectory_attention(q, k, out, trajectories)
+        # FLATTEN, as the reference runs it: the layer's own queries and keys (injected ones included),
+        # the full-frame output as values, along the flow trajectories.
+        plan = ctx.trajectory_plan(tokens, query.device) if self.modulate else None
+        if plan is not None:
+            out = trajectory_attention(q, k, out, plan)
         return _merge_heads(out).reshape(batch, tokens, channels)
 
     def _full_frame(self, q, k, v, regions, strength):

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from videograin.engine.config import FLOW_LEVELS as LEVELS
 from videograin.engine.method.attention import CHUNK_BYTES
-
-LEVELS = (1, 2, 4, 8)  # latent size divided by these: the UNet's four attention resolutions
 
 
 def level_size(latent_height: int, latent_width: int, level: int) -> tuple[int, int]:
