@@ -12,12 +12,9 @@ from videograin.protocol.client import EngineError
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from videograin.engine.cache import cache_from_args
     from videograin.engine.inputs.job import load_job
-    from videograin.engine.runner import (
-        check_output_folder,
-        edit_in_process,
-        edit_on_engine,
-    )
+    from videograin.engine.runner import check_output_folder, edit_in_process, edit_on_engine
 
     job = load_job(args.job)
     if args.model:
@@ -27,7 +24,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.engine:
         summary = edit_on_engine(args.engine, job, out)
     else:
-        summary = edit_in_process(job, out, args.device)
+        summary = edit_in_process(job, out, args.device, cache_from_args(args), args.attention_maps)
     _report(out, summary)
     return 0
 
@@ -42,7 +39,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise VideograinError(f"demo folder '{out}' is not empty: choose a new one", code="bad_job")
     job_path = write_demo_inputs(out / "input", frames=args.frames, size=args.size, steps=args.steps)
     print(f"demo clip, mattes and job file: {job_path}")
-    summary = edit_in_process(load_job(job_path), out / "result", args.device)
+    # The demo's contact sheet shows each phrase's attention with and without ST-Layout modulation.
+    summary = edit_in_process(load_job(job_path), out / "result", args.device, attention_maps=True, show_plain_maps=True)
     _report(out / "result", summary)
     return 0
 
@@ -52,11 +50,17 @@ def _report(out: Path, summary: dict) -> None:
     if summary["leakage"]:
         shares = ", ".join(f"{phrase}: {share:.3f}" for phrase, share in summary["leakage"].items())
         print(f"cross-attention leakage (share of each phrase's attention outside its region): {shares}")
+    if summary.get("warp_error") is not None:
+        print(f"warp error (×10³, under the source's flow): {summary['warp_error']:.4g}")
+    if summary.get("inversion_cached"):
+        print("the inversion came from the cache")
     if summary["random_weights"]:
         print("NOTE: random-weight model: the frames show the pipeline working, they are not an edit.")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from videograin.engine.cache import add_cache_arguments
+
     parser = argparse.ArgumentParser(prog="videograin", description="Multi-grained text-driven video editing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--model", help="override the job's model: hub id, local folder, 'tiny' or 'sd15-random'")
     edit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     edit.add_argument("--engine", metavar="CONNECTION_FILE", help="run on an engine server instead of in-process")
+    edit.add_argument("--attention-maps", action="store_true",
+                      help="also write each phrase's cross-attention maps (attention/<phrase>/) and contact-sheet rows")
+    add_cache_arguments(edit)
     edit.set_defaults(run=cmd_edit)
 
     demo = sub.add_parser("demo", help="synthetic clip + mattes on the tiny random model (offline, < 1 min)")

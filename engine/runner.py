@@ -26,7 +26,9 @@ from videograin.engine.inputs.job import EditJob
 from videograin.engine.inputs.media import (
     contact_sheet,
     current_umask,
+    heatmap_overlays,
     resize,
+    slug,
     write_atomic,
     write_mp4,
     write_png,
@@ -58,6 +60,8 @@ def edit_clip(
     measure_leakage: bool = False,
     on_frame: FrameCallback | None = None,
     cache: InversionCache | None = None,
+    attention_maps: bool = False,
+    preview_every: int = 5,
 ) -> EditResult:
     """Run the edit at the working size; frames, returned and handed to `on_frame` as each is decoded,
     are back at the source size. With `cache`, inversions are looked up and kept there."""
@@ -110,12 +114,15 @@ def edit_clip(
         blend=s.blend,
         trajectories=trajectories,
         inversions=inversions,
+        attention_maps=attention_maps,
+        preview_every=preview_every,
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
         on_frame=None if on_frame is None else lambda index, image: on_frame(index, to_source(image[None])[0]),
     )
-    return EditResult(to_source(result.frames), result.leakage, result.cached_passes, warp_error(result.frames, flow))
+    return EditResult(to_source(result.frames), result.leakage, result.cached_passes, warp_error(result.frames, flow),
+                      result.attention_maps)
 
 
 def source_flow(job: EditJob, frames: np.ndarray, device) -> ClipFlow:
@@ -136,10 +143,12 @@ def check_output_folder(out: Path, job: EditJob) -> None:
 
 
 def write_results(
-    out: Path, job: EditJob, result: EditResult, random_weights: bool, extra: dict | None = None
+    out: Path, job: EditJob, result: EditResult, random_weights: bool, extra: dict | None = None,
+    show_plain_maps: bool = False,
 ) -> None:
-    """Write frames, MP4 preview, contact sheet and result.json into a staging folder, then move it
-    into place in one rename: `out` holds all results or none."""
+    """Write frames, MP4 preview, contact sheet, attention maps (when the result has them) and
+    result.json into a staging folder, then move it into place in one rename: `out` holds all results
+    or none. `show_plain_maps` adds each phrase's unmodulated maps to the contact sheet."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
@@ -148,7 +157,15 @@ def write_results(
             write_png(staging / "frames" / f"{index:05d}.png", frame)
         write_mp4(staging / "preview.mp4", result.frames)
         banner = RANDOM_WEIGHTS_BANNER if random_weights else None
-        write_png(staging / "contact_sheet.png", contact_sheet(job.frames, result.frames, banner=banner))
+        rows = [("source", job.frames), ("edit", result.frames)]
+        for phrase, (modulated, plain) in (result.attention_maps or {}).items():
+            overlays = heatmap_overlays(job.frames, modulated)
+            for index, overlay in enumerate(overlays):
+                write_png(staging / "attention" / slug(phrase) / f"{index:05d}.png", overlay)
+            if show_plain_maps:
+                rows.append((f"{phrase}: plain", heatmap_overlays(job.frames, plain)))
+            rows.append((f"{phrase}: modulated" if show_plain_maps else phrase, overlays))
+        write_png(staging / "contact_sheet.png", contact_sheet(rows, banner=banner))
         report = {
             "settings": job.settings.to_dict(),
             "frames": len(result.frames),
@@ -175,7 +192,10 @@ def _preview_path(out: Path) -> Path:
     return out.parent / f".{out.name}.preview.png"
 
 
-def edit_in_process(job: EditJob, out: Path, device_name: str) -> dict:
+def edit_in_process(
+    job: EditJob, out: Path, device_name: str, cache: InversionCache | None = None, attention_maps: bool = False,
+    show_plain_maps: bool = False,
+) -> dict:
     """Load the job's model, edit with progress bars, write the results to `out`; returns a summary."""
     device = resolve_device(device_name)
     s = job.settings
@@ -185,13 +205,15 @@ def edit_in_process(job: EditJob, out: Path, device_name: str) -> dict:
     pipe = get_pipeline(s.model, s.controlnet_id, device)
     bars(ProgressEvent("load", 1, 1))
     try:
-        result = edit_clip(job, pipe, progress=bars, measure_leakage=True)
+        result = edit_clip(job, pipe, progress=bars, measure_leakage=True, cache=cache, attention_maps=attention_maps)
     finally:
         bars.close()
         bars.preview_path.unlink(missing_ok=True)
     random_weights = s.model in RANDOM_MODELS
-    write_results(out, job, result, random_weights, {"device": str(device), "seconds": time.perf_counter() - started})
-    return {"random_weights": random_weights, "leakage": result.leakage}
+    extra = {"device": str(device), "seconds": time.perf_counter() - started}
+    write_results(out, job, result, random_weights, extra, show_plain_maps=show_plain_maps)
+    return {"random_weights": random_weights, "leakage": result.leakage, "warp_error": result.warp_error,
+            "inversion_cached": result.cached_passes > 0}
 
 
 def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# The inversion cache's default folder lies under the user's cache directory: tests keep theirs apart.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="videograin-test-cache-")
 
 
 @pytest.fixture(scope="session")

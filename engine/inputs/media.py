@@ -170,20 +170,38 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float = 12.0) -> None:
 
 
 def contact_sheet(
-    before: np.ndarray, after: np.ndarray, columns: int = 8, cell: int = 160, banner: str | None = None
+    rows: list[tuple[str, np.ndarray]], columns: int = 8, cell: int = 160, banner: str | None = None
 ) -> np.ndarray:
-    """Two rows of evenly spaced frames: source above, edit below; an optional warning banner on top."""
-    picks = np.linspace(0, len(before) - 1, num=min(columns, len(before))).round().astype(int)
-    cell_h = max(1, round(cell * before.shape[1] / before.shape[2]))
-
-    def row(frames: np.ndarray) -> np.ndarray:
-        return np.concatenate([cv2.resize(frames[i], (cell, cell_h), interpolation=cv2.INTER_AREA) for i in picks], 1)
-
-    sheet = np.concatenate([row(before), row(after)], 0)
-    for y, label in ((0, "source"), (cell_h, "edit")):
-        cv2.putText(sheet, label, (4, y + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+    """One labelled row of evenly spaced frames per (label, frames) — e.g. source, edit, then one per
+    phrase's attention maps —, all rows the same length; an optional warning banner on top."""
+    count, height, width = rows[0][1].shape[:3]
+    picks = np.linspace(0, count - 1, num=min(columns, count)).round().astype(int)
+    cell_h = max(1, round(cell * height / width))
+    strips = []
+    for label, frames in rows:
+        strip = np.concatenate([cv2.resize(frames[i], (cell, cell_h), interpolation=cv2.INTER_AREA) for i in picks], 1)
+        cv2.putText(strip, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+        strips.append(strip)
+    sheet = np.concatenate(strips, 0)
     if banner:
         strip = np.full((24, sheet.shape[1], 3), (160, 0, 0), dtype=np.uint8)
         cv2.putText(strip, banner, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         sheet = np.concatenate([strip, sheet], 0)
     return sheet
+
+
+def heatmap_overlays(frames: np.ndarray, maps: np.ndarray, opacity: float = 0.55) -> np.ndarray:
+    """Maps (F, h, w) in [0, 1] as a colour heat map (blue low, red high) over frames (F, H, W, 3)."""
+    height, width = frames.shape[1:3]
+    overlays = []
+    for frame, heat in zip(frames, maps):
+        heat = cv2.resize(heat.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        colour = cv2.cvtColor(cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                              cv2.COLOR_BGR2RGB)
+        overlays.append(cv2.addWeighted(frame, 1 - opacity, colour, opacity, 0))
+    return np.stack(overlays)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a phrase: lowercase words joined by '_' ("Iron Man" -> "iron_man")."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "phrase"

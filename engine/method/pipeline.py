@@ -39,11 +39,18 @@ from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.method.injection import FeatureInjection, Features
 from videograin.engine.method.layout import RegionLayout, phrase_token_indices, token_regions
 from videograin.engine.method.processors import AttentionContext, install_processors
-from videograin.engine.method.trajectory import Trajectories
+from videograin.engine.method.trajectory import Trajectories, level_size
+from videograin.engine.metrics.attention_maps import LEVELS as MAP_LEVELS
+from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
 VAE_BATCH = 4  # frames per VAE call: bounds memory at high resolution
+# Step previews skip the VAE: a linear map from SD-1.x latents to RGB (the approximation image tools use
+# for live previews, e.g. ComfyUI's latent2rgb factors), at the latent size, doubled.
+LATENT_RGB = torch.tensor([[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350],
+                           [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]])
+PREVIEW_SCALE = 2
 FrameCallback = Callable[[int, np.ndarray], None]
 
 
@@ -53,6 +60,8 @@ class EditResult:
     leakage: dict[str, float] | None  # per phrase, when measured
     cached_passes: int = 0  # passes whose inversion came from the inversion cache
     warp_error: float | None = None  # ×10³, under the source's flow (metrics/warp.py), when measured
+    # phrase -> (modulated, plain) cross-attention maps (F, h, w) in [0, 1] (metrics/attention_maps.py)
+    attention_maps: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass
@@ -243,6 +252,7 @@ class VideoGrainPipeline(DiffusionPipeline):
             "conditional": (1,) if guided else (0,),
             "both": (0, 1) if guided else (0,),
         }[modulation.self_branch]
+        mapped_steps = modulation.modulated_steps(steps)
         if ctx.injection is not None:
             ctx.injection.recorded = inversion.features
         latents = inversion.latents
@@ -252,6 +262,8 @@ class VideoGrainPipeline(DiffusionPipeline):
             ctx.self_strength = modulation.strength(modulation.self_, int(t), i, steps)
             if ctx.injection is not None:
                 ctx.injection.inject(int(t)) if i < inject_step else ctx.injection.idle()
+            if ctx.attention_maps is not None:
+                ctx.attention_maps.active = i < mapped_steps
             noise = self._predict_noise(latents, t, texts.edit, texts.controlnet_edit, control, control_scale, guidance)
             stepped = sampler.step(noise, t, latents, generator=generator)
             latents = stepped.prev_sample
@@ -262,7 +274,16 @@ class VideoGrainPipeline(DiffusionPipeline):
         if ctx.injection is not None:
             ctx.injection.recorded = {}
             ctx.injection.idle()
+        if ctx.attention_maps is not None:
+            ctx.attention_maps.active = False
         return latents
+
+    @staticmethod
+    def preview_image(latents: torch.Tensor) -> np.ndarray:
+        """A quick RGB look at one frame's latents (4, h, w), without the VAE: (2h, 2w, 3) uint8."""
+        rgb = torch.einsum("chw,cr->hwr", latents.float().cpu(), LATENT_RGB)
+        image = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+        return image.repeat(PREVIEW_SCALE, 0).repeat(PREVIEW_SCALE, 1)
 
     # -- the edit --------------------------------------------------------------------------------
 
@@ -292,6 +313,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         progress: ProgressCallback = no_progress,
         cancelled: Callable[[], bool] = lambda: False,
         measure_leakage: bool = False,
+        attention_maps: bool = False,
         preview_every: int = 5,
         on_frame: FrameCallback | None = None,
     ) -> EditResult:
@@ -312,6 +334,9 @@ class VideoGrainPipeline(DiffusionPipeline):
             token_regions=token_regions(self.tokenizer, prompt, phrases, background_phrase),
             trajectories=trajectories,
             leakage=LeakageMeter(len(phrases) + 1) if measure_leakage else None,
+            attention_maps=AttentionMaps(
+                len(phrases) + 1, len(frames), [level_size(latent_h, latent_w, n) for n in MAP_LEVELS]
+            ) if attention_maps else None,
         )
         install_processors(self.unet, self.controlnet, ctx, controlnet_full_frame=controlnet_attention == "full")
         window = window or longest_pass(len(frames), latent_w * latent_h, self.device)
@@ -361,8 +386,8 @@ class VideoGrainPipeline(DiffusionPipeline):
                 def edited(i: int, predicted: torch.Tensor) -> None:
                     check_cancel()
                     preview = None
-                    if number == 0 and ((i + 1) % preview_every == 0 or i + 1 == steps):
-                        preview = self.decode_latents(predicted[:1])[0]
+                    if number == 0 and (i == 0 or (i + 1) % preview_every == 0 or i + 1 == steps):
+                        preview = self.preview_image(predicted[0])
                     progress(ProgressEvent("edit", i + 1, steps, preview, number, len(passes)))
 
                 check_cancel()
@@ -387,11 +412,20 @@ class VideoGrainPipeline(DiffusionPipeline):
         finally:
             if ctx.injection is not None:
                 ctx.injection.remove()
-        leakage = None
+        names = [background_phrase, *phrases]
+        leakage = maps = None
         if ctx.leakage is not None:
-            names = [background_phrase, *phrases]
             leakage = {names[bit]: share for bit, share in ctx.leakage.shares().items()}
-        return EditResult(decoded.frames(), leakage, cached_passes)
+        if ctx.attention_maps is not None:
+            modulated, plain = (_unit(m) for m in ctx.attention_maps.result())
+            maps = {names[bit]: (modulated[bit], plain[bit]) for bit in range(len(names)) if names[bit]}
+        return EditResult(decoded.frames(), leakage, cached_passes, attention_maps=maps)
+
+
+def _unit(maps: torch.Tensor) -> np.ndarray:
+    """Each phrase's maps over the clip scaled into [0, 1] together, so frames compare."""
+    peak = maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None, None]
+    return (maps / peak).numpy()
 
 
 class _InOrderDecoder:

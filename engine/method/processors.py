@@ -22,6 +22,7 @@ from videograin.engine.method.attention import layout_attention, modulated_probs
 from videograin.engine.method.injection import FeatureInjection
 from videograin.engine.method.layout import RegionLayout
 from videograin.engine.method.trajectory import Trajectories, TrajectoryPlan, trajectory_attention
+from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
 
 
@@ -46,6 +47,7 @@ class AttentionContext:
     trajectories: Trajectories | None = None  # flow trajectories at the resolutions that follow them
     injection: FeatureInjection | None = None
     leakage: LeakageMeter | None = None
+    attention_maps: AttentionMaps | None = None
     backend: str = "auto"
     _on_device: dict = field(default_factory=dict)
 
@@ -157,19 +159,25 @@ class STLayoutAttnProcessor:
         for group in range(q.shape[0] // ctx.frames):
             rows = slice(group * ctx.frames, (group + 1) * ctx.frames)
             conditional = self.modulate and group in ctx.cross_groups and ctx.layout is not None
-            if conditional and (ctx.cross_strength > 0 or ctx.leakage is not None):
+            maps = ctx.attention_maps.records(tokens) if conditional and ctx.attention_maps is not None else None
+            measured = ctx.leakage is not None or maps is not None
+            if conditional and (ctx.cross_strength > 0 or measured):
                 level = ctx.layout.level(tokens, q.device)
                 ids = ctx.frame_ids.to(q.device)
                 regions, size = level.regions[ids], level.cross_size[ids]
                 text = ctx.text_regions(q.device)
                 weight = ctx.cross_strength if level.modulated else 0.0
                 strength = (weight * size)[:, None, :, None]  # (F, 1, N, 1)
-                if ctx.leakage is not None:
-                    # The meter needs the probabilities themselves; cross-attention is small enough.
+                if measured:
+                    # The meters need the probabilities themselves; cross-attention is small enough.
                     positive = ((regions[:, :, None] & text[None, None, :]) != 0)[:, None]
                     probs = modulated_probs(q[rows], k[rows], positive, strength)
                     out[rows] = probs @ v[rows]
-                    ctx.leakage.add(probs, regions, text)
+                    if ctx.leakage is not None:
+                        ctx.leakage.add(probs, regions, text)
+                    if maps is not None:
+                        plain = modulated_probs(q[rows], k[rows], positive, 0.0)
+                        ctx.attention_maps.add(maps, ctx.frame_ids, text, probs, plain)
                     continue
                 if level.modulated:
                     out[rows] = layout_attention(
