@@ -120,6 +120,8 @@ def build(out: Path, platforms: list[str], wheel_cache: Path | None = None) -> l
     command = extension_command("build")  # fail before any download when Blender's builder is missing
     if not platforms or not set(platforms) <= set(PLATFORM_TAGS):
         raise BuildError(f"platforms {platforms}: choose one or more of {', '.join(PLATFORM_TAGS)}")
+    if out.resolve().is_relative_to(ADDON):
+        raise BuildError(f"--out {out} is inside {ADDON}, which the build copies: choose a folder outside it")
     out.mkdir(parents=True, exist_ok=True)
     # Built beside `out`, then renamed into it: a failed build leaves nothing half-written there.
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as scratch:
