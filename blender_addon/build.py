@@ -100,7 +100,7 @@ def staged_manifest(source: str, version: str, platforms: list[str], wheels: lis
     return top_level + generated + tables
 
 
-def stage(folder: Path, platforms: list[str], cache: Path) -> None:
+def stage(folder: Path, version: str, platforms: list[str], cache: Path) -> None:
     """Lay out in `folder` what Blender's builder packs."""
     shutil.copytree(ADDON, folder, ignore=shutil.ignore_patterns("build.py", "__pycache__", "*.pyc"))
     (folder / "protocol").mkdir()
@@ -112,12 +112,13 @@ def stage(folder: Path, platforms: list[str], cache: Path) -> None:
         shutil.copy2(wheel, folder / "wheels" / wheel.name)
     wheels = sorted(wheel.name for wheel in (folder / "wheels").iterdir())
     manifest = folder / "blender_manifest.toml"
-    manifest.write_text(staged_manifest(manifest.read_text(), project_version(), platforms, wheels))
+    manifest.write_text(staged_manifest(manifest.read_text(), version, platforms, wheels))
 
 
 def build(out: Path, platforms: list[str], wheel_cache: Path | None = None) -> list[Path]:
     """Build one extension zip per platform into `out`; returns their paths."""
-    command = extension_command("build")  # fail before any download when Blender's builder is missing
+    # Everything that can be wrong is checked before any download.
+    command, version = extension_command("build"), project_version()
     if not platforms or not set(platforms) <= set(PLATFORM_TAGS):
         raise BuildError(f"platforms {platforms}: choose one or more of {', '.join(PLATFORM_TAGS)}")
     if out.resolve().is_relative_to(ADDON):
@@ -127,7 +128,7 @@ def build(out: Path, platforms: list[str], wheel_cache: Path | None = None) -> l
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as scratch:
         staging, built = Path(scratch) / "videograin", Path(scratch) / "zips"
         built.mkdir()
-        stage(staging, sorted(platforms), wheel_cache or Path(scratch) / "wheels")
+        stage(staging, version, sorted(platforms), wheel_cache or Path(scratch) / "wheels")
         done = subprocess.run(command + ["--source-dir", str(staging), "--output-dir", str(built), "--split-platforms"],
                               capture_output=True, text=True)
         if done.returncode != 0:
