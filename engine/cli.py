@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from videograin import __version__
 from videograin.engine.errors import VideograinError
 from videograin.protocol.client import EngineError
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="videograin", description="Multi-grained text-driven video editing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     edit = sub.add_parser("edit", help="edit a clip as a job file describes")

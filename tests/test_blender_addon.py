@@ -60,10 +60,10 @@ def test_no_engine_is_a_clear_message(run_in_blender):
     run_in_blender("no_engine.py")
 
 
-def test_built_zip_installs_and_enables(run_in_blender, tmp_path):
+def test_built_zip_installs_and_enables(run_in_blender, tmp_path, request):
     from videograin.blender_addon.build import build
 
-    archive = build(tmp_path / "dist", ["linux-x64"])
+    [archive] = build(tmp_path / "dist", ["linux-x64"], wheel_cache=request.config.cache.mkdir("extension-wheels"))
     run_in_blender("install_zip.py", str(archive), env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})
 
 

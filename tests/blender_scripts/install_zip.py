@@ -1,7 +1,9 @@
-"""The built extension zip installs into a fresh Blender user folder and the add-on enables."""
+"""The built extension zip installs into a fresh Blender user folder, its bundled wheels are installed for
+this Blender's Python, and the add-on enables."""
 
 import os
 import sys
+from pathlib import Path
 
 import bpy
 
@@ -10,6 +12,10 @@ import addon_utils  # on the path once bpy is imported
 assert os.environ.get("BLENDER_USER_RESOURCES"), "run with a fresh BLENDER_USER_RESOURCES"
 result = bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default", enable_on_install=True)
 assert result == {"FINISHED"}, result
+python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+site = Path(os.environ["BLENDER_USER_RESOURCES"], "extensions", ".local", "lib", python, "site-packages")
+for name in ("zmq", "msgpack"):
+    assert (site / name).is_dir(), f"{name} was not installed from the zip's wheels into {site}"
 module = "bl_ext.user_default.videograin"
 enabled = {m.module for m in bpy.context.preferences.addons}
 assert module in enabled, enabled
