@@ -166,6 +166,8 @@ def test_rejects_get_an_error_and_the_engine_still_serves(peer, engine, header, 
     "change,code,words",
     [
         ({"settings": {"prompt": "a robot"}}, "bad_job", "does not occur in the prompt"),
+        ({"settings": {"control": {"type": "frames", "path": "unread"}}}, "bad_job", "needs 'control_maps'"),
+        ({"settings": {"source.width": 64}}, "bad_job", "unknown setting"),  # nested maps, not dotted keys
         ({"frames": []}, "bad_header", "needs 'frames'"),
         ({"masks": [[]]}, "bad_header", "one list of mattes per region"),
         ({"frames": [{"part": 99, "encoding": "raw", "width": 64, "height": 64, "channels": 3}]},

@@ -177,9 +177,12 @@ class EngineServer:
 
     def _on_cancel(self, peer: bytes, message: Message) -> None:
         job = self._job(message.header["job"])
-        if job.state not in FINAL_STATES and self.worker.cancel(job):
-            self._finish(job, "cancelled", {"type": "error", "job": job.id, "code": "cancelled", "message": "the job was cancelled"})
+        dropped = job.state not in FINAL_STATES and self.worker.cancel(job)
+        if dropped:
+            self._end(job, "cancelled", {"type": "error", "job": job.id, "code": "cancelled", "message": "the job was cancelled"})
         self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
+        if dropped:  # the reply first: a client waiting for it has not read past the stream's end
+            self._stream(job, job.final)
 
     def _on_attach(self, peer: bytes, message: Message) -> None:
         h = message.header
@@ -259,6 +262,8 @@ class EngineServer:
         control = None
         if isinstance(h.get("control_maps"), list):
             control = np.stack(self._images(h["control_maps"], message.parts, grey=False))
+        elif parsed.control.type == "frames":
+            raise JobError("control.type 'frames' needs 'control_maps' in an inline submit: one map per frame")
         edit = EditJob(parsed, frames, np.stack(masks), control)
         validate_job(edit)
         return edit
@@ -317,10 +322,13 @@ class EngineServer:
         return {"type": "frame", "job": job.id, "index": index, "image": descriptor}, [part]
 
     def _finish(self, job: Job, state: str, final: dict[str, Any]) -> None:
+        self._end(job, state, final)
+        self._stream(job, final)
+
+    def _end(self, job: Job, state: str, final: dict[str, Any]) -> None:
         job.state, job.finished_at, job.edit = state, time.monotonic(), None
         job.error = final.get("code") if state != "done" else None
         job.final = final
-        self._stream(job, final)
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
