@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import logging
 import os
 import signal
@@ -79,7 +80,7 @@ class EngineServer:
         self.store = FrameStore()
         self.stopping = threading.Event()
         self.worker = JobWorker(pipeline_for, self.store, self.stopping)
-        self._job_numbers = iter(range(1, 2**62))
+        self._job_numbers = itertools.count(1)
         self._purged_at = 0.0
         # One handler per request type of wire.REQUESTS: a new request is a schema entry there and an
         # `_on_<type>` method here.

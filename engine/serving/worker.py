@@ -88,6 +88,10 @@ class JobWorker:
         self.stopping = stopping
         self.waiting: list[Job] = []
         self.running: Job | None = None
+        # The job the thread has taken: from then on cancelling only asks it to stop. The lock makes
+        # "taken" and "dropped while waiting" exclusive, so a job never ends twice.
+        self._taken: Job | None = None
+        self._lock = threading.Lock()
         self._todo: queue.Queue = queue.Queue()
         self._events: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="videograin-worker", daemon=True)
@@ -109,17 +113,21 @@ class JobWorker:
 
     def cancel(self, job: Job) -> bool:
         """Ask the job to stop; True when it was still waiting and is dropped at once (no events follow)."""
-        job.cancel.set()
-        if job in self.waiting:
-            self.waiting.remove(job)
-            return True
+        with self._lock:
+            job.cancel.set()
+            if job in self.waiting and job is not self._taken:
+                self.waiting.remove(job)
+                return True
         return False
 
     def drop_waiting(self) -> list[Job]:
-        """Every waiting job, cancelled and dropped (the engine is stopping)."""
-        dropped, self.waiting = self.waiting, []
-        for job in dropped:
-            job.cancel.set()
+        """Every waiting job, cancelled and dropped (the engine is stopping); a job the thread has taken
+        is left to stop with the engine."""
+        with self._lock:
+            dropped = [job for job in self.waiting if job is not self._taken]
+            self.waiting = [job for job in self.waiting if job is self._taken]
+            for job in dropped:
+                job.cancel.set()
         return dropped
 
     def events(self) -> Iterator[tuple[str, Job, Any]]:
@@ -148,8 +156,10 @@ class JobWorker:
             job = self._todo.get()
             if job is None:
                 return
-            if job.cancel.is_set():
-                continue
+            with self._lock:
+                if job.cancel.is_set():
+                    continue
+                self._taken = job
             self._events.put(("start", job, None))
             try:
                 self._events.put(("done", job, self._edit(job)))
