@@ -31,10 +31,14 @@ class EngineError(Exception):
 
 
 class EngineClient:
-    def __init__(self, connection: str | Path | dict[str, Any], heartbeat_s: float = 5.0) -> None:
-        info = connection if isinstance(connection, dict) else _read(connection)
+    """A DEALER connection to one engine. `connection` is a connection file (default
+    ~/.videograin/engine.json) or its parsed contents."""
+
+    def __init__(self, connection: str | Path | dict[str, Any] | None = None, heartbeat_s: float = 5.0) -> None:
+        info = connection if isinstance(connection, dict) else _read(connection or wire.DEFAULT_CONNECTION_FILE)
         self.address, self._key = info["address"], info["key"].encode()
         self.heartbeat_s = heartbeat_s
+        self._part_mac = _shared_part_mac(info.get("part_macs"))
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -43,12 +47,17 @@ class EngineClient:
         self._pending: list[Message] = []
         self._last_sent = self._last_heard = time.monotonic()
         self.capabilities: dict[str, Any] | None = None
+        # The streams this client follows (SPEC.md §3.6): job → the next frame index it lacks. After a
+        # silence the engine may have detached them; poll() attaches again from there.
+        self._following: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._reattaching: dict[str, str] = {}  # attach request id → job
 
     # -- low level ---------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], parts: list | tuple = ()) -> str:
         header = {"id": wire.new_id(), **header}
-        self._socket.send_multipart(wire.pack(self._key, header, parts), copy=False)
+        self._socket.send_multipart(wire.pack(self._key, header, parts, self._part_mac), copy=False)
         self._last_sent = time.monotonic()
         return header["id"]
 
@@ -74,14 +83,16 @@ class EngineClient:
                 if message.type == "error":
                     raise EngineError(message.header.get("code", "internal"), message.header.get("message", ""))
                 return message
-            self._pending.append(message)
+            self._keep(message)
         raise EngineError("no_engine", f"no answer from the engine at {self.address} within {timeout_s:g} s; is it running?")
 
     # -- requests ----------------------------------------------------------------------------
 
     def hello(self, client: str = "videograin-client", timeout_s: float = 10.0) -> dict[str, Any]:
-        reply = self.request({"type": "hello", "versions": [wire.VERSION], "client": client}, timeout_s=timeout_s)
+        reply = self.request({"type": "hello", "versions": [wire.VERSION], "client": client,
+                              "part_macs": list(wire.PART_MACS)}, timeout_s=timeout_s)
         self.capabilities = reply.header["engine"]
+        self._part_mac = _shared_part_mac(self.capabilities.get("part_macs"))
         self._limits = Limits(**{k: v for k, v in self.capabilities["limits"].items() if k in Limits.__dataclass_fields__})
         self.heartbeat_s = float(self.capabilities.get("heartbeat_s", self.heartbeat_s))
         return self.capabilities
@@ -116,16 +127,18 @@ class EngineClient:
         }
         if control_maps is not None:
             header["control_maps"] = [add(c) for c in control_maps]
-        return self.request(header, parts).header["job"]
+        return self._follow(self.request(header, parts).header["job"], 0)
 
     def submit_paths(self, settings: dict[str, Any]) -> str:
         """Submit a job whose media the engine reads from a shared disk (absolute paths in settings)."""
-        return self.request({"type": "submit", "settings": settings, "inline": False}).header["job"]
+        return self._follow(self.request({"type": "submit", "settings": settings, "inline": False}).header["job"], 0)
 
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request({"type": "cancel", "job": job}).header["jobs"][0]
 
     def attach(self, job: str, from_frame: int = 0) -> dict[str, Any]:
+        """Take over the job's stream: ready frames from `from_frame` on are sent again, then the rest."""
+        self._follow(job, from_frame)
         return self.request({"type": "attach", "job": job, "from_frame": from_frame}).header["jobs"][0]
 
     def status(self, job: str | None = None) -> list[dict[str, Any]]:
@@ -144,19 +157,22 @@ class EngineClient:
     def poll(self, timeout_s: float = 0.0) -> list[Message]:
         """Stream messages received so far (progress, frame, done, error); waits at most `timeout_s`.
 
-        Sends a heartbeat ping when nothing was sent for heartbeat_s, and raises EngineError
-        `engine_gone` after 3 heartbeats without a word from the engine.
+        Sends a heartbeat ping when nothing was sent for heartbeat_s, attaches again to the streams it
+        follows after a longer silence (the engine detaches a silent peer's streams, SPEC.md §4), and
+        raises EngineError `engine_gone` after 3 heartbeats without a word from the engine.
         """
         now = time.monotonic()
-        if now - self._last_sent >= self.heartbeat_s:
+        if self._following and now - self._last_sent > 2 * self.heartbeat_s:
+            for job, next_frame in self._following.items():
+                self._reattaching[self.send({"type": "attach", "job": job, "from_frame": next_frame})] = job
+        elif now - self._last_sent >= self.heartbeat_s:
             self.send({"type": "ping"})
         deadline = now + timeout_s
         while True:
             message = self._receive(max(0.0, deadline - time.monotonic()) if not self._pending else 0.0)
             if message is None:
                 break
-            if message.type in STREAM_TYPES:
-                self._pending.append(message)
+            self._keep(message)
         if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
             raise EngineError("engine_gone", f"the engine at {self.address} stopped answering")
         events, self._pending = self._pending, []
@@ -179,6 +195,36 @@ class EngineClient:
     def close(self) -> None:
         self._socket.close(linger=0)
 
+    # -- following streams -------------------------------------------------------------------
+
+    def _follow(self, job: str, from_frame: int) -> str:
+        self._following[job] = from_frame
+        self._ended.discard(job)
+        return job
+
+    def _keep(self, message: Message) -> None:
+        """Queue a stream message for poll(), minus what an attach sent twice; a failed re-attach
+        becomes the job's `error`."""
+        h = message.header
+        lost = self._reattaching.pop(h["ref"], None) if isinstance(h.get("ref"), str) else None
+        if lost is not None and message.type == "error" and lost in self._following:
+            h = {"type": "error", "job": lost, "code": h.get("code", "internal"),
+                 "message": f"the job's stream was lost and attaching again failed: {h.get('message', '')}"}
+            message = Message(h)
+        if message.type not in STREAM_TYPES:
+            return
+        job = h.get("job")
+        if message.type == "frame" and job in self._following and isinstance(h.get("index"), int):
+            if h["index"] < self._following[job]:
+                return  # sent again by an attach, already delivered
+            self._following[job] = h["index"] + 1
+        elif message.type in ("done", "error") and isinstance(job, str):
+            if job in self._ended:
+                return  # the end of a stream that an attach sent again
+            if self._following.pop(job, None) is not None:
+                self._ended.add(job)
+        self._pending.append(message)
+
 
 def frame_image(message: Message, field: str = "image") -> np.ndarray:
     """The (H, W, C) uint8 image a `frame` (or a `progress` preview, field="preview") carries."""
@@ -187,6 +233,16 @@ def frame_image(message: Message, field: str = "image") -> np.ndarray:
 
 def _read(path: str | Path) -> dict[str, Any]:
     try:
-        return wire.read_connection_file(path)
+        info = wire.read_connection_file(path)
     except ProtocolError as exc:
         raise EngineError(exc.code, str(exc)) from None
+    pid = wire.stale_pid(info)
+    if pid is not None:
+        raise EngineError("no_engine", f"engine not running (stale connection file of pid {pid}): start the engine "
+                                       f"again, which replaces '{path}'")
+    return info
+
+
+def _shared_part_mac(schemes: Any) -> str | None:
+    """The first part-MAC scheme the engine lists that this side speaks (SPEC.md §2.3), or None."""
+    return next((s for s in schemes or () if s in wire.PART_MACS), None)

@@ -16,35 +16,87 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+GMAC = "gmac-aes256"
+
+
 class RawPeer:
-    def __init__(self, info: dict) -> None:
+    """A DEALER that signs as SPEC.md §2 says: whole-message HMAC, or (`part_mac`) HMAC over the header
+    plus one GMAC tag per part. It keeps its own heartbeat in `recv` (SPEC.md §4)."""
+
+    def __init__(self, info: dict, part_mac: bool = False, heartbeat_s: float = 0.5) -> None:
         self.key = info["key"].encode()
+        self.part_mac = part_mac
+        self.heartbeat_s = heartbeat_s
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(info["address"])
+        self.last_sent = time.monotonic()
+        self.heartbeats: set[str] = set()
 
     def signature(self, frames: list[bytes]) -> bytes:
         return hmac.new(self.key, b"".join(frames), hashlib.sha256).hexdigest().encode()
 
+    def tags(self, nonce: bytes, parts: list[bytes]) -> list[str]:
+        message_key = hmac.new(self.key, b"videograin-part-mac-v1" + nonce, hashlib.sha256).digest()
+        return [AESGCM(message_key).encrypt(i.to_bytes(12, "big"), b"", bytes(p)).hex() for i, p in enumerate(parts)]
+
     def send_frames(self, frames: list[bytes]) -> None:
         self.socket.send_multipart(frames)
+        self.last_sent = time.monotonic()
+
+    def body(self, header: dict, parts: list[bytes] = ()) -> list[bytes]:
+        """Frames after the signature; with part MACs, the header lists a tag per part."""
+        if self.part_mac and parts:
+            nonce = os.urandom(16)
+            header = {**header, "part_mac": {"scheme": GMAC, "nonce": nonce.hex(), "tags": self.tags(nonce, parts)}}
+        return [msgpack.packb(header), *parts]
+
+    def sign_body(self, body: list[bytes]) -> bytes:
+        return self.signature(body[:1] if self.part_mac and len(body) > 1 else body)
 
     def send(self, header: dict, parts: list[bytes] = (), raw_header: bytes | None = None) -> str:
         header = {"v": 1, "id": uuid.uuid4().hex[:16], **header}
-        body = [raw_header if raw_header is not None else msgpack.packb(header), *parts]
-        self.send_frames([self.signature(body), *body])
+        body = [raw_header, *parts] if raw_header is not None else self.body(header, parts)
+        self.send_frames([self.sign_body(body), *body])
         return header["id"]
 
+    def recv_frames(self, timeout: float = 10.0) -> list[bytes] | None:
+        """The next message's frames, unverified. Pings while waiting, and the pongs to those pings are
+        not returned."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if time.monotonic() - self.last_sent >= self.heartbeat_s:
+                self.heartbeats.add(self.send({"type": "ping"}))
+            wait = min(deadline - time.monotonic(), self.heartbeat_s / 2)
+            if wait <= 0:
+                return None
+            if not self.socket.poll(int(wait * 1000)):
+                continue
+            frames = self.socket.recv_multipart()
+            header = msgpack.unpackb(frames[1])
+            if header.get("type") == "pong" and header.get("ref") in self.heartbeats:
+                self.heartbeats.discard(header["ref"])
+                continue
+            return frames
+
     def recv(self, timeout: float = 10.0) -> tuple[dict, list[bytes]] | None:
-        if not self.socket.poll(int(timeout * 1000)):
+        """The next message, verified in whichever signing form the engine chose."""
+        frames = self.recv_frames(timeout)
+        if frames is None:
             return None
-        signature, *body = self.socket.recv_multipart()
-        assert hmac.compare_digest(signature, self.signature(body)), "engine message badly signed"
-        return msgpack.unpackb(body[0]), body[1:]
+        signature, *body = frames
+        header = msgpack.unpackb(body[0])
+        if len(body) > 1 and hmac.compare_digest(signature, self.signature(body[:1])):
+            mac = header["part_mac"]
+            assert mac["scheme"] == GMAC and mac["tags"] == self.tags(bytes.fromhex(mac["nonce"]), body[1:]), "bad part MAC"
+        else:
+            assert hmac.compare_digest(signature, self.signature(body)), "engine message badly signed"
+        return header, body[1:]
 
     def request(self, header: dict, parts: list[bytes] = (), timeout: float = 10.0) -> dict:
         msg_id = self.send(header, parts)
@@ -71,11 +123,18 @@ def start_engine(folder: Path, *extra: str, env: dict | None = None) -> tuple[su
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
     deadline = time.monotonic() + 120
-    while not connection.exists():
+    while (info := _connection_info(connection)) is None or info.get("pid") != process.pid:  # not a stale one
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"engine did not start: {process.stdout.read() if process.stdout else ''}")
         time.sleep(0.1)
-    return process, json.loads(connection.read_text()), connection
+    return process, info, connection
+
+
+def _connection_info(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def inline_job(frames: int = 4, size: int = 64, steps: int = 3, **settings) -> tuple[dict, list[bytes]]:

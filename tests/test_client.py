@@ -143,3 +143,89 @@ def test_ctrl_c_on_a_remote_edit_cancels_the_engine_job(tiny_engine, tmp_path):
         client.close()
         if edit.poll() is None:
             edit.kill()
+
+
+def test_a_killed_engine_is_reported_and_its_files_cleaned_up(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conformance import ROOT, start_engine
+
+    from videograin.protocol import wire
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    process, info, connection = start_engine(tmp_path, env=env)
+    try:
+        # A second engine over a running engine's connection file refuses to start.
+        second = subprocess.run([sys.executable, "-m", "videograin", "serve", "--model", "tiny", "--device", "cpu",
+                                 "--connection-file", str(connection)], cwd=ROOT, capture_output=True, text=True,
+                                env={**os.environ, **env}, timeout=120)
+        assert second.returncode == 2 and f"an engine (pid {process.pid}) is running" in second.stderr
+        assert json.loads(connection.read_text())["pid"] == process.pid
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    left = list(scratch.glob(f"videograin-results-{process.pid}-*"))
+    assert connection.exists() and len(left) == 1  # what SIGKILL leaves behind
+    with pytest.raises(EngineError, match=rf"engine not running \(stale connection file of pid {process.pid}\)") as caught:
+        EngineClient(connection)
+    assert caught.value.code == "no_engine"
+    monkeypatch.setattr(wire, "DEFAULT_CONNECTION_FILE", connection)  # where a client looks by default
+    with pytest.raises(EngineError, match="stale connection file"):
+        EngineClient()
+    successor, info, _ = start_engine(tmp_path, env=env)
+    try:
+        assert info["pid"] == successor.pid and not left[0].exists()
+        assert len(list(scratch.glob("videograin-results-*"))) == 1  # the successor's own
+        client = EngineClient()
+        assert client.hello(timeout_s=10)["device"] == "cpu"
+        client.close()
+    finally:
+        successor.kill()
+        successor.wait()
+
+
+def test_the_client_attaches_again_after_its_own_silence(tiny_engine):
+    """A GUI thread that blocks longer than 3 heartbeats loses its stream (SPEC.md §4); the next poll()
+    attaches again and the stream ends complete, each frame once."""
+    client, other = EngineClient(tiny_engine), EngineClient(tiny_engine)
+    try:
+        client.hello()
+        other.hello()
+        clip, mattes = synthetic_clip(3, 64, 64)
+        blocker = other.submit({**SETTINGS, "steps": 400}, clip[:2], mattes[:, :2])
+        job = client.submit(SETTINGS, clip, mattes)  # queued behind the blocker
+        time.sleep(3.5)  # the client is blocked: no poll, no heartbeat
+        other.cancel(blocker)
+        deadline = time.monotonic() + 60
+        while other.status(job)[0]["frames_ready"] < 1:  # the engine streamed, or tried to, meanwhile
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        messages = list(client.events(job, timeout_s=60))
+        assert [m.header["index"] for m in messages if m.type == "frame"] == [0, 1, 2]
+        assert messages[-1].type == "done"
+    finally:
+        client.close()
+        other.close()
+
+
+def test_a_client_without_part_macs_signs_whole_messages(tiny_engine, monkeypatch):
+    from videograin.protocol import wire
+
+    monkeypatch.setattr(wire, "PART_MACS", ())  # as in a plug-in shipped without `cryptography`
+    client = EngineClient(tiny_engine)
+    try:
+        client.hello()
+        clip, mattes = synthetic_clip(2, 64, 64)
+        job = client.submit(SETTINGS, clip, mattes)
+        messages = list(client.events(job))  # wire.unpack would drop part-MAC messages now
+        assert sum(m.type == "frame" for m in messages) == 2 and messages[-1].type == "done"
+    finally:
+        client.close()

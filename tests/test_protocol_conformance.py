@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 import os
+import re
 import signal
 import stat
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -162,6 +166,8 @@ def test_rejects_get_an_error_and_the_engine_still_serves(peer, engine, header, 
     "change,code,words",
     [
         ({"settings": {"prompt": "a robot"}}, "bad_job", "does not occur in the prompt"),
+        ({"settings": {"control": {"type": "frames", "path": "unread"}}}, "bad_job", "needs 'control_maps'"),
+        ({"settings": {"source.width": 64}}, "bad_job", "unknown setting"),  # nested maps, not dotted keys
         ({"frames": []}, "bad_header", "needs 'frames'"),
         ({"masks": [[]]}, "bad_header", "one list of mattes per region"),
         ({"frames": [{"part": 99, "encoding": "raw", "width": 64, "height": 64, "channels": 3}]},
@@ -291,3 +297,258 @@ def test_engine_refuses_a_non_loopback_bind_unless_allowed():
     check_bind("tcp://0.0.0.0:5000", allow_remote=True)
     with pytest.raises(VideograinError, match="must be tcp"):
         check_bind("udp://127.0.0.1:5", allow_remote=True)
+
+
+# -- silent peers (SPEC.md §4) -------------------------------------------------------------------
+
+def test_a_silent_peer_gets_nothing_more_until_it_attaches(engine):
+    silent = RawPeer(engine[1], heartbeat_s=float("inf"))  # never pings by itself
+    other = RawPeer(engine[1])
+    try:
+        blocker_header, blocker_parts = inline_job(frames=2, steps=400)
+        blocker = other.request(blocker_header, blocker_parts)["job"]
+        header, parts = inline_job(frames=4, steps=3)
+        job = silent.request(header, parts)["job"]  # queued behind the blocker
+        time.sleep(3.5)  # past 3 × heartbeat_s (1 s) without a word from `silent`
+        other.request({"type": "cancel", "job": blocker})
+        deadline = time.monotonic() + 60
+        while other.request({"type": "status", "job": job})["jobs"][0]["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # Speaking again does not resume the stream: only attach does.
+        assert silent.request({"type": "ping"})["type"] == "pong"
+        while other.request({"type": "status", "job": job})["jobs"][0]["state"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        leaked = []
+        while (got := silent.recv(timeout=0.5)) is not None:
+            leaked.append(got[0]["type"])
+        assert leaked == [], f"a detached stream sent {leaked}"
+        reply = silent.request({"type": "attach", "job": job, "from_frame": 0})
+        assert reply["jobs"][0]["state"] == "done" and reply["jobs"][0]["frames_ready"] == 4
+        stream = collect_stream(silent, job)
+        assert [m[0]["index"] for m in stream if m[0]["type"] == "frame"] == [0, 1, 2, 3]
+        assert stream[-1][0]["type"] == "done" and stream[-1][0]["frames"] == 4
+    finally:
+        silent.close()
+        other.close()
+
+
+def test_attach_streams_each_frame_from_from_frame_once_and_refuses_out_of_range(peer, engine):
+    header, parts = inline_job(frames=3, steps=2)
+    job = peer.request(header, parts)["job"]
+    collect_stream(peer, job)
+    for bad in (-1, 4):
+        refused = peer.request({"type": "attach", "job": job, "from_frame": bad})
+        assert refused["type"] == "error" and refused["code"] == "bad_header" and "from_frame" in refused["message"]
+    assert peer.recv(timeout=0.3) is None  # a refused attach moves and re-sends nothing
+    peer.request({"type": "attach", "job": job, "from_frame": 3})
+    assert [m[0]["type"] for m in collect_stream(peer, job)] == ["done"]
+    peer.request({"type": "attach", "job": job, "from_frame": 1})
+    assert [m[0].get("index") for m in collect_stream(peer, job)] == [1, 2, None]
+
+
+# -- requests the spec leaves no doubt about ------------------------------------------------------
+
+def test_status_with_nil_job_lists_every_job(peer, engine):
+    header, parts = inline_job(frames=2, steps=2)
+    job = peer.request(header, parts)["job"]
+    collect_stream(peer, job)
+    listed = peer.request({"type": "status", "job": None})
+    assert listed["type"] == "status" and job in [j["job"] for j in listed["jobs"]]
+    assert listed["jobs"] == peer.request({"type": "status"})["jobs"]
+    refused = peer.request({"type": "cancel", "job": None})  # required fields may not be nil
+    assert refused["code"] == "bad_header" and "nil" in refused["message"]
+
+
+def test_cancel_replies_cancelled_for_a_queued_job_and_running_for_a_running_one(peer, engine):
+    header, parts = inline_job(frames=2, steps=400)
+    running = peer.request(header, parts)["job"]
+    queued = peer.request(header, parts)["job"]
+    assert peer.request({"type": "cancel", "job": queued})["jobs"][0]["state"] == "cancelled"
+    while peer.request({"type": "status", "job": running})["jobs"][0]["state"] != "running":
+        time.sleep(0.05)
+    assert peer.request({"type": "cancel", "job": running})["jobs"][0]["state"] == "running"
+    assert collect_stream(peer, running, timeout=30)[-1][0]["code"] == "cancelled"
+
+
+def test_engine_messages_carry_ids_and_replies_their_ref(peer, engine):
+    header, parts = inline_job(frames=2, steps=2)
+    accepted = peer.request(header, parts)
+    stream = collect_stream(peer, accepted["job"])
+    for message in [accepted, *(m[0] for m in stream)]:
+        assert isinstance(message["id"], str) and len(message["id"]) == 16
+    assert all("ref" not in m[0] for m in stream)
+    peer.send({}, raw_header=msgpack.packb({"v": 1, "type": "ping"}))  # no id: the error cannot name it
+    reply = peer.recv(timeout=5)[0]
+    assert reply["code"] == "bad_header" and reply["ref"] is None and "job" not in reply
+
+
+# -- encodings: hex case, str and bin (SPEC.md §2.1-2.2) -------------------------------------------
+
+def test_signatures_in_either_hex_case_are_accepted(peer, engine):
+    body = peer.body({"v": 1, "id": "upper", "type": "ping"})
+    peer.send_frames([peer.sign_body(body).upper(), *body])
+    assert peer.recv(timeout=5)[0]["ref"] == "upper"
+    header, parts = inline_job(frames=2, steps=2)
+    nonce = os.urandom(16)
+    header = {**header, "v": 1, "id": "upper-tags",
+              "part_mac": {"scheme": "gmac-aes256", "nonce": nonce.hex().upper(),
+                           "tags": [t.upper() for t in peer.tags(nonce, parts)]}}
+    body = [msgpack.packb(header), *parts]
+    peer.send_frames([peer.signature(body[:1]).upper(), *body])
+    accepted = peer.recv(timeout=10)[0]
+    assert accepted["type"] == "accepted" and accepted["ref"] == "upper-tags"
+    collect_stream(peer, accepted["job"])
+
+
+def test_bin_is_ignored_in_unknown_fields_and_refused_where_a_string_is_due(peer, engine):
+    reply = peer.request({"type": "ping", "x-thumbnail": b"\x89PNG\r\n"})
+    assert reply["type"] == "pong"
+    msg_id = peer.send({"type": "status", "job": b"job-1"})
+    reply = peer.recv(timeout=5)[0]
+    assert reply["ref"] == msg_id and reply["code"] == "bad_header" and "bin" in reply["message"]
+    peer.send({}, raw_header=msgpack.packb({b"type": "ping"}, use_bin_type=True))  # a bin key
+    reply = peer.recv(timeout=5)[0]
+    assert reply["code"] == "malformed" and "str" in reply["message"]
+
+
+# -- part MACs (SPEC.md §2.3) --------------------------------------------------------------------
+
+def test_part_macs_both_ways_and_a_tampered_part_is_dropped(engine):
+    fast = RawPeer(engine[1], part_mac=True)
+    plain = RawPeer(engine[1])
+    try:
+        assert engine[1]["part_macs"] == ["gmac-aes256"]
+        welcome = fast.request({"type": "hello", "versions": [1], "part_macs": ["gmac-aes256", "future-mac"]})
+        assert welcome["engine"]["part_macs"] == ["gmac-aes256"]
+        header, parts = inline_job(frames=2, steps=2)
+        job = fast.request(header, parts)["job"]  # sent as HMAC(header) + a tag per part
+        signature, *body = _raw_stream_frames(fast, job)
+        assert hmac.compare_digest(signature, fast.signature(body[:1]))  # the engine signs its header alone
+        assert msgpack.unpackb(body[0])["part_mac"]["scheme"] == "gmac-aes256"
+        collect_stream(fast, job)  # RawPeer.recv verifies the rest: signatures and tags
+        # A peer that never said hello gets whole-message HMAC.
+        job = plain.request(header, parts)["job"]
+        signature, *body = _raw_stream_frames(plain, job)
+        assert hmac.compare_digest(signature, plain.signature(body)) and "part_mac" not in msgpack.unpackb(body[0])
+        collect_stream(plain, job)
+
+        def forged(change) -> None:
+            forged_header = {**header, "v": 1, "id": "forged"}
+            body = fast.body(forged_header, parts)
+            signature = fast.sign_body(body)
+            body = change(body)
+            fast.send_frames([signature, *body])
+            assert fast.recv(timeout=1) is None, "a forged message was answered"
+
+        forged(lambda body: [body[0], body[1][:-1] + bytes([body[1][-1] ^ 1]), *body[2:]])  # a pixel changed
+        forged(lambda body: body[:-1])  # a part dropped
+        forged(lambda body: [*body, b"extra"])  # a part added
+        without_tags = [msgpack.packb({**header, "v": 1, "id": "untagged"}), *parts]
+        fast.send_frames([fast.signature(without_tags[:1]), *without_tags])  # header signed alone, no tags
+        assert fast.recv(timeout=1) is None
+        assert_still_serving(fast, engine)
+    finally:
+        fast.close()
+        plain.close()
+
+
+def _raw_stream_frames(peer: RawPeer, job: str) -> list[bytes]:
+    """The raw frames of the job's first message that carries a part."""
+    while True:
+        frames = peer.recv_frames(timeout=60)
+        assert frames is not None, "no message with a part"
+        if msgpack.unpackb(frames[1]).get("job") == job and len(frames) > 2:
+            return frames
+
+
+# -- limits reachable together (SPEC.md §5) ------------------------------------------------------
+
+def test_a_submit_at_max_frames_is_accepted(engine):
+    peer = RawPeer(engine[1], part_mac=True)
+    try:
+        limits = peer.request({"type": "hello", "versions": [1], "part_macs": ["gmac-aes256"]})["engine"]["limits"]
+        header, parts = inline_job(frames=2, steps=400)
+        blocker = peer.request(header, parts)["job"]  # keeps the big job queued: it is never run
+        header, parts = inline_job(frames=limits["max_frames"], steps=2)
+        header_bytes = len(peer.body({"v": 1, "id": "x" * 16, **header}, parts)[0])
+        assert 65536 < header_bytes <= limits["max_header_bytes"] and len(parts) <= limits["max_parts"]
+        accepted = peer.request(header, parts, timeout=60)
+        assert accepted["type"] == "accepted", accepted
+        assert peer.request({"type": "cancel", "job": accepted["job"]})["jobs"][0]["state"] == "cancelled"
+        peer.request({"type": "cancel", "job": blocker})
+        collect_stream(peer, blocker)
+    finally:
+        peer.close()
+
+
+def test_too_large_carries_the_ref_even_from_an_over_long_header(peer, engine):
+    limit = peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_header_bytes"]
+    header = {"v": 1, "type": "ping", "padding": "x" * limit, "id": "long-one"}  # the id after the bulk
+    peer.send({}, raw_header=msgpack.packb(header))
+    reply = peer.recv(timeout=5)[0]
+    assert reply["code"] == "too_large" and reply["ref"] == "long-one"
+
+
+# -- the spec's own examples (SPEC.md §3) --------------------------------------------------------
+
+SPEC = Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md"
+
+
+def spec_examples() -> list[tuple[dict, dict | None]]:
+    """Each ```json request block of the spec, with the ```json reply block that follows it."""
+    pairs: list[list] = []
+    for kind, body in re.findall(r"```json (request|reply)\n(.*?)```", SPEC.read_text(), re.S):
+        if kind == "request":
+            pairs.append([json.loads(body), None])
+        else:
+            pairs[-1][1] = json.loads(body)
+    return [(request, reply) for request, reply in pairs]
+
+
+def example_parts(header: dict) -> list[bytes]:
+    """Pixels for an inline submit example's descriptors: the synthetic runners clip and its mattes."""
+    from videograin.engine.demo import synthetic_clip
+
+    if not header.get("inline"):
+        return []
+    first = header["frames"][0]
+    clip, mattes = synthetic_clip(len(header["frames"]), first["width"], first["height"])
+    images = {d["part"]: clip[i] for i, d in enumerate(header["frames"])}
+    for region, stack in enumerate(header["masks"]):
+        images.update({d["part"]: mattes[region][i].astype(np.uint8) * 255 for i, d in enumerate(stack)})
+    return [np.ascontiguousarray(images[i]).tobytes() for i in range(len(images))]
+
+
+def test_spec_examples_run_against_a_real_engine(tmp_path):
+    from videograin.engine.demo import write_demo_inputs
+
+    examples = spec_examples()
+    assert [r["type"] for r, _ in examples][:2] == ["hello", "submit"] and examples[-1][0]["type"] == "shutdown"
+    runners = write_demo_inputs(tmp_path / "runners", frames=2, size=64).parent
+    process, info, connection = start_engine(tmp_path)
+    peer = RawPeer(info, part_mac=True)
+    jobs: dict[str, str] = {}  # the examples' job ids → the engine's
+    try:
+        for request, expected in examples:
+            text = json.dumps(request).replace("/home/ana/runners", str(runners))
+            for example_id, real in jobs.items():
+                text = text.replace(f'"{example_id}"', f'"{real}"')
+            header = json.loads(text)
+            reply = peer.request(header, example_parts(header), timeout=30)
+            assert reply["ref"] == request["id"] and reply["type"] == expected["type"], (request["id"], reply)
+            assert set(expected) <= set(reply), (request["id"], set(expected) - set(reply))
+            for name in ("engine", "limits"):
+                if name in expected:
+                    assert set(expected[name]) <= set(reply[name])
+            if expected.get("jobs") and reply["jobs"]:
+                assert set(expected["jobs"][0]) == set(reply["jobs"][0])
+            if reply["type"] == "accepted":
+                jobs[expected["job"]] = reply["job"]
+        assert process.wait(timeout=30) == 0 and not connection.exists()
+    finally:
+        peer.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -18,6 +18,7 @@ headers = st.fixed_dictionaries(
         "id": st.text(max_size=70) | st.integers(-2**63, 2**64 - 1),  # what msgpack can encode
         "job": values, "from_frame": values, "versions": values, "settings": values, "inline": values,
         "frames": values, "masks": values, "control_maps": values, "result_encoding": values,
+        "preview": values, "client": values, "part_macs": values, "part_mac": values,
     },
 )
 

@@ -1,22 +1,21 @@
 """`videograin serve`: the engine process behind protocol v1 (protocol/SPEC.md).
 
-One thread owns the ROUTER socket and all protocol state; one worker thread runs jobs, one at a time,
-and hands events back through a queue. Nothing a client sends can stop the loop: every request is
-answered or, when unsigned, dropped and logged.
+One thread owns the ROUTER socket and all protocol state: it receives, validates, replies and streams.
+Jobs run on a worker (worker.py) that reports back through events. Nothing a client sends can stop the
+loop: every request is answered or, when unsigned, dropped and logged.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import ipaddress
 import itertools
 import logging
-import queue
+import os
 import signal
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -26,60 +25,17 @@ import zmq
 
 from videograin import __version__
 from videograin.engine.config import CONTROL_TYPES, parse_settings
-from videograin.engine.errors import CancelledError, JobError, VideograinError
+from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.media import decode_png, encode_png
-from videograin.engine.models import RANDOM_MODELS
-from videograin.engine.progress import ProgressEvent
-from videograin.engine.runner import edit_clip
-from videograin.engine.serving.retention import FrameStore
+from videograin.engine.serving.retention import FrameStore, remove_stale_stores
+from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, free_device_memory
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
 
 log = logging.getLogger("videograin.server")
 
-FINAL_STATES = ("done", "failed", "cancelled")
-
-
-@dataclass
-class Job:
-    id: str
-    edit: EditJob
-    peer: bytes
-    result_encoding: str = "raw"
-    preview: bool = True
-    state: str = "queued"
-    phase: str = "queued"
-    step: int = 0
-    total: int = 0
-    frames_ready: int = 0  # frames decoded so far, kept in the server's FrameStore
-    final: tuple[dict[str, Any], list] | None = None  # the stream's last message, kept for attach
-    error: str | None = None
-    finished_at: float | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-class EtaClock:
-    """Remaining time from the pace of the current phase; sampling steps cost about twice an inversion
-    step (classifier-free guidance doubles the batch)."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-        self.phase, self.started, self.first_step = "", 0.0, 0
-
-    def update(self, event: ProgressEvent) -> float | None:
-        now = time.perf_counter()
-        if event.phase != self.phase:
-            self.phase, self.started, self.first_step = event.phase, now, event.step
-            return None
-        done = event.step - self.first_step
-        if done <= 0 or event.phase not in ("invert", "edit"):
-            return None
-        per_step = (now - self.started) / done
-        remaining = (event.total - event.step) * per_step
-        if event.phase == "invert":
-            remaining += self.steps * 2 * per_step
-        return remaining
+Handler = Callable[[bytes, Message], None]
 
 
 class EngineServer:
@@ -97,12 +53,14 @@ class EngineServer:
     ) -> None:
         self.key = key.encode()
         self.limits = limits or Limits()
-        self.pipeline_for = pipeline_for
         self.default_model = default_model
         self.device = device
         self.retention_s = retention_s
         self.heartbeat_s = heartbeat_s
         self.connection_file = connection_file
+        if connection_file is not None:
+            claim_connection_file(connection_file)
+        remove_stale_stores()
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -117,15 +75,16 @@ class EngineServer:
             self.socket.bind(address)
         self.address = address
         self.jobs: dict[str, Job] = {}
-        self.queue: list[Job] = []
-        self.running: Job | None = None
         self.peers_seen: dict[bytes, float] = {}
+        self.peer_part_mac: dict[bytes, str] = {}  # the part-MAC scheme each peer said it speaks (hello)
         self.store = FrameStore()
-        self.events: queue.Queue = queue.Queue()
-        self.work: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
+        self.worker = JobWorker(pipeline_for, self.store, self.stopping)
         self._job_numbers = itertools.count(1)
-        self.worker = threading.Thread(target=self._work, name="videograin-worker", daemon=True)
+        self._purged_at = 0.0
+        # One handler per request type of wire.REQUESTS: a new request is a schema entry there and an
+        # `_on_<type>` method here.
+        self.handlers: dict[str, Handler] = {kind: getattr(self, f"_on_{kind}") for kind in wire.REQUESTS}
         if connection_file is not None:
             wire.write_connection_file(connection_file, self.address, key)
 
@@ -158,10 +117,10 @@ class EngineServer:
         ref = None
         try:
             message = wire.unpack(self.key, body, self.limits)
+            self.peers_seen[peer] = time.monotonic()  # any authenticated message shows the peer is there
             ref = message.header.get("id") if isinstance(message.header.get("id"), str) else None
             wire.check_request(message.header)
-            self.peers_seen[peer] = time.monotonic()
-            self._handle(peer, message)
+            self.handlers[message.type](peer, message)
         except ProtocolError as exc:
             if exc.code == "bad_signature":
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
@@ -176,51 +135,97 @@ class EngineServer:
     def _send(self, peer: bytes, header: dict[str, Any], parts: list | tuple = ()) -> None:
         header = {"id": wire.new_id(), **header}
         try:
-            self.socket.send_multipart([peer, *wire.pack(self.key, header, parts)], copy=False)
+            frames = wire.pack(self.key, header, parts, self.peer_part_mac.get(peer))
+            self.socket.send_multipart([peer, *frames], copy=False)
         except zmq.ZMQError as exc:
             log.warning("could not send %s to %s: %s", header.get("type"), peer.hex(), exc)
 
-    def _peer_alive(self, peer: bytes) -> bool:
-        seen = self.peers_seen.get(peer)
-        return seen is not None and time.monotonic() - seen < 3 * self.heartbeat_s
+    def _reply(self, peer: bytes, request: Message, fields: dict[str, Any]) -> None:
+        self._send(peer, {"ref": request.header["id"], **fields})
 
-    # -- requests ----------------------------------------------------------------------------
+    def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = ()) -> None:
+        """Send one message of the job's stream. A peer silent past 3 heartbeats detaches the stream
+        (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches."""
+        if job.peer is None:
+            return
+        seen = self.peers_seen.get(job.peer)
+        if seen is None or time.monotonic() - seen > 3 * self.heartbeat_s:
+            log.info("peer %s went silent: the stream of %s waits for an attach", job.peer.hex(), job.id)
+            job.peer = None
+            return
+        self._send(job.peer, header, parts)
 
-    def _handle(self, peer: bytes, message: Message) -> None:
+    # -- requests (wire.REQUESTS) ------------------------------------------------------------
+
+    def _on_hello(self, peer: bytes, message: Message) -> None:
         h = message.header
-        reply = {"ref": h["id"]}
-        kind = h["type"]
-        if kind == "hello":
-            if wire.VERSION not in [v for v in h["versions"] if isinstance(v, int)]:
-                raise ProtocolError("bad_version", f"no common protocol version: client speaks {h['versions']}, engine 1")
-            self._send(peer, {**reply, "type": "welcome", "version": wire.VERSION, "engine": self._capabilities()})
-        elif kind == "ping":
-            self._send(peer, {**reply, "type": "pong"})
-        elif kind == "submit":
-            self._submit(peer, message)
-        elif kind == "status":
-            jobs = [self._job(h["job"])] if "job" in h else list(self.jobs.values())
-            self._send(peer, {**reply, "type": "status", "jobs": [self._describe(j) for j in jobs]})
-        elif kind == "cancel":
-            job = self._job(h["job"])
-            self._cancel(job)
-            self._send(peer, {**reply, "type": "status", "jobs": [self._describe(job)]})
-        elif kind == "attach":
-            job = self._job(h["job"])
-            job.peer = peer
-            self._send(peer, {**reply, "type": "status", "jobs": [self._describe(job)]})
-            for index in range(max(0, h["from_frame"]), job.frames_ready):
-                self._send_frame(job, index, self.store.get(job.id, index))
-            if job.final is not None:
-                self._send(peer, *job.final)
-        elif kind == "shutdown":
-            self._send(peer, {**reply, "type": "bye"})
-            self.stop()
+        if wire.VERSION not in [v for v in h["versions"] if isinstance(v, int)]:
+            raise ProtocolError("bad_version", f"no common protocol version: client speaks {h['versions']}, engine 1")
+        spoken = [s for s in h.get("part_macs", []) if s in wire.PART_MACS]
+        if spoken:
+            self.peer_part_mac[peer] = spoken[0]
+        else:
+            self.peer_part_mac.pop(peer, None)
+        self._reply(peer, message, {"type": "welcome", "version": wire.VERSION, "engine": self._capabilities()})
+
+    def _on_ping(self, peer: bytes, message: Message) -> None:
+        self._reply(peer, message, {"type": "pong"})
+
+    def _on_status(self, peer: bytes, message: Message) -> None:
+        h = message.header
+        jobs = [self._job(h["job"])] if "job" in h else list(self.jobs.values())
+        self._reply(peer, message, {"type": "status", "jobs": [self._describe(j) for j in jobs]})
+
+    def _on_cancel(self, peer: bytes, message: Message) -> None:
+        job = self._job(message.header["job"])
+        dropped = job.state not in FINAL_STATES and self.worker.cancel(job)
+        if dropped:
+            self._end(job, "cancelled", {"type": "error", "job": job.id, "code": "cancelled", "message": "the job was cancelled"})
+        self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
+        if dropped:  # the reply first: a client waiting for it has not read past the stream's end
+            self._stream(job, job.final)
+
+    def _on_attach(self, peer: bytes, message: Message) -> None:
+        h = message.header
+        job = self._job(h["job"])
+        if not 0 <= h["from_frame"] <= job.frames:
+            raise ProtocolError("bad_header", f"'attach.from_frame' must be from 0 to the job's {job.frames} frames, got {h['from_frame']}")
+        job.peer, job.stream_from = peer, h["from_frame"]
+        self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
+        for index in range(job.stream_from, job.frames_ready):
+            self._stream(job, *self._frame_message(job, index, self.store.get(job.id, index)))
+        if job.final is not None:
+            self._stream(job, job.final)
+
+    def _on_shutdown(self, peer: bytes, message: Message) -> None:
+        self._reply(peer, message, {"type": "bye"})
+        self.stop()
+
+    def _on_submit(self, peer: bytes, message: Message) -> None:
+        h = message.header
+        if len(self.worker.waiting) >= self.limits.max_queue:
+            raise ProtocolError("queue_full", f"{len(self.worker.waiting)} jobs are waiting; try again later")
+        encoding = h.get("result_encoding", "raw")
+        if encoding not in ("raw", "png"):
+            raise ProtocolError("bad_header", "'submit.result_encoding' must be 'raw' or 'png'")
+        settings = dict(h["settings"])
+        settings.setdefault("model", self.default_model)
+        edit = self._inline_job(settings, message) if h["inline"] else load_job_mapping(settings, Path("/"))
+        if len(edit.frames) > self.limits.max_frames:
+            raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
+        job = Job(f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}", edit, len(edit.frames), peer, encoding,
+                  h.get("preview", True))
+        self.jobs[job.id] = job
+        self.worker.submit(job)
+        self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
+
+    # -- jobs --------------------------------------------------------------------------------
 
     def _capabilities(self) -> dict[str, Any]:
         return {
             "name": "videograin", "version": __version__, "device": self.device, "models": [self.default_model],
             "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
+            "part_macs": list(wire.PART_MACS),
         }
 
     def _job(self, job_id: str) -> Job:
@@ -228,33 +233,10 @@ class EngineServer:
             raise ProtocolError("unknown_job", f"no job '{job_id}' (never submitted, or no longer retained)")
         return self.jobs[job_id]
 
-    def _position(self, job: Job) -> int:
-        """Jobs ahead of this one: 0 while it runs (or has run)."""
-        if job not in self.queue:
-            return 0
-        return self.queue.index(job) + (self.running is not None)
-
     def _describe(self, job: Job) -> dict[str, Any]:
-        return {"job": job.id, "state": job.state, "position": self._position(job), "phase": job.phase, "step": job.step,
-                "total": job.total, "frames_ready": job.frames_ready, "error": job.error}
-
-    def _submit(self, peer: bytes, message: Message) -> None:
-        h = message.header
-        if len(self.queue) >= self.limits.max_queue:
-            raise ProtocolError("queue_full", f"{len(self.queue)} jobs are waiting; try again later")
-        encoding = h.get("result_encoding", "raw")
-        if encoding not in ("raw", "png"):
-            raise ProtocolError("bad_header", "result_encoding must be 'raw' or 'png'")
-        settings = dict(h["settings"])
-        settings.setdefault("model", self.default_model)
-        edit = self._inline_job(settings, message) if h["inline"] else load_job_mapping(settings, Path("/"))
-        if len(edit.frames) > self.limits.max_frames:
-            raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
-        job = Job(f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}", edit, peer, encoding, h.get("preview", True))
-        self.jobs[job.id] = job
-        self.queue.append(job)
-        self.work.put(job)
-        self._send(peer, {"ref": h["id"], "type": "accepted", "job": job.id, "position": self._position(job)})
+        return {"job": job.id, "state": job.state, "position": self.worker.position(job), "phase": job.phase,
+                "step": job.step, "total": job.total, "frames": job.frames, "frames_ready": job.frames_ready,
+                "error": job.error}
 
     def _inline_job(self, settings: dict[str, Any], message: Message) -> EditJob:
         h = message.header
@@ -281,6 +263,8 @@ class EngineServer:
         control = None
         if isinstance(h.get("control_maps"), list):
             control = np.stack(self._images(h["control_maps"], message.parts, grey=False))
+        elif parsed.control.type == "frames":
+            raise JobError("control.type 'frames' needs 'control_maps' in an inline submit: one map per frame")
         edit = EditJob(parsed, frames, np.stack(masks), control)
         validate_job(edit)
         return edit
@@ -307,68 +291,10 @@ class EngineServer:
             images.append(np.ascontiguousarray(image))
         return images
 
-    def _cancel(self, job: Job) -> None:
-        if job.state in FINAL_STATES:
-            return
-        job.cancel.set()
-        if job in self.queue:
-            self.queue.remove(job)
-            self._finish(job, "cancelled", {"type": "error", "job": job.id, "code": "cancelled", "message": "the job was cancelled"})
-
-    # -- worker ------------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while True:
-            job = self.work.get()
-            if job is None:
-                return
-            if job.cancel.is_set():
-                continue
-            self.events.put(("start", job, None))
-            started = time.perf_counter()
-            clock = EtaClock(job.edit.settings.steps)
-            try:
-                s = job.edit.settings
-                self.events.put(("progress", job, (ProgressEvent("load", 0, 1), None)))
-                pipe = self.pipeline_for(s.model, s.controlnet_id)
-                self.events.put(("progress", job, (ProgressEvent("load", 1, 1), None)))
-                result = edit_clip(
-                    job.edit, pipe,
-                    progress=lambda e: self.events.put(("progress", job, (e, clock.update(e)))),
-                    cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
-                    measure_leakage=True,
-                    on_frame=lambda index, image: self._frame_decoded(job, index, image),
-                )
-                self.events.put(("done", job, {"type": "done", "job": job.id, "frames": len(result.frames),
-                                                "seconds": time.perf_counter() - started, "leakage": result.leakage,
-                                                "random_weights": s.model in RANDOM_MODELS}))
-            except CancelledError as exc:
-                code = "shutting_down" if self.stopping.is_set() and not job.cancel.is_set() else exc.code
-                self.events.put(("cancelled", job, {"type": "error", "job": job.id, "code": code, "message": str(exc)}))
-            except VideograinError as exc:
-                self.events.put(("failed", job, {"type": "error", "job": job.id, "code": exc.code, "message": str(exc)}))
-            except Exception as exc:
-                log.exception("job %s failed", job.id)
-                self.events.put(("failed", job, {"type": "error", "job": job.id, "code": "internal",
-                                                 "message": f"{type(exc).__name__}: {exc}"}))
-            finally:
-                _free_device_memory()
-
-    def _frame_decoded(self, job: Job, index: int, image: np.ndarray) -> None:
-        """On the worker: store the frame for `attach` (disk I/O off the socket loop), then hand it on."""
-        self.store.put(job.id, index, image)
-        self.events.put(("frame", job, (index, image)))
-
     def _drain_events(self) -> None:
-        while True:
-            try:
-                kind, job, payload = self.events.get_nowait()
-            except queue.Empty:
-                return
+        for kind, job, payload in self.worker.events():
             if kind == "start":
-                if job in self.queue:
-                    self.queue.remove(job)
-                self.running, job.state = job, "running"
+                job.state = "running"
             elif kind == "progress":
                 event, eta = payload
                 job.phase, job.step, job.total = event.phase, event.step, event.total
@@ -378,48 +304,52 @@ class EngineServer:
                 if event.preview is not None and job.preview:
                     header["preview"], buffer = wire.raw_image(event.preview, 0)
                     parts = [buffer]
-                if self._peer_alive(job.peer):
-                    self._send(job.peer, header, parts)
+                self._stream(job, header, parts)
             elif kind == "frame":
                 index, image = payload
-                job.frames_ready += 1  # stored already, so `attach` may read it from now on
-                self._send_frame(job, index, image)
+                job.frames_ready = index + 1  # stored already, so `attach` may read it from now on
+                if index >= job.stream_from:
+                    self._stream(job, *self._frame_message(job, index, image))
+            elif kind == "done":
+                self._finish(job, "done", {"type": "done", "job": job.id, **payload})
             else:
-                state = {"done": "done", "cancelled": "cancelled", "failed": "failed"}[kind]
-                self._finish(job, state, payload)
+                self._finish(job, kind, {"type": "error", "job": job.id, **payload})
 
-    def _send_frame(self, job: Job, index: int, image: np.ndarray) -> None:
-        if not self._peer_alive(job.peer):
-            return  # the client is gone: the frame waits in the store for `attach`, not in a dead queue
+    def _frame_message(self, job: Job, index: int, image: np.ndarray) -> tuple[dict[str, Any], list]:
         if job.result_encoding == "png":
             descriptor, part = {"part": 0, "encoding": "png"}, encode_png(image)
         else:
             descriptor, part = wire.raw_image(image, 0)
-        self._send(job.peer, {"type": "frame", "job": job.id, "index": index, "image": descriptor}, [part])
+        return {"type": "frame", "job": job.id, "index": index, "image": descriptor}, [part]
 
     def _finish(self, job: Job, state: str, final: dict[str, Any]) -> None:
-        job.state, job.finished_at = state, time.monotonic()
+        self._end(job, state, final)
+        self._stream(job, final)
+
+    def _end(self, job: Job, state: str, final: dict[str, Any]) -> None:
+        job.state, job.finished_at, job.edit = state, time.monotonic(), None
         job.error = final.get("code") if state != "done" else None
-        job.final = (final, [])
-        if self.running is job:
-            self.running = None
-        self._send(job.peer, final)
+        job.final = final
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
+        if now - self._purged_at < 1.0:
+            return
+        self._purged_at = now
         for job_id in [j.id for j in self.jobs.values() if j.finished_at and now - j.finished_at > self.retention_s]:
             del self.jobs[job_id]
             self.store.drop(job_id)
+        streaming = {job.peer for job in self.jobs.values()}
+        for peer in [p for p, seen in self.peers_seen.items() if now - seen > self.retention_s and p not in streaming]:
+            del self.peers_seen[peer]
+            self.peer_part_mac.pop(peer, None)
 
     def _shut_down(self) -> None:
         self.stopping.set()
-        for job in list(self.queue):
-            self.queue.remove(job)
-            job.cancel.set()
+        for job in self.worker.drop_waiting():
             self._finish(job, "cancelled", {"type": "error", "job": job.id, "code": "shutting_down",
                                             "message": "the engine is shutting down"})
-        self.work.put(None)
-        self.worker.join(timeout=60)
+        self.worker.close()
         self._drain_events()
         if self.connection_file is not None:
             self.connection_file.unlink(missing_ok=True)
@@ -429,12 +359,24 @@ class EngineServer:
         log.info("engine stopped")
 
 
-def _free_device_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def claim_connection_file(path: Path) -> None:
+    """Refuse to start over a running engine's connection file; remove a dead engine's (SPEC.md §1)."""
+    if not path.exists():
+        return
+    try:
+        info = wire.read_connection_file(path)
+    except ProtocolError:
+        log.warning("replacing '%s', which is not a readable connection file", path)
+        return
+    pid = info.get("pid")
+    if wire.stale_pid(info) is not None:
+        path.unlink(missing_ok=True)
+        log.warning("removed the stale connection file of pid %s, which is no longer running: %s", pid, path)
+    elif info.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
+        raise VideograinError(
+            f"an engine (pid {pid}) is running with connection file '{path}': stop it, or pass another --connection-file",
+            code="bad_config",
+        )
 
 
 def check_bind(address: str, allow_remote: bool) -> None:
@@ -468,7 +410,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         key = (model, controlnet)
         if key not in cache:
             cache.clear()  # one model on the device at a time
-            _free_device_memory()
+            free_device_memory()
             cache[key] = get_pipeline(model, controlnet, device)
         return cache[key]
 
@@ -488,7 +430,8 @@ def add_parser(sub) -> None:
     serve = sub.add_parser("serve", help="run the engine server (protocol v1, see protocol/SPEC.md)")
     serve.add_argument("--bind", default="tcp://127.0.0.1:0", help="tcp://127.0.0.1:PORT (0: any free port) or ipc://PATH")
     serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind address")
-    serve.add_argument("--connection-file", default=str(Path.home() / ".videograin" / "engine.json"))
+    serve.add_argument("--connection-file", default=str(wire.DEFAULT_CONNECTION_FILE),
+                       help="where clients find the engine (default ~/.videograin/engine.json)")
     serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
                        help="model for jobs that name none: hub id, local folder, 'tiny' or 'sd15-random'")
     serve.add_argument("--device", default="auto")

@@ -1,0 +1,209 @@
+"""The job queue and the thread that runs jobs, one at a time, for the protocol loop (server.py).
+
+The loop owns every job's protocol state and calls this class from its own thread only; the worker
+thread reads a job's edit and cancel flag, runs it, stores its frames for `attach` and reports back
+through events that the loop drains with `events()`. Another worker (a pool of GPUs) offers the same
+methods and events.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from videograin.engine.errors import CancelledError, VideograinError
+from videograin.engine.inputs.job import EditJob
+from videograin.engine.models import RANDOM_MODELS
+from videograin.engine.progress import ProgressEvent
+from videograin.engine.runner import edit_clip
+from videograin.engine.serving.retention import FrameStore
+
+log = logging.getLogger("videograin.server")
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+@dataclass
+class Job:
+    id: str
+    edit: EditJob | None  # dropped once the job ends: its source pixels are not needed for `attach`
+    frames: int  # the clip's frame count
+    peer: bytes | None  # where the stream goes; None while detached (SPEC.md §4)
+    result_encoding: str = "raw"
+    preview: bool = True
+    stream_from: int = 0  # frames below this index are not streamed (`attach`'s from_frame)
+    state: str = "queued"
+    phase: str = "queued"
+    step: int = 0
+    total: int = 0
+    frames_ready: int = 0  # frames decoded so far, kept in the FrameStore
+    final: dict[str, Any] | None = None  # the stream's last message, kept for attach
+    error: str | None = None
+    finished_at: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class EtaClock:
+    """Remaining time from the pace of the current phase; sampling steps cost about twice an inversion
+    step (classifier-free guidance doubles the batch)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.phase, self.started, self.first_step = "", 0.0, 0
+
+    def update(self, event: ProgressEvent) -> float | None:
+        now = time.perf_counter()
+        if event.phase != self.phase:
+            self.phase, self.started, self.first_step = event.phase, now, event.step
+            return None
+        done = event.step - self.first_step
+        if done <= 0 or event.phase not in ("invert", "edit"):
+            return None
+        per_step = (now - self.started) / done
+        remaining = (event.total - event.step) * per_step
+        if event.phase == "invert":
+            remaining += self.steps * 2 * per_step
+        return remaining
+
+
+class JobWorker:
+    """One thread, one job at a time, in submission order.
+
+    Events, drained on the loop's thread by `events()`: ("start", job, None), ("progress", job,
+    (ProgressEvent, eta_s)), ("frame", job, (index, image)), then one of ("done", job, fields of `done`),
+    ("failed" | "cancelled", job, {"code", "message"}).
+    """
+
+    def __init__(self, pipeline_for: Callable[[str, str | None], Any], store: FrameStore,
+                 stopping: threading.Event) -> None:
+        self.pipeline_for = pipeline_for
+        self.store = store
+        self.stopping = stopping
+        self.waiting: list[Job] = []
+        self.running: Job | None = None
+        # The job the thread has taken: from then on cancelling only asks it to stop. The lock makes
+        # "taken" and "dropped while waiting" exclusive, so a job never ends twice.
+        self._taken: Job | None = None
+        self._lock = threading.Lock()
+        self._todo: queue.Queue = queue.Queue()
+        self._events: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="videograin-worker", daemon=True)
+
+    # -- the loop's side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self.waiting.append(job)
+        self._todo.put(job)
+
+    def position(self, job: Job) -> int:
+        """Jobs ahead of this one: 0 while it runs (or has run)."""
+        if job not in self.waiting:
+            return 0
+        return self.waiting.index(job) + (self.running is not None)
+
+    def cancel(self, job: Job) -> bool:
+        """Ask the job to stop; True when it was still waiting and is dropped at once (no events follow)."""
+        with self._lock:
+            job.cancel.set()
+            if job in self.waiting and job is not self._taken:
+                self.waiting.remove(job)
+                return True
+        return False
+
+    def drop_waiting(self) -> list[Job]:
+        """Every waiting job, cancelled and dropped (the engine is stopping); a job the thread has taken
+        is left to stop with the engine."""
+        with self._lock:
+            dropped = [job for job in self.waiting if job is not self._taken]
+            self.waiting = [job for job in self.waiting if job is self._taken]
+            for job in dropped:
+                job.cancel.set()
+        return dropped
+
+    def events(self) -> Iterator[tuple[str, Job, Any]]:
+        while True:
+            try:
+                kind, job, payload = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "start":
+                if job in self.waiting:
+                    self.waiting.remove(job)
+                self.running = job
+            elif kind in FINAL_STATES and self.running is job:
+                self.running = None
+            yield kind, job, payload
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop after the current job (which `stopping` cancels within a step)."""
+        self._todo.put(None)
+        self._thread.join(timeout=timeout_s)
+
+    # -- the worker thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._todo.get()
+            if job is None:
+                return
+            with self._lock:
+                if job.cancel.is_set():
+                    continue
+                self._taken = job
+            self._events.put(("start", job, None))
+            try:
+                self._events.put(("done", job, self._edit(job)))
+            except CancelledError as exc:
+                code = "shutting_down" if self.stopping.is_set() and not job.cancel.is_set() else exc.code
+                self._events.put(("cancelled", job, {"code": code, "message": str(exc)}))
+            except VideograinError as exc:
+                self._events.put(("failed", job, {"code": exc.code, "message": str(exc)}))
+            except Exception as exc:
+                log.exception("job %s failed", job.id)
+                self._events.put(("failed", job, {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}))
+            finally:
+                free_device_memory()
+
+    def _edit(self, job: Job) -> dict[str, Any]:
+        """Run the job; returns the fields of its `done` message."""
+        started = time.perf_counter()
+        clock = EtaClock(job.edit.settings.steps)
+        settings = job.edit.settings
+        self._progress(job, ProgressEvent("load", 0, 1), None)
+        pipe = self.pipeline_for(settings.model, settings.controlnet_id)
+        self._progress(job, ProgressEvent("load", 1, 1), None)
+        result = edit_clip(
+            job.edit, pipe,
+            progress=lambda event: self._progress(job, event, clock.update(event)),
+            cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
+            measure_leakage=True,
+            on_frame=lambda index, image: self._frame_decoded(job, index, image),
+        )
+        return {"frames": len(result.frames), "seconds": time.perf_counter() - started, "leakage": result.leakage,
+                "random_weights": settings.model in RANDOM_MODELS}
+
+    def _progress(self, job: Job, event: ProgressEvent, eta_s: float | None) -> None:
+        self._events.put(("progress", job, (event, eta_s)))
+
+    def _frame_decoded(self, job: Job, index: int, image: np.ndarray) -> None:
+        """Store the frame for `attach` here, keeping disk writes off the socket loop, then hand it on."""
+        self.store.put(job.id, index, image)
+        self._events.put(("frame", job, (index, image)))
+
+
+def free_device_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
