@@ -18,7 +18,7 @@ import zmq
 from . import wire
 from .wire import Limits, Message, ProtocolError
 
-STREAM_TYPES = ("progress", "frame", "done", "error")
+STREAM_TYPES = ("progress", "frame", "attention", "done", "error")
 
 
 class EngineError(Exception):
@@ -104,11 +104,13 @@ class EngineClient:
         masks: Sequence[Sequence[np.ndarray | bytes]],
         control_maps: Sequence[np.ndarray | bytes] | None = None,
         result_encoding: str = "raw",
+        **options: Any,
     ) -> str:
         """Submit a job with its pixels inline; returns the job id.
 
         Images are uint8 arrays, (H, W, 3|4) frames and (H, W) mattes (bool or 0..255), sent raw, or
         PNG files' bytes, sent as they are (for callers without an image library, like Blender).
+        `options`: the submit's optional fields (SPEC.md §3.2), e.g. preview_every=1, attention_maps=True.
         """
         parts: list = []
 
@@ -123,7 +125,7 @@ class EngineClient:
 
         header = {
             "type": "submit", "settings": settings, "inline": True, "result_encoding": result_encoding,
-            "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in masks],
+            "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in masks], **options,
         }
         if control_maps is not None:
             header["control_maps"] = [add(c) for c in control_maps]
@@ -229,6 +231,11 @@ class EngineClient:
 def frame_image(message: Message, field: str = "image") -> np.ndarray:
     """The (H, W, C) uint8 image a `frame` (or a `progress` preview, field="preview") carries."""
     return wire.decode_raw(message.header[field], message.parts, Limits())
+
+
+def attention_images(message: Message) -> list[np.ndarray]:
+    """The (H, W, 3) uint8 overlays, one per frame, of a raw-encoded `attention` message."""
+    return [wire.decode_raw(d, message.parts, Limits()) for d in message.header["images"]]
 
 
 def _read(path: str | Path) -> dict[str, Any]:

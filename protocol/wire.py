@@ -214,7 +214,7 @@ REQUESTS: dict[str, dict[str, tuple[type, bool]]] = {
     "hello": {"versions": (_LIST, True), "client": (_STR, False), "part_macs": (_LIST, False)},
     "submit": {"settings": (_MAP, True), "inline": (_BOOL, True), "frames": (_LIST, False),
                "masks": (_LIST, False), "control_maps": (_LIST, False), "result_encoding": (_STR, False),
-               "preview": (_BOOL, False)},
+               "preview": (_BOOL, False), "preview_every": (_INT, False), "attention_maps": (_BOOL, False)},
     "cancel": {"job": (_STR, True)},
     "status": {"job": (_STR, False)},
     "attach": {"job": (_STR, True), "from_frame": (_INT, True)},

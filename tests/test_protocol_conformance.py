@@ -81,6 +81,28 @@ def test_full_job_streams_progress_frames_and_done(peer, engine):
     assert status["jobs"][0]["state"] == "done" and status["jobs"][0]["frames_ready"] == 4
 
 
+def test_attention_maps_cached_inversion_and_the_metrics_of_done(peer, engine):
+    header, parts = inline_job(frames=3, steps=3, seed=11)
+    header |= {"attention_maps": True, "preview_every": 2}
+    first = collect_stream(peer, peer.request(header, parts)["job"])
+    kinds = [m[0]["type"] for m in first]
+    # One `attention` message per phrase, after the last frame, before `done`; one part per frame.
+    assert kinds.count("attention") == 2 and kinds.index("attention") > max(i for i, k in enumerate(kinds) if k == "frame")
+    for head, body in (m for m in first if m[0]["type"] == "attention"):
+        assert head["phrase"] in ("iron man", "spider man") and len(head["images"]) == 3
+        d = head["images"][2]
+        assert len(body[d["part"]]) == d["width"] * d["height"] * 3 and (d["width"], d["height"]) == (64, 64)
+    edit_previews = [m[0]["step"] for m in first if m[0]["type"] == "progress" and m[0]["phase"] == "edit"
+                     and "preview" in m[0]]
+    assert edit_previews == [1, 2, 3]  # the first step, every 2nd, the last
+    done = first[-1][0]
+    assert done["type"] == "done" and done["warp_error"] > 0 and done["inversion_cached"] is False
+    # Another prompt on the same clip: the engine's inversion cache serves it.
+    header["settings"] = {**header["settings"], "prompt": header["settings"]["prompt"].replace("jogging", "walking")}
+    second = collect_stream(peer, peer.request(header, parts)["job"])
+    assert second[-1][0]["inversion_cached"] is True
+
+
 def test_cancel_stops_within_a_step(peer, engine):
     header, parts = inline_job(frames=2, steps=400)
     job = peer.request(header, parts)["job"]

@@ -24,6 +24,7 @@ import numpy as np
 import zmq
 
 from videograin import __version__
+from videograin.engine.cache import InversionCache, add_cache_arguments, cache_from_args
 from videograin.engine.config import CONTROL_TYPES, parse_settings
 from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
@@ -50,6 +51,7 @@ class EngineServer:
         retention_s: float = 3600.0,
         heartbeat_s: float = 5.0,
         connection_file: Path | None = None,
+        cache: InversionCache | None = None,
     ) -> None:
         self.key = key.encode()
         self.limits = limits or Limits()
@@ -79,7 +81,7 @@ class EngineServer:
         self.peer_part_mac: dict[bytes, str] = {}  # the part-MAC scheme each peer said it speaks (hello)
         self.store = FrameStore()
         self.stopping = threading.Event()
-        self.worker = JobWorker(pipeline_for, self.store, self.stopping)
+        self.worker = JobWorker(pipeline_for, self.store, self.stopping, cache)
         self._job_numbers = itertools.count(1)
         self._purged_at = 0.0
         # One handler per request type of wire.REQUESTS: a new request is a schema entry there and an
@@ -195,6 +197,8 @@ class EngineServer:
         for index in range(job.stream_from, job.frames_ready):
             self._stream(job, *self._frame_message(job, index, self.store.get(job.id, index)))
         if job.final is not None:
+            for message in job.attention:
+                self._stream(job, *message)
             self._stream(job, job.final)
 
     def _on_shutdown(self, peer: bytes, message: Message) -> None:
@@ -213,8 +217,11 @@ class EngineServer:
         edit = self._inline_job(settings, message) if h["inline"] else load_job_mapping(settings, Path("/"))
         if len(edit.frames) > self.limits.max_frames:
             raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
+        preview_every = h.get("preview_every", 5)
+        if preview_every < 1:
+            raise ProtocolError("bad_header", "'submit.preview_every' must be at least 1 (edit steps)")
         job = Job(f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}", edit, len(edit.frames), peer, encoding,
-                  h.get("preview", True))
+                  h.get("preview", True), preview_every, h.get("attention_maps", False))
         self.jobs[job.id] = job
         self.worker.submit(job)
         self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
@@ -299,7 +306,7 @@ class EngineServer:
                 event, eta = payload
                 job.phase, job.step, job.total = event.phase, event.step, event.total
                 header = {"type": "progress", "job": job.id, "phase": event.phase, "step": event.step,
-                          "total": event.total, "eta_s": eta}
+                          "total": event.total, "eta_s": eta, "pass": event.pass_index, "passes": event.passes}
                 parts = []
                 if event.preview is not None and job.preview:
                     header["preview"], buffer = wire.raw_image(event.preview, 0)
@@ -310,10 +317,27 @@ class EngineServer:
                 job.frames_ready = index + 1  # stored already, so `attach` may read it from now on
                 if index >= job.stream_from:
                     self._stream(job, *self._frame_message(job, index, image))
+            elif kind == "attention":
+                phrase, overlays = payload
+                message = self._attention_message(job, phrase, overlays)
+                job.attention.append(message)
+                self._stream(job, *message)
             elif kind == "done":
                 self._finish(job, "done", {"type": "done", "job": job.id, **payload})
             else:
                 self._finish(job, kind, {"type": "error", "job": job.id, **payload})
+
+    def _attention_message(self, job: Job, phrase: str, overlays: np.ndarray) -> tuple[dict[str, Any], list]:
+        """One phrase's attention-map overlays, one image part per frame, encoded as the job's frames."""
+        descriptors, parts = [], []
+        for index, overlay in enumerate(overlays):
+            if job.result_encoding == "png":
+                descriptor, part = {"part": index, "encoding": "png"}, encode_png(overlay)
+            else:
+                descriptor, part = wire.raw_image(overlay, index)
+            descriptors.append(descriptor)
+            parts.append(part)
+        return {"type": "attention", "job": job.id, "phrase": phrase, "images": descriptors}, parts
 
     def _frame_message(self, job: Job, index: int, image: np.ndarray) -> tuple[dict[str, Any], list]:
         if job.result_encoding == "png":
@@ -404,20 +428,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_bind(args.bind, args.allow_remote)
     device = resolve_device(args.device)
-    cache: dict[tuple[str, str | None], Any] = {}
+    loaded: dict[tuple[str, str | None], Any] = {}
 
     def pipeline_for(model: str, controlnet: str | None):
         key = (model, controlnet)
-        if key not in cache:
-            cache.clear()  # one model on the device at a time
+        if key not in loaded:
+            loaded.clear()  # one model on the device at a time
             free_device_memory()
-            cache[key] = get_pipeline(model, controlnet, device)
-        return cache[key]
+            loaded[key] = get_pipeline(model, controlnet, device)
+        return loaded[key]
 
     limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes)
     server = EngineServer(
         args.bind, wire.new_key(), pipeline_for, args.model, str(device), limits=limits, retention_s=args.retention,
-        heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file),
+        heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache_from_args(args),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
@@ -439,4 +463,5 @@ def add_parser(sub) -> None:
     serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     serve.add_argument("--max-frames", type=int, default=Limits.max_frames)
     serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
+    add_cache_arguments(serve)  # one inversion cache for every job and client of this engine
     serve.set_defaults(run=cmd_serve)

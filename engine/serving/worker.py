@@ -18,8 +18,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from videograin.engine.cache import InversionCache
 from videograin.engine.errors import CancelledError, VideograinError
 from videograin.engine.inputs.job import EditJob
+from videograin.engine.inputs.media import heatmap_overlays, resize
 from videograin.engine.models import RANDOM_MODELS
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
@@ -28,6 +30,7 @@ from videograin.engine.serving.retention import FrameStore
 log = logging.getLogger("videograin.server")
 
 FINAL_STATES = ("done", "failed", "cancelled")
+ATTENTION_SIDE = 320  # streamed attention overlays are thumbnails: this many pixels on the long side
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Job:
     peer: bytes | None  # where the stream goes; None while detached (SPEC.md §4)
     result_encoding: str = "raw"
     preview: bool = True
+    preview_every: int = 5
+    attention_maps: bool = False  # stream each phrase's attention maps before `done`
     stream_from: int = 0  # frames below this index are not streamed (`attach`'s from_frame)
     state: str = "queued"
     phase: str = "queued"
@@ -45,6 +50,7 @@ class Job:
     total: int = 0
     frames_ready: int = 0  # frames decoded so far, kept in the FrameStore
     final: dict[str, Any] | None = None  # the stream's last message, kept for attach
+    attention: list[tuple[dict[str, Any], list]] = field(default_factory=list)  # `attention` messages, kept for attach
     error: str | None = None
     finished_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -77,15 +83,17 @@ class JobWorker:
     """One thread, one job at a time, in submission order.
 
     Events, drained on the loop's thread by `events()`: ("start", job, None), ("progress", job,
-    (ProgressEvent, eta_s)), ("frame", job, (index, image)), then one of ("done", job, fields of `done`),
-    ("failed" | "cancelled", job, {"code", "message"}).
+    (ProgressEvent, eta_s)), ("frame", job, (index, image)), ("attention", job, (phrase, overlays)) when
+    asked, then one of ("done", job, fields of `done`), ("failed" | "cancelled", job, {"code", "message"}).
+    All jobs share one inversion cache (`cache`, None: none).
     """
 
     def __init__(self, pipeline_for: Callable[[str, str | None], Any], store: FrameStore,
-                 stopping: threading.Event) -> None:
+                 stopping: threading.Event, cache: InversionCache | None = None) -> None:
         self.pipeline_for = pipeline_for
         self.store = store
         self.stopping = stopping
+        self.cache = cache
         self.waiting: list[Job] = []
         self.running: Job | None = None
         # The job the thread has taken: from then on cancelling only asks it to stop. The lock makes
@@ -188,8 +196,15 @@ class JobWorker:
             cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
             measure_leakage=True,
             on_frame=lambda index, image: self._frame_decoded(job, index, image),
+            cache=self.cache,
+            attention_maps=job.attention_maps,
+            preview_every=job.preview_every,
         )
+        for phrase, (modulated, _) in (result.attention_maps or {}).items():
+            small = resize(job.edit.frames, *attention_size(job.edit.source_size))
+            self._events.put(("attention", job, (phrase, heatmap_overlays(small, modulated))))
         return {"frames": len(result.frames), "seconds": time.perf_counter() - started, "leakage": result.leakage,
+                "warp_error": result.warp_error, "inversion_cached": result.cached_passes > 0,
                 "random_weights": settings.model in RANDOM_MODELS}
 
     def _progress(self, job: Job, event: ProgressEvent, eta_s: float | None) -> None:
@@ -199,6 +214,13 @@ class JobWorker:
         """Store the frame for `attach` here, keeping disk writes off the socket loop, then hand it on."""
         self.store.put(job.id, index, image)
         self._events.put(("frame", job, (index, image)))
+
+
+def attention_size(source_size: tuple[int, int], longest: int = ATTENTION_SIDE) -> tuple[int, int]:
+    """(width, height) of streamed attention overlays: the source's aspect, `longest` on the long side."""
+    width, height = source_size
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def free_device_memory() -> None:
