@@ -132,15 +132,17 @@ def _preview_path(out: Path) -> Path:
     return out.parent / f".{out.name}.preview.png"
 
 
-def edit_in_process(job: EditJob, out: Path, device_name: str) -> dict:
-    """Load the job's model, edit with progress bars, write the results to `out`; returns a summary."""
+def edit_in_process(job: EditJob, out: Path, device_name: str, pipe: VideoGrainPipeline | None = None) -> dict:
+    """Edit with progress bars and write the results to `out`; returns a summary. The job's model is
+    loaded unless `pipe` is given: callers that edit many jobs (`videograin timeline`) load it once."""
     device = resolve_device(device_name)
     s = job.settings
     bars = ProgressBars(_preview_path(out))
     started = time.perf_counter()
-    bars(ProgressEvent("load", 0, 1))
-    pipe = get_pipeline(s.model, s.controlnet_id, device)
-    bars(ProgressEvent("load", 1, 1))
+    if pipe is None:
+        bars(ProgressEvent("load", 0, 1))
+        pipe = get_pipeline(s.model, s.controlnet_id, device)
+        bars(ProgressEvent("load", 1, 1))
     try:
         result = edit_clip(job, pipe, progress=bars, measure_leakage=True)
     finally:
