@@ -47,7 +47,7 @@ class Plan:
     shots: list[Shot]  # validated
     out: Path
     results: Path
-    movie: bool  # edited shots as movies rather than image sequences
+    movies: bool  # edited shots as movies rather than image sequences
     scratch: tempfile.TemporaryDirectory  # an unpacked .otioz, removed by close()
     edited: list[Edited] = field(default_factory=list)  # in shot order, filled by edit_shots
 
@@ -55,6 +55,11 @@ class Plan:
         """A shot's results folder: named after its clip and its job's hash, so a changed job gets a new one."""
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", shot.clip).strip("._") or "clip"
         return self.results / f"{slug[:40]}-{shot.job_hash}"
+
+    def movie(self, shot: Shot) -> Path | None:
+        """Where a shot's movie goes when movies are asked for: a unique name, as a bundle holds files by name."""
+        folder = self.folder(shot)
+        return folder / f"{folder.name}.mp4" if self.movies else None
 
     def close(self) -> None:
         self.scratch.cleanup()
@@ -78,7 +83,10 @@ def plan(timeline_path: Path, out: Path, results: Path | None = None, model: str
         for shot in shots:
             shot.load()  # every pixel-level check (sizes, empty mattes) before the first edit
         result = Plan(timeline, base, shots, out, results, movie or out.suffix.lower() not in SEQUENCE_SUFFIXES, scratch)
-        placeholders = [Edited(s, result.folder(s), {"settings": s.settings.to_dict(), "frames": len(s.source.indices)}) for s in shots]
+        placeholders = [
+            Edited(s, result.folder(s), {"settings": s.settings.to_dict(), "frames": len(s.source.indices)}, result.movie(s))
+            for s in shots
+        ]
         check_writable(timeline, out, base, placeholders)
     except BaseException:
         scratch.cleanup()
@@ -98,12 +106,10 @@ def edit_shots(plan: Plan, engine: str | None = None, device: str = "auto", forc
                 bar.set_postfix_str(shot.clip)
                 _edit(shot, folder, engine, device, pipelines)
             report = json.loads((folder / "result.json").read_text())
-            movie = None
-            if plan.movie:
-                movie = folder / f"{folder.name}.mp4"  # unique name: a bundle holds every file by its name
-                if fresh or not movie.is_file():
-                    frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
-                    write_mp4(movie, frames, fps=shot.rate)
+            movie = plan.movie(shot)
+            if movie is not None and (fresh or not movie.is_file()):
+                frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
+                write_mp4(movie, frames, fps=shot.rate)
             plan.edited.append(Edited(shot, folder, {**report, "cached": not fresh}, movie))
             bar.update()
     finally:

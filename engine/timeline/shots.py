@@ -126,9 +126,9 @@ def find_shots(timeline: otio.schema.Timeline, base: Path, model: str | None = N
     for track in video:
         for item in track:
             if isinstance(item, otio.schema.Clip):
-                job = marked_job(item)
-                if job is not None:
-                    with _about(f"clip '{item.name}' on track '{track.name}'"):
+                with _about(f"clip '{item.name}' on track '{track.name}'"):
+                    job = marked_job(item)
+                    if job is not None:
                         shots.append(_shot(item, track, job, timeline, video, base, model))
             elif isinstance(item, otio.core.Composition) and any(marked_job(c) is not None for c in item.find_clips()):
                 raise JobError(
@@ -157,15 +157,16 @@ def marked_job(clip: otio.schema.Clip) -> dict | None:
         try:
             from_note = yaml.safe_load(text) if text.strip() else {}
         except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{getattr(exc, 'problem', None) or 'cannot be parsed'}" + (f" at line {mark.line + 1}" if mark else "")
             raise JobError(
-                f"clip '{clip.name}': the note of its '{MARKER_NAME}' marker is not valid YAML or JSON "
-                f"({' '.join(str(exc).split())}); "
-                "write the edit as `key: value` lines, e.g. `prompt: ...`"
+                f"the note of its '{MARKER_NAME}' marker is not valid YAML or JSON ({where}); "
+                "write the edit as `key: value` lines, e.g. `prompt: an iron man is jogging`"
             ) from None
         if not isinstance(from_note, dict):
             raise JobError(
-                f"clip '{clip.name}': the note of its '{MARKER_NAME}' marker must hold job keys "
-                f"(`prompt: ...`, `regions: ...`), not {type(from_note).__name__} {from_note!r}"
+                f"the note of its '{MARKER_NAME}' marker must hold job keys (`prompt: ...`, `regions: ...`), "
+                f"not {type(from_note).__name__} {from_note!r}"
             )
         from_metadata = clip.metadata.get(MARKER_NAME)
         base = dict(from_metadata) if isinstance(from_metadata, Mapping) else {}
