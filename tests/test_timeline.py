@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from videograin.engine.cli import main  # noqa: E402
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip  # noqa: E402
 from videograin.engine.inputs.media import list_frames, read_sequence, write_png  # noqa: E402
 from videograin.engine.timeline.shots import marked_job  # noqa: E402
+from videograin.protocol.client import EngineClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMELINE_RATE = 24.0
@@ -74,7 +74,13 @@ def write_movie(path: Path, frames: np.ndarray, fps: float) -> None:
 
 def sequence(folder: str, prefix: str, start: int, count: int, rate: float = TIMELINE_RATE):
     return otio.schema.ImageSequenceReference(
-        f"{folder}/", prefix, ".png", start_frame=start, frame_step=1, rate=rate, frame_zero_padding=4,
+        f"{folder}/",
+        prefix,
+        ".png",
+        start_frame=start,
+        frame_step=1,
+        rate=rate,
+        frame_zero_padding=4,
         available_range=tr(0, count, rate),
     )
 
@@ -105,24 +111,44 @@ def build_timeline(folder: Path, **notes) -> otio.schema.Timeline:
     movie = otio.schema.ExternalReference("runners.mp4", tr(0, 16, MOVIE_RATE))
     # Times in the timeline's rate, as Resolve writes them: frames 4..7 of the 48 fps movie.
     shot_a = otio.schema.Clip("runners", movie, tr(2, 2))
-    shot_a.markers.append(otio.schema.Marker(
-        "videograin", tr(2, 1), otio.schema.MarkerColor.RED, comment=notes.get("a", note(spider_mask="right_a")),
-    ))
-    other = otio.schema.Clip("runners tail", otio.schema.ExternalReference("runners.mp4", tr(0, 16, MOVIE_RATE)), tr(5, 3))
+    shot_a.markers.append(
+        otio.schema.Marker(
+            "videograin",
+            tr(2, 1),
+            otio.schema.MarkerColor.RED,
+            comment=notes.get("a", note(spider_mask="right_a")),
+        )
+    )
+    other = otio.schema.Clip(
+        "runners tail", otio.schema.ExternalReference("runners.mp4", tr(0, 16, MOVIE_RATE)), tr(5, 3)
+    )
     other.markers.append(otio.schema.Marker("todo", tr(5, 1), comment="grade this"))
-    v1.extend([otio.schema.Gap(source_range=tr(0, 2)), shot_a,
-               otio.schema.Transition(in_offset=rt(1), out_offset=rt(1)), other])
+    v1.extend(
+        [
+            otio.schema.Gap(source_range=tr(0, 2)),
+            shot_a,
+            otio.schema.Transition(in_offset=rt(1), out_offset=rt(1)),
+            other,
+        ]
+    )
     shot_b = otio.schema.Clip("seq", sequence("seq", "shot.", 1001, 8), tr(1, 3))  # frames 1002..1004
-    shot_b.markers.append(otio.schema.Marker(
-        "videograin", tr(1, 1), otio.schema.MarkerColor.GREEN, comment=notes.get("b", note(spider_mask="right_b")),
-    ))
+    shot_b.markers.append(
+        otio.schema.Marker(
+            "videograin",
+            tr(1, 1),
+            otio.schema.MarkerColor.GREEN,
+            comment=notes.get("b", note(spider_mask="right_b")),
+        )
+    )
     v2.extend([otio.schema.Gap(source_range=tr(0, 10)), shot_b])
-    mattes.extend([
-        otio.schema.Gap(source_range=tr(0, 2)),
-        otio.schema.Clip("magic mask a", sequence("mattes_a", "iron.", 0, 4, MOVIE_RATE), tr(0, 4, MOVIE_RATE)),
-        otio.schema.Gap(source_range=tr(0, 6)),
-        otio.schema.Clip("magic mask b", sequence("mattes_b", "iron.", 1, 3), tr(0, 3)),
-    ])
+    mattes.extend(
+        [
+            otio.schema.Gap(source_range=tr(0, 2)),
+            otio.schema.Clip("magic mask a", sequence("mattes_a", "iron.", 0, 4, MOVIE_RATE), tr(0, 4, MOVIE_RATE)),
+            otio.schema.Gap(source_range=tr(0, 6)),
+            otio.schema.Clip("magic mask b", sequence("mattes_b", "iron.", 1, 3), tr(0, 3)),
+        ]
+    )
     audio.append(otio.schema.Clip("music", otio.schema.MissingReference(), tr(0, 14)))
     timeline.tracks.extend([v1, v2, mattes, audio])
     return timeline
@@ -192,12 +218,22 @@ def test_marked_clips_come_back_edited_on_a_new_track(project, tmp_path, capsys)
     # The same frames as `videograin edit` with the same job: trims, rates and mattes conformed exactly.
     folder = project.parent
     base = yaml.safe_load(note(spider_mask="x"))
-    job_a = {**base, "source": {"path": str(folder / "runners.mp4"), "start": 4, "count": 4, "width": SIZE, "height": SIZE},
-             "regions": [{"phrase": "iron man", "mask": str(folder / "mattes_a")},
-                         {"phrase": "spider man", "mask": str(folder / "right_a")}]}
-    job_b = {**base, "source": {"path": str(folder / "seq"), "start": 1, "count": 3, "width": SIZE, "height": SIZE},
-             "regions": [{"phrase": "iron man", "mask": str(folder / "mattes_b")},
-                         {"phrase": "spider man", "mask": str(folder / "right_b")}]}
+    job_a = {
+        **base,
+        "source": {"path": str(folder / "runners.mp4"), "start": 4, "count": 4, "width": SIZE, "height": SIZE},
+        "regions": [
+            {"phrase": "iron man", "mask": str(folder / "mattes_a")},
+            {"phrase": "spider man", "mask": str(folder / "right_a")},
+        ],
+    }
+    job_b = {
+        **base,
+        "source": {"path": str(folder / "seq"), "start": 1, "count": 3, "width": SIZE, "height": SIZE},
+        "regions": [
+            {"phrase": "iron man", "mask": str(folder / "mattes_b")},
+            {"phrase": "spider man", "mask": str(folder / "right_b")},
+        ],
+    }
     for job, name in ((job_a, "runners"), (job_b, "seq")):
         clip = next(c for c in clips if c.metadata["videograin"]["source_clip"] == name)
         frames_dir = Path(clip.metadata["videograin"]["results"]) / "frames"
@@ -240,7 +276,9 @@ def _broken(project: Path, change: str) -> None:
     elif change == "unreadable note":
         shot_a.markers[0].comment = "prompt: [an iron man"
     elif change == "phrase not in prompt":
-        shot_b.markers[0].comment = note(spider_mask="right_b", prompt="an iron man and a bat man under cherry blossoms")
+        shot_b.markers[0].comment = note(
+            spider_mask="right_b", prompt="an iron man and a bat man under cherry blossoms"
+        )
     elif change == "matte of the wrong length":
         os.remove(folder / "right_a" / "0003.png")
     elif change == "no matte":
@@ -265,7 +303,10 @@ def _broken(project: Path, change: str) -> None:
         ("offline frame", r"clip 'seq' on track 'V2': frame '.*shot.1003.png' of its image sequence is offline"),
         ("unreadable note", r"clip 'runners' on track 'V1': the note of its 'videograin' marker is not valid YAML"),
         ("phrase not in prompt", r"clip 'seq' on track 'V2': phrase 'spider man' does not occur in the prompt"),
-        ("matte of the wrong length", r"clip 'runners' on track 'V1': the matte of 'spider man': .* has 3 frames; it needs"),
+        (
+            "matte of the wrong length",
+            r"clip 'runners' on track 'V1': the matte of 'spider man': .* has 3 frames; it needs",
+        ),
         ("no matte", r"clip 'runners' on track 'V1': region 'iron man' has no matte: give it `mask:`"),
         ("source in the note", r"clip 'runners' on track 'V1': source.path in the note: the source is the clip itself"),
         ("trim past the media", r"clip 'runners' on track 'V1': the clip shows frames 4..21 of .* which has 16"),
@@ -282,8 +323,6 @@ def test_each_bad_input_gives_its_error_and_writes_nothing(project, tmp_path, ca
     assert main(["timeline", str(project), "--out", str(out_folder / "cut.otio"), "--device", "cpu"]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1
-    import re
-
     assert re.search(message, error), error
     assert snapshot(out_folder) == before and snapshot(project.parent) == project_before
 
@@ -314,7 +353,9 @@ def test_fcp_xml_round_trip(project, tmp_path):
     folder = project.parent
     timeline = otio.schema.Timeline("cut")
     track = otio.schema.Track("V1", kind=otio.schema.TrackKind.Video)
-    movie = otio.schema.ExternalReference(otio.url_utils.url_from_filepath(str(folder / "runners.mp4")), tr(0, 16, MOVIE_RATE))
+    movie = otio.schema.ExternalReference(
+        otio.url_utils.url_from_filepath(str(folder / "runners.mp4")), tr(0, 16, MOVIE_RATE)
+    )
     clip = otio.schema.Clip("runners", movie, tr(2, 2))
     text = note(spider_mask=str(folder / "right_a"), iron_mask=str(folder / "mattes_a"))
     clip.markers.append(otio.schema.Marker("videograin", tr(2, 1), metadata={"fcp_xml": {"comment": text}}))
@@ -333,7 +374,7 @@ def test_fcp_xml_round_trip(project, tmp_path):
     capture = cv2.VideoCapture(str(path))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and capture.get(cv2.CAP_PROP_FPS) == MOVIE_RATE
     capture.release()
-    assert list(video[0].find_clips())[0].markers[0].metadata["fcp_xml"]["comment"] == text  # kept
+    assert video[0].find_clips()[0].markers[0].metadata["fcp_xml"]["comment"] == text  # kept
 
 
 def test_otioz_bundle_in_and_out(project, tmp_path):
@@ -342,12 +383,16 @@ def test_otioz_bundle_in_and_out(project, tmp_path):
     timeline = otio.schema.Timeline("cut")
     v1 = otio.schema.Track("V1", kind=otio.schema.TrackKind.Video)
     mattes = otio.schema.Track("iron man", kind=otio.schema.TrackKind.Video)
-    clip_a, matte_a = synthetic_clip(4, SIZE, SIZE)
+    _, matte_a = synthetic_clip(4, SIZE, SIZE)
     write_movie(folder / "matte.mp4", np.repeat(matte_a[0, :, :, :, None].astype(np.uint8) * 255, 3, axis=3), 24.0)
-    clip = otio.schema.Clip("runners", otio.schema.ExternalReference(str(folder / "runners.mp4"), tr(0, 16, MOVIE_RATE)), tr(0, 2))
+    clip = otio.schema.Clip(
+        "runners", otio.schema.ExternalReference(str(folder / "runners.mp4"), tr(0, 16, MOVIE_RATE)), tr(0, 2)
+    )
     clip.markers.append(otio.schema.Marker("videograin", tr(0, 1), comment=note()))
     v1.append(clip)
-    mattes.append(otio.schema.Clip("mask", otio.schema.ExternalReference(str(folder / "matte.mp4"), tr(0, 4)), tr(0, 2)))
+    mattes.append(
+        otio.schema.Clip("mask", otio.schema.ExternalReference(str(folder / "matte.mp4"), tr(0, 4)), tr(0, 2))
+    )
     timeline.tracks.extend([v1, mattes])
     bundle = tmp_path / "cut.otioz"
     otio.adapters.write_to_file(timeline, str(bundle))
@@ -358,14 +403,16 @@ def test_otioz_bundle_in_and_out(project, tmp_path):
     matte_clip = timeline.tracks[1][0]
     matte_clip.media_reference.available_range = tr(0, 4, MOVIE_RATE)  # declared at the source's rate
     bundle.unlink()
-    write_movie(folder / "matte.mp4", np.repeat(matte_a[0, :, :, :, None].astype(np.uint8) * 255, 3, axis=3), MOVIE_RATE)
+    write_movie(
+        folder / "matte.mp4", np.repeat(matte_a[0, :, :, :, None].astype(np.uint8) * 255, 3, axis=3), MOVIE_RATE
+    )
     otio.adapters.write_to_file(timeline, str(bundle))
     out = tmp_path / "out.otioz"
     assert main(["timeline", str(bundle), "--out", str(out), "--device", "cpu"]) == 0
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
     back = otio.adapters.read_from_file(str(out), extract_to_directory=str(unpacked))
-    edit = list(back.tracks[-1].find_clips())[0]
+    edit = back.tracks[-1].find_clips()[0]
     assert back.tracks[-1].name == "videograin" and edit.range_in_parent() == tr(0, 2)
     assert (unpacked / edit.media_reference.target_url).is_file()  # the edit's movie is in the bundle
     assert back.tracks[0][0].media_reference.target_url == "media/runners.mp4"
@@ -385,27 +432,35 @@ def test_on_an_engine_ctrl_c_cancels_the_running_shot(project, tmp_path, tiny_en
     results = tmp_path / "out-videograin"
     process = subprocess.Popen(
         [sys.executable, "-m", "videograin", "timeline", str(project), "--out", str(out), "--engine", tiny_engine],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    deadline = time.monotonic() + 120
-    while not any(results.glob("runners-*/result.json")):
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.1)
-    time.sleep(1.0)  # shot 2 is on the engine
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=60)[0]
-    assert process.returncode == 130, output
-    assert "not written" in output and not out.exists()
-    assert [p.name.split("-")[0] for p in results.iterdir()] == ["runners"]  # nothing for the cancelled shot
-    report = json.loads(next(results.glob("runners-*/result.json")).read_text())
-    assert report["engine"] and report["frames"] == 4
-
-    from videograin.protocol.client import EngineClient
-
     client = EngineClient(tiny_engine)
+    client.hello()
     try:
-        client.hello()
-        states = [job["state"] for job in client.status()]
+        deadline = time.monotonic() + 120
+        # Ctrl-C once shot 1 is done and shot 2 runs on the engine.
+        while not (any(results.glob("runners-*/result.json")) and _running(client)):
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.2)
+        running = _running(client)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+        assert process.returncode == 130, output
+        assert "not written" in output and not out.exists()
+        assert [p.name.split("-")[0] for p in results.iterdir()] == ["runners"]  # nothing for the cancelled shot
+        report = json.loads(next(results.glob("runners-*/result.json")).read_text())
+        assert report["engine"] and report["frames"] == 4
+        deadline = time.monotonic() + 30
+        while client.status(running[0])[0]["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.status(running[0])[0]["state"] == "cancelled"  # the engine stopped its work too
     finally:
         client.close()
-    assert states[-1] == "cancelled", states
+
+
+def _running(client) -> list[str]:
+    return [job["job"] for job in client.status() if job["state"] == "running"]

@@ -65,10 +65,14 @@ class Plan:
         self.scratch.cleanup()
 
 
-def plan(timeline_path: Path, out: Path, results: Path | None = None, model: str | None = None, movie: bool = False) -> Plan:
+def plan(
+    timeline_path: Path, out: Path, results: Path | None = None, model: str | None = None, movie: bool = False
+) -> Plan:
     """Read and validate everything; raises one VideograinError naming the clip, the track and the fix."""
     if out.resolve() == timeline_path.resolve():
-        raise JobError(f"--out is the input timeline '{timeline_path}': the input is never overwritten, name another file")
+        raise JobError(
+            f"--out is the input timeline '{timeline_path}': the input is never overwritten, name another file"
+        )
     adapter_for(out)
     if timeline_path.suffix.lower() == BUNDLE and out.suffix.lower() != BUNDLE:
         raise JobError(
@@ -82,9 +86,16 @@ def plan(timeline_path: Path, out: Path, results: Path | None = None, model: str
         shots = find_shots(timeline, base, model)
         for shot in shots:
             shot.load()  # every pixel-level check (sizes, empty mattes) before the first edit
-        result = Plan(timeline, base, shots, out, results, movie or out.suffix.lower() not in SEQUENCE_SUFFIXES, scratch)
+        result = Plan(
+            timeline, base, shots, out, results, movie or out.suffix.lower() not in SEQUENCE_SUFFIXES, scratch
+        )
         placeholders = [
-            Edited(s, result.folder(s), {"settings": s.settings.to_dict(), "frames": len(s.source.indices)}, result.movie(s))
+            Edited(
+                s,
+                result.folder(s),
+                {"settings": s.settings.to_dict(), "frames": len(s.source.indices)},
+                result.movie(s),
+            )
             for s in shots
         ]
         check_writable(timeline, out, base, placeholders)
@@ -102,15 +113,17 @@ def edit_shots(plan: Plan, engine: str | None = None, device: str = "auto", forc
         for shot in plan.shots:
             folder = plan.folder(shot)
             fresh = force or not (folder / "result.json").is_file()
+            started = time.perf_counter()
             if fresh:
                 bar.set_postfix_str(shot.clip)
                 _edit(shot, folder, engine, device, pipelines)
+            seconds = time.perf_counter() - started if fresh else 0.0
             report = json.loads((folder / "result.json").read_text())
             movie = plan.movie(shot)
             if movie is not None and (fresh or not movie.is_file()):
                 frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
                 write_mp4(movie, frames, fps=shot.rate)
-            plan.edited.append(Edited(shot, folder, {**report, "cached": not fresh}, movie))
+            plan.edited.append(Edited(shot, folder, {**report, "cached": not fresh}, movie, seconds))
             bar.update()
     finally:
         bar.close()
@@ -148,16 +161,18 @@ def summary(plan: Plan) -> str:
         r = item.report
         leakage = r.get("leakage") or {}
         warp = r.get("warp_error")
-        rows.append((
-            item.shot.name,
-            str(r["frames"]),
-            f"{r['seconds']:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-",
-            f"{sum(leakage.values()) / len(leakage):.3f}" if leakage else "-",
-            f"{warp:.3f}" if isinstance(warp, (int, float)) else "-",
-            "reused" if r.get("cached") else "edited",
-        ))
+        rows.append(
+            (
+                item.shot.name,
+                str(r["frames"]),
+                f"{r['seconds']:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-",
+                f"{sum(leakage.values()) / len(leakage):.3f}" if leakage else "-",
+                f"{warp:.3f}" if isinstance(warp, (int, float)) else "-",
+                "reused" if r.get("cached") else "edited",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
@@ -169,14 +184,18 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             edit_shots(the_plan, args.engine, args.device, args.force)
         except KeyboardInterrupt:
             done = len(the_plan.edited)
-            print(f"interrupted: {out} not written; {done} finished shot(s) stay in {the_plan.results} for the next run")
+            print(
+                f"interrupted: {out} not written; {done} finished shot(s) stay in {the_plan.results} for the next run"
+            )
             return 130
         finish(the_plan)
     finally:
         the_plan.close()
     print(summary(the_plan))
-    print(f"wrote {out} ({len(the_plan.edited)} shots on track 'videograin', results in {the_plan.results}) "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(
+        f"wrote {out} ({len(the_plan.edited)} shots on track 'videograin', results in {the_plan.results}) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     if any(item.report.get("random_weights") for item in the_plan.edited):
         print("NOTE: random-weight model: the frames show the pipeline working, they are not an edit.")
     return 0

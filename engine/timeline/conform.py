@@ -36,6 +36,7 @@ class Edited:
     folder: Path
     report: dict  # result.json
     movie: Path | None = None
+    seconds: float = 0.0  # wall time of this run's edit (reading, editing, writing results); 0 when reused
 
 
 def read_timeline(path: Path, unpack_to: Path) -> tuple[otio.schema.Timeline, Path]:
@@ -62,7 +63,11 @@ def adapter_for(path: Path) -> str:
     try:
         return otio.adapters.from_filepath(str(path)).name
     except otio.exceptions.OTIOError:
-        known = ", ".join(sorted({f".{s}" for a in otio.adapters.available_adapter_names() for s in otio.adapters.from_name(a).suffixes}))
+        known = ", ".join(
+            sorted(
+                {f".{s}" for a in otio.adapters.available_adapter_names() for s in otio.adapters.from_name(a).suffixes}
+            )
+        )
         raise JobError(
             f"no OpenTimelineIO adapter reads or writes '{path.suffix}' files here (installed: {known}); "
             "FCP XML needs `pip install otio-fcp-adapter`, other formats their otio-*-adapter plug-in"
@@ -82,7 +87,9 @@ def conformed(timeline: otio.schema.Timeline, edited: list[Edited]) -> otio.sche
         track.append(_clip(item))
         cursor = item.shot.range.end_time_exclusive()
     stack = result.tracks
-    video = [i for i, t in enumerate(stack) if isinstance(t, otio.schema.Track) and t.kind == otio.schema.TrackKind.Video]
+    video = [
+        i for i, t in enumerate(stack) if isinstance(t, otio.schema.Track) and t.kind == otio.schema.TrackKind.Video
+    ]
     stack.insert(video[-1] + 1 if video else len(stack), track)
     return result
 
@@ -95,8 +102,14 @@ def _clip(item: Edited) -> otio.schema.Clip:
         reference = otio.schema.ExternalReference(url_from_filepath(str(item.movie.resolve())), available)
     else:
         reference = otio.schema.ImageSequenceReference(
-            url_from_filepath(str((item.folder / "frames").resolve())) + "/", "", ".png",
-            start_frame=0, frame_step=1, rate=rate, frame_zero_padding=5, available_range=available,
+            url_from_filepath(str((item.folder / "frames").resolve())) + "/",
+            "",
+            ".png",
+            start_frame=0,
+            frame_step=1,
+            rate=rate,
+            frame_zero_padding=5,
+            available_range=available,
         )
     metadata = {
         "job": item.report["settings"],

@@ -15,8 +15,10 @@ clip, its track and what to fix, before anything is edited or written.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +48,12 @@ class Footage:
     def identity(self) -> list:
         """What a result depends on: the frames and the files they come from (size, modification time)."""
         files = [self.path] if self.path.is_file() else [list_frames(self.path)[i] for i in self.indices]
-        return [str(self.path), self.indices[0], len(self.indices), [(f.stat().st_size, f.stat().st_mtime_ns) for f in files]]
+        return [
+            str(self.path),
+            self.indices[0],
+            len(self.indices),
+            [(f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        ]
 
 
 @dataclass
@@ -80,7 +87,7 @@ class Shot:
         with _about(self.name):
             frames = read_sequence(self.source.path, self.source.indices, "source")
             stacks = []
-            for region, matte in zip(self.settings.regions, self.mattes):
+            for region, matte in zip(self.settings.regions, self.mattes, strict=True):
                 stack = read_sequence(matte.path, matte.indices, f"matte of '{region.phrase}'", grey=True)
                 if stack.shape[1:] != frames.shape[1:3]:
                     raise JobError(
@@ -96,19 +103,15 @@ class Shot:
         return job
 
 
-class _about:
-    """Prefix any JobError raised inside with the shot it concerns."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, tb) -> bool:
-        if isinstance(error, JobError) and not str(error).startswith(self.name):
-            raise JobError(f"{self.name}: {error}") from None
-        return False
+@contextmanager
+def _about(name: str) -> Iterator[None]:
+    """Prefix a JobError raised inside with the clip it concerns."""
+    try:
+        yield
+    except JobError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise JobError(f"{name}: {exc}") from None
 
 
 def find_shots(timeline: otio.schema.Timeline, base: Path, model: str | None = None) -> list[Shot]:
@@ -148,17 +151,20 @@ def marked_job(clip: otio.schema.Clip) -> dict | None:
     """The job mapping a clip's `videograin` marker and metadata give, or None when it has no such marker."""
     for marker in clip.markers:
         note = _note(marker)
+        first, _, rest = note.strip().partition("\n")
         if marker.name.strip().lower() == MARKER_NAME:
             text = note
-        elif note.strip().lower().split("\n", 1)[0].strip() == MARKER_NAME:
-            text = note.strip().split("\n", 1)[1] if "\n" in note.strip() else ""
+        elif first.strip().lower() == MARKER_NAME:  # Kdenlive: a note and no name
+            text = rest
         else:
             continue
         try:
             from_note = yaml.safe_load(text) if text.strip() else {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f"{getattr(exc, 'problem', None) or 'cannot be parsed'}" + (f" at line {mark.line + 1}" if mark else "")
+            where = f"{getattr(exc, 'problem', None) or 'cannot be parsed'}" + (
+                f" at line {mark.line + 1}" if mark else ""
+            )
             raise JobError(
                 f"the note of its '{MARKER_NAME}' marker is not valid YAML or JSON ({where}); "
                 "write the edit as `key: value` lines, e.g. `prompt: an iron man is jogging`"
@@ -271,7 +277,9 @@ def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRang
     folder = paths[0].parent
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
-        raise JobError(f"frame '{missing}' of its image sequence is offline (no such file): restore it or relink the clip")
+        raise JobError(
+            f"frame '{missing}' of its image sequence is offline (no such file): restore it or relink the clip"
+        )
     listed = {p: i for i, p in enumerate(list_frames(folder))}
     indices = [listed.get(p) for p in paths]
     if None in indices or indices != list(range(indices[0], indices[0] + count)):
@@ -333,7 +341,7 @@ def _matte_track(phrase: str, shot_range: TimeRange, source: Footage, timeline, 
 
 def _check_overlaps(shots: list[Shot]) -> None:
     ordered = sorted(shots, key=lambda s: s.range.start_time.to_seconds())
-    for before, after in zip(ordered, ordered[1:]):
+    for before, after in itertools.pairwise(ordered):
         if after.range.start_time < before.range.end_time_exclusive():
             raise JobError(
                 f"{before.name} and {after.name} overlap in the timeline; the '{MARKER_NAME}' track holds one "
