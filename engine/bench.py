@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -161,15 +162,17 @@ def bench_timeline(args: argparse.Namespace) -> dict[str, Any]:
     """The OpenTimelineIO round trip's own cost next to the edits it drives: a 20-shot timeline
     (image-sequence clips, one matte from a track, one from a path) through `videograin timeline`'s three
     stages, the time of each shot's edit subtracted from the whole."""
-    import tempfile
+    with tempfile.TemporaryDirectory(prefix="videograin-bench-timeline-") as scratch:
+        return _bench_timeline(args, Path(scratch))
 
+
+def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import opentimelineio as otio
     import yaml
 
     from videograin.engine.inputs.media import write_png
     from videograin.engine.timeline import command
 
-    folder = Path(tempfile.mkdtemp(prefix="videograin-bench-timeline-"))
     frames = args.frames
     clip, mattes = synthetic_clip(TIMELINE_SHOTS * frames, args.size, args.size)
     for index in range(len(clip)):
@@ -224,7 +227,7 @@ def bench_timeline(args: argparse.Namespace) -> dict[str, Any]:
         "shots": TIMELINE_SHOTS, "frames_per_shot": frames, "size": args.size, "steps": args.steps,
         "stages_s": {"plan": plan_s, "edit_shots": stage_s, "finish": finish_s},
         "shot_edits_s": edits_s, "overhead_s": overhead, "overhead_share": overhead / edits_s,
-        "work_folder": str(folder), "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "python": platform.python_version(),
     }
 
 
