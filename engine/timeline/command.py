@@ -79,7 +79,11 @@ def plan(
             f"'{timeline_path.name}' is a bundle: its media live inside it, so the output must be a bundle too "
             f"(--out {out.with_suffix(BUNDLE).name})"
         )
+    if out.is_dir():
+        raise JobError(f"--out '{out}' is a folder: name the timeline file to write, e.g. {out / 'edited.otio'}")
     results = results or out.parent / f"{out.stem}-videograin"
+    if results.exists() and not results.is_dir():
+        raise JobError(f"--results '{results}' is a file: name a folder for the edited shots")
     scratch = tempfile.TemporaryDirectory(prefix="videograin-otio-")
     try:
         timeline, base = read_timeline(timeline_path, Path(scratch.name))
@@ -123,7 +127,7 @@ def edit_shots(plan: Plan, engine: str | None = None, device: str = "auto", forc
             if movie is not None and (fresh or not movie.is_file()):
                 frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
                 write_mp4(movie, frames, fps=shot.rate)
-            plan.edited.append(Edited(shot, folder, {**report, "cached": not fresh}, movie, seconds))
+            plan.edited.append(Edited(shot, folder, report, movie, seconds, reused=not fresh))
             bar.update()
     finally:
         bar.close()
@@ -168,7 +172,7 @@ def summary(plan: Plan) -> str:
                 f"{r['seconds']:.1f}" if isinstance(r.get("seconds"), (int, float)) else "-",
                 f"{sum(leakage.values()) / len(leakage):.3f}" if leakage else "-",
                 f"{warp:.3f}" if isinstance(warp, (int, float)) else "-",
-                "reused" if r.get("cached") else "edited",
+                "reused" if item.reused else "edited",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -36,7 +36,8 @@ class Edited:
     folder: Path
     report: dict  # result.json
     movie: Path | None = None
-    seconds: float = 0.0  # wall time of this run's edit (reading, editing, writing results); 0 when reused
+    seconds: float = 0.0  # wall time of this run's edit (reading, editing, writing results)
+    reused: bool = False  # the result of an earlier run, for the same job
 
 
 def read_timeline(path: Path, unpack_to: Path) -> tuple[otio.schema.Timeline, Path]:
