@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--movie",
         action="store_true",
-        help="new clips point at MP4 movies, not PNG sequences (always for .otioz and non-OTIO formats; Resolve needs it)",
+        help="new clips point at MP4 movies, not PNG sequences (always for .otioz and other formats; Resolve needs it)",
     )
     p.add_argument(
         "--force", action="store_true", help="edit every shot again, even those already in the results folder"
