@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,82 @@ def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+TIMELINE_SHOTS = 20
+
+
+def bench_timeline(args: argparse.Namespace) -> dict[str, Any]:
+    """The OpenTimelineIO round trip's own cost next to the edits it drives: a 20-shot timeline
+    (image-sequence clips, one matte from a track, one from a path) through `videograin timeline`'s three
+    stages, the time of each shot's edit subtracted from the whole."""
+    with tempfile.TemporaryDirectory(prefix="videograin-bench-timeline-") as scratch:
+        return _bench_timeline(args, Path(scratch))
+
+
+def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    import opentimelineio as otio
+    import yaml
+
+    from videograin.engine.inputs.media import write_png
+    from videograin.engine.timeline import command
+
+    frames = args.frames
+    clip, mattes = synthetic_clip(TIMELINE_SHOTS * frames, args.size, args.size)
+    for index in range(len(clip)):
+        write_png(folder / "frames" / f"f.{index:04d}.png", clip[index])
+        write_png(folder / "iron" / f"i.{index:04d}.png", mattes[0, index].astype(np.uint8) * 255)
+        write_png(folder / "spider" / f"{index:04d}.png", mattes[1, index].astype(np.uint8) * 255)
+    rate = 24.0
+
+    def sequence(name: str, prefix: str):
+        return otio.schema.ImageSequenceReference(
+            f"{name}/", prefix, ".png", start_frame=0, rate=rate, frame_zero_padding=4,
+            available_range=otio.opentime.TimeRange(
+                otio.opentime.RationalTime(0, rate), otio.opentime.RationalTime(len(clip), rate)
+            ),
+        )
+
+    timeline = otio.schema.Timeline("bench")
+    shots = otio.schema.Track("V1", kind=otio.schema.TrackKind.Video)
+    matte_track = otio.schema.Track("iron man", kind=otio.schema.TrackKind.Video)
+    for shot in range(TIMELINE_SHOTS):
+        trim = otio.opentime.TimeRange(
+            otio.opentime.RationalTime(shot * frames, rate), otio.opentime.RationalTime(frames, rate)
+        )
+        job = {
+            "source_prompt": "two men are jogging", "prompt": DEMO_PROMPT, "background": {"phrase": "cherry blossoms"},
+            "regions": [{"phrase": "iron man"}, {"phrase": "spider man", "mask": "spider"}],
+            "source": {"width": args.size, "height": args.size}, "steps": args.steps, "seed": shot, "model": args.model,
+        }
+        edited = otio.schema.Clip(f"shot{shot:02d}", sequence("frames", "f."), trim)
+        edited.markers.append(otio.schema.Marker("videograin", trim, comment=yaml.safe_dump(job)))
+        shots.append(edited)
+        matte_track.append(otio.schema.Clip(f"matte{shot:02d}", sequence("iron", "i."), trim))
+    timeline.tracks.extend([shots, matte_track])
+    path = folder / "bench.otio"
+    otio.adapters.write_to_file(timeline, str(path))
+
+    marks = [time.perf_counter()]
+    plan = command.plan(path, folder / "out.otio", model=args.model)
+    marks.append(time.perf_counter())
+    command.edit_shots(plan, device=args.device)
+    marks.append(time.perf_counter())
+    command.finish(plan)
+    marks.append(time.perf_counter())
+    plan.close()
+    plan_s, stage_s, finish_s = (float(d) for d in np.diff(marks))
+    # Each shot's edit as `videograin edit` does it (read the job, edit, write its results folder); the
+    # rest is the round trip: reading and validating the timeline, hashing, conforming, writing it.
+    edits_s = sum(item.seconds for item in plan.edited)
+    overhead = plan_s + (stage_s - edits_s) + finish_s
+    return {
+        "model": args.model, "device": args.device, "device_name": _device_name(resolve_device(args.device)),
+        "shots": TIMELINE_SHOTS, "frames_per_shot": frames, "size": args.size, "steps": args.steps,
+        "stages_s": {"plan": plan_s, "edit_shots": stage_s, "finish": finish_s},
+        "shot_edits_s": edits_s, "overhead_s": overhead, "overhead_share": overhead / edits_s,
+        "torch": torch.__version__, "python": platform.python_version(),
+    }
+
+
 def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
         if isinstance(value, dict):
@@ -193,7 +270,7 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    report = bench_stream(args) if args.stream else bench_edit(args)
+    report = bench_timeline(args) if args.timeline else bench_stream(args) if args.stream else bench_edit(args)
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -210,5 +287,6 @@ def add_parser(sub) -> None:
     bench.add_argument("--window", type=int, default=None, help="frames per pass (default: the engine picks)")
     bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
     bench.add_argument("--stream-frames", type=int, default=100, help="frames per signing form, over 5 rounds")
+    bench.add_argument("--timeline", action="store_true", help="cost of the OpenTimelineIO round trip over 20 shots")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)

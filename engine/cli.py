@@ -86,12 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
-    from videograin.engine import bench, evaluate
+    from videograin.engine import bench, evaluate, timeline
     from videograin.engine.serving import server
 
     server.add_parser(sub)
     bench.add_parser(sub)
     evaluate.add_parser(sub)
+    timeline.add_parser(sub)
     return parser
 
 

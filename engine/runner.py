@@ -194,16 +194,18 @@ def _preview_path(out: Path) -> Path:
 
 def edit_in_process(
     job: EditJob, out: Path, device_name: str, cache: InversionCache | None = None, attention_maps: bool = False,
-    show_plain_maps: bool = False,
+    show_plain_maps: bool = False, pipe: VideoGrainPipeline | None = None,
 ) -> dict:
-    """Load the job's model, edit with progress bars, write the results to `out`; returns a summary."""
+    """Edit with progress bars and write the results to `out`; returns a summary. The job's model is
+    loaded unless `pipe` is given: callers that edit many jobs (`videograin timeline`) load it once."""
     device = resolve_device(device_name)
     s = job.settings
     bars = ProgressBars(_preview_path(out))
     started = time.perf_counter()
-    bars(ProgressEvent("load", 0, 1))
-    pipe = get_pipeline(s.model, s.controlnet_id, device)
-    bars(ProgressEvent("load", 1, 1))
+    if pipe is None:
+        bars(ProgressEvent("load", 0, 1))
+        pipe = get_pipeline(s.model, s.controlnet_id, device)
+        bars(ProgressEvent("load", 1, 1))
     try:
         result = edit_clip(job, pipe, progress=bars, measure_leakage=True, cache=cache, attention_maps=attention_maps)
     finally:

@@ -1,0 +1,354 @@
+"""The shots of an OpenTimelineIO timeline: the clips marked for editing, their notes and their media.
+
+A clip is a shot when it carries a marker named `videograin`. The marker's note holds the edit in the job
+file's keys (YAML or JSON). Editors keep a note in different places, all read here:
+`Marker.comment` (OTIO 0.16+, Kdenlive's native export), `metadata["Resolve_OTIO"]["Note"]` (DaVinci
+Resolve's native export) and `metadata["fcp_xml"]["comment"]` (FCP 7 XML, Premiere, through
+otio-fcp-adapter). Kdenlive's markers have no name, only a note: there a note whose first line is
+`videograin` marks the clip. The clip's `metadata["videograin"]` (a mapping) is read too, the note's keys
+on top of it.
+
+Everything that can be wrong with a shot is found by `find_shots` and `Shot.load`, each error naming the
+clip, its track and what to fix, before anything is edited or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import opentimelineio as otio
+import yaml
+from opentimelineio.opentime import RationalTime, TimeRange
+
+from videograin.engine.config import EditSettings, parse_settings
+from videograin.engine.errors import JobError
+from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, validate_job
+from videograin.engine.inputs.job import _resolve as resolve_path  # the job file's rule for relative paths
+from videograin.engine.inputs.media import list_frames, read_sequence, sequence_length
+
+MARKER_NAME = "videograin"
+# Job keys a note may set under `source`: the rest (path, start, count, stride) comes from the clip.
+NOTE_SOURCE_KEYS = {"width", "height"}
+
+
+@dataclass
+class Footage:
+    """Frames `indices` of a movie or a folder of images, as `read_sequence` reads them."""
+
+    path: Path
+    indices: list[int]
+
+    def identity(self) -> list:
+        """What a result depends on: the frames and the files they come from (size, modification time)."""
+        files = [self.path] if self.path.is_file() else [list_frames(self.path)[i] for i in self.indices]
+        return [
+            str(self.path),
+            self.indices[0],
+            len(self.indices),
+            [(f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        ]
+
+
+@dataclass
+class Shot:
+    """One marked clip: where it sits in the timeline and everything its edit reads."""
+
+    clip: str
+    track: str
+    range: TimeRange  # in the timeline (the top-level stack's time)
+    rate: float  # frame rate of the clip's media: the edited frames have the same
+    settings: EditSettings  # parsed from the note; source.path/start/count filled from the clip
+    source: Footage
+    mattes: list[Footage]  # one per region, in the note's order
+    control: Footage | None = None
+    job_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.job_hash = self._hash()
+
+    @property
+    def name(self) -> str:
+        return f"clip '{self.clip}' on track '{self.track}'"
+
+    def _hash(self) -> str:
+        footage = [self.source, *self.mattes, *([self.control] if self.control else [])]
+        key = {"settings": self.settings.to_dict(), "media": [f.identity() for f in footage]}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def load(self) -> EditJob:
+        """Read the pixels and validate the job; errors name the clip and its track."""
+        with _about(self.name):
+            frames = read_sequence(self.source.path, self.source.indices, "source")
+            stacks = []
+            for region, matte in zip(self.settings.regions, self.mattes, strict=True):
+                stack = read_sequence(matte.path, matte.indices, f"matte of '{region.phrase}'", grey=True)
+                if stack.shape[1:] != frames.shape[1:3]:
+                    raise JobError(
+                        f"the matte of '{region.phrase}' ({matte.path}) is {stack.shape[2]}x{stack.shape[1]}, "
+                        f"the clip {frames.shape[2]}x{frames.shape[1]}: render the matte at the clip's size"
+                    )
+                stacks.append(stack >= MATTE_THRESHOLD)
+            control = None
+            if self.control is not None:
+                control = read_sequence(self.control.path, self.control.indices, "control maps")
+            job = EditJob(self.settings, frames, np.stack(stacks), control)
+            validate_job(job)
+        return job
+
+
+@contextmanager
+def _about(name: str) -> Iterator[None]:
+    """Prefix a JobError raised inside with the clip it concerns."""
+    try:
+        yield
+    except JobError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise JobError(f"{name}: {exc}") from None
+
+
+def find_shots(timeline: otio.schema.Timeline, base: Path, model: str | None = None) -> list[Shot]:
+    """Every clip marked `videograin` on a video track, as a shot; relative paths are relative to `base`.
+
+    `model` overrides every shot's model (the CLI's `--model`). Raises one JobError for the first problem.
+    """
+    video = [t for t in timeline.tracks if isinstance(t, otio.schema.Track) and t.kind == otio.schema.TrackKind.Video]
+    if any(t.name == MARKER_NAME for t in video):
+        raise JobError(
+            f"the timeline already has a video track named '{MARKER_NAME}' (an output of `videograin timeline`?): "
+            "run on the timeline you exported from the editor, or rename that track"
+        )
+    shots = []
+    for track in video:
+        for item in track:
+            if isinstance(item, otio.schema.Clip):
+                with _about(f"clip '{item.name}' on track '{track.name}'"):
+                    job = marked_job(item)
+                    if job is not None:
+                        shots.append(_shot(item, track, job, timeline, video, base, model))
+            elif isinstance(item, otio.core.Composition) and any(marked_job(c) is not None for c in item.find_clips()):
+                raise JobError(
+                    f"a clip inside the nested sequence '{item.name}' on track '{track.name}' is marked "
+                    f"'{MARKER_NAME}': nested sequences are not read; mark a clip on a top-level track"
+                )
+    if not shots:
+        raise JobError(
+            f"no clip carries a marker named '{MARKER_NAME}': add one to each clip to edit, its note holding the "
+            "edit in the job file's keys (see README, 'Other editors: OpenTimelineIO')"
+        )
+    _check_overlaps(shots)
+    return shots
+
+
+def marked_job(clip: otio.schema.Clip) -> dict | None:
+    """The job mapping a clip's `videograin` marker and metadata give, or None when it has no such marker."""
+    for marker in clip.markers:
+        note = _note(marker)
+        first, _, rest = note.strip().partition("\n")
+        if marker.name.strip().lower() == MARKER_NAME:
+            text = note
+        elif first.strip().lower() == MARKER_NAME:  # Kdenlive: a note and no name
+            text = rest
+        else:
+            continue
+        try:
+            from_note = yaml.safe_load(text) if text.strip() else {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{getattr(exc, 'problem', None) or 'cannot be parsed'}" + (
+                f" at line {mark.line + 1}" if mark else ""
+            )
+            raise JobError(
+                f"the note of its '{MARKER_NAME}' marker is not valid YAML or JSON ({where}); "
+                "write the edit as `key: value` lines, e.g. `prompt: an iron man is jogging`"
+            ) from None
+        if not isinstance(from_note, dict):
+            raise JobError(
+                f"the note of its '{MARKER_NAME}' marker must hold job keys (`prompt: ...`, `regions: ...`), "
+                f"not {type(from_note).__name__} {from_note!r}"
+            )
+        from_metadata = clip.metadata.get(MARKER_NAME)
+        base = dict(from_metadata) if isinstance(from_metadata, Mapping) else {}
+        return _plain({**base, **from_note})
+    return None
+
+
+def _note(marker: otio.schema.Marker) -> str:
+    """The marker's free text, wherever the editor that wrote the file keeps it."""
+    resolve = marker.metadata.get("Resolve_OTIO")
+    fcp = marker.metadata.get("fcp_xml")
+    for note in (
+        marker.comment,
+        resolve.get("Note") if isinstance(resolve, Mapping) else None,
+        fcp.get("comment") if isinstance(fcp, Mapping) else None,
+    ):
+        if isinstance(note, str) and note.strip():
+            return note
+    return ""
+
+
+def _plain(value):
+    """OTIO's AnyDictionary/AnyVector as plain dicts and lists (what `parse_settings` expects)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _shot(clip, track, job: dict, timeline, video: list, base: Path, model: str | None) -> Shot:
+    source = job.get("source") or {}
+    if not isinstance(source, dict) or set(source) - NOTE_SOURCE_KEYS:
+        extra = ", ".join(f"source.{k}" for k in (set(source) - NOTE_SOURCE_KEYS if isinstance(source, dict) else []))
+        raise JobError(
+            f"{extra or 'source'} in the note: the source is the clip itself (its media and trims); "
+            "a note may set only source.width and source.height"
+        )
+    if any(isinstance(effect, otio.schema.TimeEffect) for effect in clip.effects):
+        raise JobError("the clip has a speed change (time effect): render it to a new clip, or remove the change")
+    trimmed = clip.trimmed_range()
+    in_timeline = clip.transformed_time_range(trimmed, timeline.tracks)
+    footage, rate = clip_footage(clip, trimmed, base)
+    job["source"] = {**source, "path": str(footage.path), "start": footage.indices[0], "count": len(footage.indices)}
+    if model:
+        job["model"] = model
+    settings = parse_settings(job)  # unknown keys, phrases not in the prompt, bad values
+    media_length = sequence_length(footage.path)
+    mattes = []
+    for region in settings.regions:
+        if region.mask:
+            region.mask = str(resolve_path(base, region.mask))
+            mattes.append(aligned(Path(region.mask), footage, media_length, f"the matte of '{region.phrase}'"))
+        else:
+            mattes.append(_matte_track(region.phrase, in_timeline, footage, timeline, video, base))
+    control = None
+    if settings.control.path:
+        settings.control.path = str(resolve_path(base, settings.control.path))
+        if settings.control.type == "frames":
+            control = aligned(Path(settings.control.path), footage, media_length, "control maps")
+    shot_range = TimeRange(in_timeline.start_time, trimmed.duration)
+    return Shot(clip.name, track.name, shot_range, rate, settings, footage, mattes, control)
+
+
+def clip_footage(clip: otio.schema.Clip, trimmed: TimeRange, base: Path) -> tuple[Footage, float]:
+    """The media frames a clip shows over `trimmed` (its source time), and the media's frame rate."""
+    ref = clip.media_reference
+    if isinstance(ref, otio.schema.ImageSequenceReference):
+        return _sequence_footage(ref, trimmed, base), ref.rate
+    if not isinstance(ref, otio.schema.ExternalReference):
+        kind = type(ref).__name__
+        raise JobError(f"the clip has no media file ({kind}): relink it to its media in the editor, then export again")
+    path = resolve_path(base, url_path(ref.target_url))
+    if not path.exists():
+        raise JobError(f"its media '{path}' is offline (no such file): relink the clip or restore the file")
+    available = ref.available_range
+    rate = available.start_time.rate if available is not None else trimmed.start_time.rate
+    media_start = available.start_time if available is not None else RationalTime(0, rate)
+    first = round((trimmed.start_time - media_start).to_seconds() * rate)
+    count = round(trimmed.duration.to_seconds() * rate)
+    length = sequence_length(path)
+    if count < 1 or first < 0 or first + count > length:
+        raise JobError(
+            f"the clip shows frames {first}..{first + count - 1} of '{path}', which has {length}: "
+            "the clip's trims run past its media; relink it to the full media"
+        )
+    return Footage(path, list(range(first, first + count))), rate
+
+
+def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRange, base: Path) -> Footage:
+    """An image sequence's frames over `trimmed`, as indices into its folder's sorted images."""
+    try:
+        first = ref.frame_for_time(trimmed.start_time)
+    except ValueError:
+        raise JobError(
+            f"the clip starts at {trimmed.start_time.to_seconds():.3f} s, outside its image sequence's "
+            f"{ref.number_of_images_in_sequence()} frames: relink it to the full sequence"
+        ) from None
+    count = round(trimmed.duration.to_seconds() * ref.rate)
+    numbers = [(first - ref.start_frame) // ref.frame_step + k for k in range(count)]
+    paths = [resolve_path(base, url_path(ref.target_url_for_image_number(n))) for n in numbers]
+    folder = paths[0].parent
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise JobError(
+            f"frame '{missing}' of its image sequence is offline (no such file): restore it or relink the clip"
+        )
+    listed = {p: i for i, p in enumerate(list_frames(folder))}
+    indices = [listed.get(p) for p in paths]
+    if None in indices or indices != list(range(indices[0], indices[0] + count)):
+        raise JobError(
+            f"the folder '{folder}' holds other images among the sequence's frames: keep each image sequence "
+            "in a folder of its own"
+        )
+    return Footage(folder, indices)
+
+
+def aligned(path: Path, source: Footage, media_length: int, what: str) -> Footage:
+    """A sequence lined up with the shot: as long as the clip's media (same frames) or as the shot."""
+    if not path.exists():
+        raise JobError(f"{what}: '{path}' does not exist")
+    length = sequence_length(path)
+    if length == media_length:
+        return Footage(path, source.indices)
+    if length == len(source.indices):
+        return Footage(path, list(range(length)))
+    raise JobError(
+        f"{what}: '{path}' has {length} frames; it needs one per frame of the clip's media ({media_length}) "
+        f"or one per frame of the clip ({len(source.indices)})"
+    )
+
+
+def _matte_track(phrase: str, shot_range: TimeRange, source: Footage, timeline, video: list, base: Path) -> Footage:
+    """The matte of `phrase` from a clip on the video track of that name, over the shot's time."""
+    tracks = [t for t in video if t.name.strip().lower() == phrase.strip().lower()]
+    if not tracks:
+        raise JobError(
+            f"region '{phrase}' has no matte: give it `mask:` (a folder or movie of mattes) in the note, "
+            f"or put its matte clip on a video track named '{phrase}', lined up with the clip"
+        )
+    for item in tracks[0]:
+        if not isinstance(item, otio.schema.Clip):
+            continue
+        there = item.transformed_time_range(item.trimmed_range(), timeline.tracks)
+        if there.start_time <= shot_range.start_time < there.end_time_exclusive():
+            if there.end_time_exclusive() < shot_range.end_time_exclusive():
+                raise JobError(
+                    f"the matte clip '{item.name}' on track '{tracks[0].name}' ends before the clip does: "
+                    "extend it over the whole clip"
+                )
+            offset = shot_range.start_time - there.start_time
+            start = item.trimmed_range().start_time + offset
+            with _about(f"the matte clip '{item.name}' on track '{tracks[0].name}'"):
+                matte, _ = clip_footage(item, TimeRange(start, shot_range.duration), base)
+            if len(matte.indices) != len(source.indices):
+                raise JobError(
+                    f"the matte clip '{item.name}' on track '{tracks[0].name}' has {len(matte.indices)} frames over "
+                    f"the clip's {len(source.indices)}: render the matte at the frame rate of the clip's media"
+                )
+            return matte
+    raise JobError(
+        f"the track '{tracks[0].name}' has no matte clip under the clip: line the matte up with the clip "
+        f"(from {shot_range.start_time.to_seconds():.3f} s)"
+    )
+
+
+def _check_overlaps(shots: list[Shot]) -> None:
+    ordered = sorted(shots, key=lambda s: s.range.start_time.to_seconds())
+    for before, after in itertools.pairwise(ordered):
+        if after.range.start_time < before.range.end_time_exclusive():
+            raise JobError(
+                f"{before.name} and {after.name} overlap in the timeline; the '{MARKER_NAME}' track holds one "
+                "edited clip at a time: remove one of the two markers"
+            )
+
+
+def url_path(url: str) -> str:
+    """A media reference's target URL (file://, or a plain path) as a path string."""
+    return otio.url_utils.filepath_from_url(url) if url.startswith("file:") else url
