@@ -4,6 +4,11 @@
   given frame count and size, plus the modulated / plain attention time ratio on identical shapes.
   `--model sd15-random` has the full SD-1.5 + ControlNet shapes with random weights: real timings,
   meaningless pictures.
+- `--features`: the reference's features off and on; flow time per frame; trajectory attention against
+  the full-frame attention it follows.
+- `--reedit`: an edit and a second prompt on the same clip, the inversion taken from the cache; time to
+  the first step preview of each.
+- `--timeline`: the OpenTimelineIO round trip's own cost over 20 shots.
 - `--stream`: 1080p frames through protocol v1 (sign, send, receive, verify, view) over loopback, with
   part MACs, with whole-message HMAC and unsigned, next to a plain memory copy of the same frame.
 """
@@ -66,49 +71,125 @@ def attention_ratio(frames: int, size: int, device: torch.device, dtype: torch.d
     return {"tokens": tokens, "plain_s": plain, "modulated_s": modulated, "ratio": modulated / plain}
 
 
-def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)
-    dtype = default_dtype(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    pipe = get_pipeline(args.model, "random-controlnet", device)
-    _sync(device)
-    phases: dict[str, float] = {"load": time.perf_counter() - started}
-    marks: list[tuple[str, float]] = []
-
-    def progress(event: ProgressEvent) -> None:
-        _sync(device)
-        marks.append((event.phase, time.perf_counter()))
-
-    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+def _settings(args: argparse.Namespace, **changes) -> EditSettings:
     settings = EditSettings(
         source_prompt="two men are jogging", prompt=DEMO_PROMPT, background_phrase="cherry blossoms",
         regions=[RegionConfig("iron man"), RegionConfig("spider man")],
         source=SourceConfig(width=args.size, height=args.size), steps=args.steps, model=args.model, window=args.window,
     )
-    edit_started = time.perf_counter()
-    edit_clip(EditJob(settings, clip, mattes), pipe, progress=progress)
+    for key, value in changes.items():
+        setattr(settings, key, value)
+    return settings
+
+
+def timed_edit(pipe, job: EditJob, device: torch.device, **options) -> dict[str, Any]:
+    """One edit, timed: seconds in all, per phase (a phase runs from the previous phase's last event to
+    its own last event) and to the first step preview."""
+    marks: list[tuple[str, float]] = []
+    first_preview: list[float] = []
+
+    def progress(event: ProgressEvent) -> None:
+        _sync(device)
+        marks.append((event.phase, time.perf_counter()))
+        if event.preview is not None and not first_preview:
+            first_preview.append(time.perf_counter())
+
+    started = time.perf_counter()
+    result = edit_clip(job, pipe, progress=progress, **options)
     _sync(device)
-    total = time.perf_counter() - edit_started
-    # A phase runs from the previous phase's last event to its own last event.
-    previous = edit_started
+    phases, previous = {}, started
     for phase in dict.fromkeys(phase for phase, _ in marks):
         end = max(t for p, t in marks if p == phase)
         phases[phase], previous = end - previous, end
-    steps = {phase: phases[phase] / args.steps for phase in ("invert", "edit")}
+    return {"edit_s": time.perf_counter() - started, "phases_s": phases,
+            "first_preview_s": first_preview[0] - started if first_preview else None,
+            "cached_passes": result.cached_passes}
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, torch.device, float]:
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    pipe = get_pipeline(args.model, "random-controlnet", device)
+    _sync(device)
+    return pipe, device, time.perf_counter() - started
+
+
+def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
+    pipe, device, load_s = _load(args)
+    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    timed = timed_edit(pipe, EditJob(_settings(args), clip, mattes), device)
+    phases = {"load": load_s, **timed["phases_s"]}
     report = {
-        "model": args.model, "device": str(device), "device_name": _device_name(device), "dtype": str(dtype),
-        "frames": args.frames, "size": args.size, "steps": args.steps, "window": args.window,
-        "edit_s": total, "phases_s": phases, "step_s": steps,
+        "model": args.model, "device": str(device), "device_name": _device_name(device),
+        "dtype": str(default_dtype(device)), "frames": args.frames, "size": args.size, "steps": args.steps,
+        "window": args.window, "edit_s": timed["edit_s"], "phases_s": phases,
+        "step_s": {phase: phases[phase] / args.steps for phase in ("invert", "edit")},
+        "first_preview_s": timed["first_preview_s"],
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "peak_ram_mib": _peak_ram_mib(),
-        "attention": attention_ratio(args.frames, args.size, device, dtype),
+        "attention": attention_ratio(args.frames, args.size, device, default_dtype(device)),
         "torch": torch.__version__, "python": platform.python_version(),
     }
     if args.model != "sd15-random":
         report["note"] = "tiny model: pipeline overheads, not SD-1.5 speed; use --model sd15-random for that"
     return report
+
+
+def bench_features(args: argparse.Namespace) -> dict[str, Any]:
+    """What the reference's features cost: the same edit with all of them off, then on (trajectory
+    attention at level 1, injection in the first half of the steps, blending), plus flow time per frame
+    and trajectory attention against the full-frame attention it follows, on the edit's shapes."""
+    from videograin.engine.config import FlowConfig, ModulationConfig
+    from videograin.engine.inputs.flow import clip_flow
+    from videograin.engine.method.trajectory import Trajectories, trajectory_attention
+
+    pipe, device, _ = _load(args)
+    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    off = _settings(args, flow=FlowConfig(method="none"), inject_step=0, blend=False, phrase_embeddings=False,
+                    negative_prompt="", controlnet_attention="full",
+                    modulation=ModulationConfig(until=0.3, layout="area", size="clip", self_branch="both"))
+    on = _settings(args, inject_step=args.steps // 2)
+    runs = {name: timed_edit(pipe, EditJob(settings, clip, mattes), device)["edit_s"]
+            for name, settings in (("warm-up", off), ("off", off), ("on", on))}
+    started = time.perf_counter()
+    flow = clip_flow(clip, FlowConfig())
+    flow_s = (time.perf_counter() - started) / max(1, args.frames - 1)
+    latent = args.size // 8
+    trajectories = Trajectories(torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward), latent, latent)
+    plan = trajectories.plan(latent * latent, torch.arange(args.frames), device)
+    dtype = default_dtype(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, args.frames * latent * latent, 40, generator=g).to(device, dtype) for _ in range(3))
+    return {
+        "model": args.model, "device": str(device), "frames": args.frames, "size": args.size, "steps": args.steps,
+        "edit_features_off_s": runs["off"], "edit_features_on_s": runs["on"],
+        "features_overhead": runs["on"] / runs["off"] - 1,
+        "flow_s_per_frame": flow_s,
+        "trajectory_attention_s": time_call(lambda: trajectory_attention(q, k, v, plan), device),
+        "full_frame_attention_s": time_call(lambda: plain_attention(q, k, v), device),
+    }
+
+
+def bench_reedit(args: argparse.Namespace) -> dict[str, Any]:
+    """An edit, then a second with another prompt on the same clip: the inversion cache serves it."""
+    from videograin.engine.cache import InversionCache
+
+    pipe, device, _ = _load(args)
+    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    with tempfile.TemporaryDirectory() as folder:
+        cache = InversionCache(Path(folder))
+        first = timed_edit(pipe, EditJob(_settings(args), clip, mattes), device, cache=cache, preview_every=1)
+        walking = DEMO_PROMPT.replace("jogging", "walking")
+        second = timed_edit(pipe, EditJob(_settings(args, prompt=walking), clip, mattes), device, cache=cache,
+                            preview_every=1)
+    return {
+        "model": args.model, "device": str(device), "frames": args.frames, "size": args.size, "steps": args.steps,
+        "first_edit_s": first["edit_s"], "reedit_s": second["edit_s"], "reedit_share": second["edit_s"] / first["edit_s"],
+        "reedit_cached_passes": second["cached_passes"],
+        "first_preview_s": first["first_preview_s"], "reedit_first_preview_s": second["first_preview_s"],
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -270,7 +351,8 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    report = bench_timeline(args) if args.timeline else bench_stream(args) if args.stream else bench_edit(args)
+    modes = {"timeline": bench_timeline, "stream": bench_stream, "features": bench_features, "reedit": bench_reedit}
+    report = next((run for name, run in modes.items() if getattr(args, name)), bench_edit)(args)
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -288,5 +370,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
     bench.add_argument("--stream-frames", type=int, default=100, help="frames per signing form, over 5 rounds")
     bench.add_argument("--timeline", action="store_true", help="cost of the OpenTimelineIO round trip over 20 shots")
+    bench.add_argument("--features", action="store_true",
+                       help="cost of the reference's features (flow, trajectories, injection, blending)")
+    bench.add_argument("--reedit", action="store_true", help="an edit, then another prompt served by the inversion cache")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)

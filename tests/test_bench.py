@@ -30,3 +30,16 @@ def test_stream_bench(tmp_path):
     assert report["frame_bytes"] == 1920 * 1080 * 3
     for key in ("memcpy_frames_per_s", "tcp_signed_frames_per_s", "ipc_signed_frames_per_s"):
         assert report[key] > 0
+
+
+def test_features_bench_reports_the_cost_of_the_reference_features(tmp_path):
+    report, _ = _bench(tmp_path, "--features", "--device", "cpu", "--frames", "3", "--steps", "2")
+    assert report["edit_features_off_s"] > 0 and report["edit_features_on_s"] > 0
+    assert report["features_overhead"] == report["edit_features_on_s"] / report["edit_features_off_s"] - 1
+    assert report["flow_s_per_frame"] > 0 and report["trajectory_attention_s"] > 0
+
+
+def test_reedit_bench_takes_the_second_inversion_from_the_cache(tmp_path):
+    report, _ = _bench(tmp_path, "--reedit", "--device", "cpu", "--frames", "3", "--steps", "2")
+    assert report["reedit_cached_passes"] == 1 and report["reedit_share"] == report["reedit_s"] / report["first_edit_s"]
+    assert report["first_preview_s"] > report["reedit_first_preview_s"] > 0  # no inversion before it

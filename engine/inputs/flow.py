@@ -307,22 +307,3 @@ def _raft_model(weights: str | None):
             "downloaded raft_large_*.pth file"
         ) from None
     return model
-
-
-def bench_flow(
-    frames: int = 8, sizes: tuple[tuple[int, int], ...] = ((512, 512), (1280, 720)), preset: str = "medium"
-) -> dict:
-    """Seconds per frame of DIS flow (forward, backward and the occlusion check) on the demo clip."""
-    import time
-
-    from videograin.engine.demo import synthetic_clip
-
-    report = {"frames": frames, "preset": preset, "threads": os.cpu_count()}
-    config = FlowConfig(preset=preset)
-    for width, height in sizes:
-        clip, _ = synthetic_clip(frames, width, height)
-        clip_flow(clip[:2], config)  # warm-up
-        started = time.perf_counter()
-        clip_flow(clip, config)
-        report[f"{width}x{height}_s_per_frame"] = (time.perf_counter() - started) / (frames - 1)
-    return report

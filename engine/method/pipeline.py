@@ -363,13 +363,20 @@ class VideoGrainPipeline(DiffusionPipeline):
             if cancelled():
                 raise CancelledError("the edit was cancelled")
 
-        progress(ProgressEvent("encode", 0, len(frames)))
-        latents = self.encode_frames(frames)
-        progress(ProgressEvent("encode", len(frames), len(frames)))
+        encoded: list[torch.Tensor] = []
+
+        def latents() -> torch.Tensor:
+            """The clip's latents, encoded when a pass first needs inverting (never when all are cached)."""
+            if not encoded:
+                progress(ProgressEvent("encode", 0, len(frames)))
+                encoded.append(self.encode_frames(frames))
+                progress(ProgressEvent("encode", len(frames), len(frames)))
+            return encoded[0]
+
         keep = None
         if blend:
-            finest = layout.level(latent_w * latent_h, latents.device)
-            keep = (finest.regions != 0).to(latents.dtype).reshape(len(frames), 1, latent_h, latent_w)
+            finest = layout.level(latent_w * latent_h, self.device)
+            keep = (finest.regions != 0).to(self.unet.dtype).reshape(len(frames), 1, latent_h, latent_w)
 
         decoded = _InOrderDecoder(self, len(frames), on_frame, progress)
         cached_passes = 0
@@ -392,7 +399,7 @@ class VideoGrainPipeline(DiffusionPipeline):
 
                 check_cancel()
                 compute = lambda: self.invert_pass(  # noqa: E731
-                    ctx, latents[frame_ids], texts, pass_control, control_scale, steps, record,
+                    ctx, latents()[frame_ids], texts, pass_control, control_scale, steps, record,
                     blend or inversions is not None, inverted,  # a cached inversion serves edits with or without blending
                 )
                 if inversions is None:

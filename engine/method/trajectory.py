@@ -26,7 +26,6 @@ layer's own projections and v is the output of the full-frame self-attention.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -205,40 +204,3 @@ def trajectory_attention_reference(
     same = groups[:, None] == groups[None, :]
     scores = (query @ key.transpose(-1, -2)) * scale
     return torch.softmax(scores.masked_fill(~same, float("-inf")), dim=-1) @ value
-
-
-def bench_trajectory(
-    frames: int = 16, latent: int = 64, device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 3
-) -> dict:
-    """Trajectory build time (levels 1, 2, 4) and trajectory vs plain full-frame attention at the finest
-    level, on SD-1.5 shapes (batch 2 for guidance, 8 heads of 40) and a turning, zooming flow field.
-
-    The full-frame baseline is quadratic: at 16 frames of 64² it takes minutes per call on a CPU.
-    """
-    from videograin.engine.bench import time_call
-
-    device = torch.device(device)
-    size = latent * 8
-    # Each frame turns by 0.02 rad and zooms by 1 % about the centre: many links collide.
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    x, y = xs - (size - 1) / 2, ys - (size - 1) / 2
-    cos, sin = 1.01 * math.cos(0.02), 1.01 * math.sin(0.02)
-    step = torch.stack([cos * x - sin * y - x, sin * x + cos * y - y], -1)
-    forward = step.expand(frames - 1, size, size, 2).contiguous().to(device)
-    build = time_call(lambda: Trajectories(forward, None, latent, latent, levels=(1, 2, 4)), device, repeats)
-    trajectories = Trajectories(forward, None, latent, latent)
-    tokens = latent * latent
-    ids = trajectories.ids(tokens)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(2, 8, frames * tokens, 40, generator=g).to(device, dtype) for _ in range(3))
-    plan = time_call(lambda: plan_groups(ids.flatten()), device, repeats)
-    layout = plan_groups(ids.flatten())
-    attention = time_call(lambda: trajectory_attention(q, k, v, layout), device, repeats)
-    plain = time_call(lambda: F.scaled_dot_product_attention(q, k, v), device, repeats)
-    counts = torch.bincount(ids.flatten())
-    return {
-        "frames": frames, "latent": latent, "tokens": frames * tokens, "device": str(device), "dtype": str(dtype),
-        "trajectories": int((counts > 0).sum()), "longest": int(counts.max()),
-        "build_levels_1_2_4_s": build, "plan_s": plan, "trajectory_attention_s": attention,
-        "full_frame_attention_s": plain, "ratio": attention / plain,
-    }
