@@ -29,14 +29,20 @@ def blender_python(request) -> str:
 
 
 @pytest.fixture
-def run_in_blender(blender_python: str):
-    def run(script: str, *args: str, env: dict | None = None) -> None:
-        # The engine the add-on starts is this venv's: Blender's own Python has no torch.
-        env = {**os.environ, "VIDEOGRAIN_ENGINE_PYTHON": sys.executable, **(env or {})}
+def run_in_blender(blender_python: str, tmp_path: Path):
+    def run(script: str, *args: str, env: dict | None = None) -> str:
+        """Run a script in Blender; returns what Blender printed."""
+        env = {
+            **os.environ,
+            "VIDEOGRAIN_ENGINE_PYTHON": sys.executable,  # the engine the add-on starts: Blender's Python has no torch
+            "BLENDER_USER_RESOURCES": str(tmp_path / "blender-user"),  # the add-on's logs stay out of the home folder
+            **(env or {}),
+        }
         done = subprocess.run([blender_python, str(SCRIPTS / script), *args], capture_output=True, text=True,
                               timeout=300, env=env)
         assert done.returncode == 0 and done.stdout.rstrip().endswith("OK"), \
             f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
     return run
 
 
@@ -45,18 +51,31 @@ def test_register_and_unregister(run_in_blender):
 
 
 def test_export_gives_source_pixels_and_mattes_rasterise(run_in_blender):
-    run_in_blender("export_pixels.py")
+    output = run_in_blender("export_pixels.py")
+    assert "user count error" not in output and "user decrement error" not in output, output[-3000:]
 
 
-def test_round_trip_inserts_a_strip(run_in_blender, tiny_engine):
+def test_plain_strips_are_sent_as_files_and_others_rendered(run_in_blender):
+    run_in_blender("export_routes.py")
+
+
+def test_script_edit_waits_and_inserts_a_strip(run_in_blender, tiny_engine):
     run_in_blender("round_trip.py", tiny_engine)
 
 
-def test_cancel_leaves_the_timeline_as_it_was(run_in_blender, tiny_engine):
+def test_cancel_leaves_the_timeline_as_it_was_and_previews_go(run_in_blender, tiny_engine):
     run_in_blender("cancel.py", tiny_engine)
 
 
-def test_no_engine_is_a_clear_message(run_in_blender):
+def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
+    run_in_blender("renamed.py", tiny_engine)
+
+
+def test_results_survive_a_moved_project_and_unsaved_files_ask_where(run_in_blender, tiny_engine):
+    run_in_blender("results_folder.py", tiny_engine)
+
+
+def test_no_engine_is_a_clear_message_without_waiting(run_in_blender):
     run_in_blender("no_engine.py")
 
 
@@ -67,7 +86,7 @@ def test_built_zip_installs_and_enables(run_in_blender, tmp_path):
     run_in_blender("install_zip.py", str(archive), env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})
 
 
-def test_start_check_and_stop_a_local_engine(run_in_blender):
+def test_start_check_and_stop_a_local_engine_logs_in_one_place(run_in_blender):
     run_in_blender("local_engine.py")
 
 
