@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -170,7 +171,7 @@ class LocalEngine:
         logs.mkdir(parents=True, exist_ok=True)
         self.connection_file = folder / f"engine-{os.getpid()}.json"  # one per Blender process
         self.connection_file.unlink(missing_ok=True)  # left by an engine that was killed: not this one
-        self.log_path = logs / f"engine-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        self.log_path = logs / f"engine-{datetime.now():%Y%m%d-%H%M%S-%f}.log"  # names sort by start time
         command = [python, "-m", "videograin", "serve", "--connection-file", str(self.connection_file), *shlex.split(extra_args)]
         self._log = open(self.log_path, "w")
         try:
