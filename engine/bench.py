@@ -6,6 +6,8 @@
   meaningless pictures.
 - `--stream`: 1080p frames through protocol v1 (sign, send, receive, verify, view) over loopback,
   next to a plain memory copy of the same frame.
+- `--blender`: the Blender add-on's export and import frames/s at 720p and 1080p, measured in Blender
+  as a Python module (bpy) in a subprocess, so that bpy and torch never share a process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import argparse
 import json
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -154,6 +159,18 @@ def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def bench_blender(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `videograin.blender_addon.throughput` with a Python that has bpy (this one by default)."""
+    with tempfile.TemporaryDirectory(prefix="videograin-bench-") as folder:
+        report = Path(folder) / "blender.json"
+        command = [args.blender_python, "-m", "videograin.blender_addon.throughput",
+                   "--frames", str(args.blender_frames), "--json", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the Blender bench failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+        return json.loads(report.read_text())
+
+
 def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
         if isinstance(value, dict):
@@ -166,7 +183,7 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    report = bench_stream(args) if args.stream else bench_edit(args)
+    report = bench_blender(args) if args.blender else bench_stream(args) if args.stream else bench_edit(args)
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -183,5 +200,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--window", type=int, default=None, help="frames per pass (default: the engine picks)")
     bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
     bench.add_argument("--stream-frames", type=int, default=100)
+    bench.add_argument("--blender", action="store_true", help="benchmark the Blender add-on's export and import instead")
+    bench.add_argument("--blender-frames", type=int, default=48)
+    bench.add_argument("--blender-python", default=sys.executable, metavar="PYTHON",
+                       help="a Python with bpy (e.g. .venv-blender45/bin/python for Blender 4.5)")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)

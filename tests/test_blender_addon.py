@@ -6,6 +6,7 @@ exists (`.ci/run` makes it; see the README)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,19 @@ def test_opening_another_file_stops_the_edit(run_in_blender, tiny_engine):
 
 def test_panel_draws_in_every_state(run_in_blender):
     run_in_blender("panel_draw.py")
+
+
+def test_bench_reports_export_and_import(blender_python, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "videograin", "bench", "--blender", "--blender-frames", "2",
+                           "--blender-python", blender_python, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["frames"] == 2 and report["blender"].startswith("5.0" if blender_python == sys.executable else "4.5")
+    for case in ("720p smooth", "720p noise", "1080p smooth", "1080p noise"):
+        figures = report[case]
+        assert set(figures) == {"export_render_fps", "export_png_per_frame_fps", "export_files_ms",
+                                "engine_reads_files_fps", "export_mask_fps", "import_fps"}, figures
+        assert all(value > 0 for value in figures.values()), figures
+    assert "export_render_fps:" in done.stdout
