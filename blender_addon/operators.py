@@ -168,8 +168,13 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
         if not self.wait:
             bpy.app.timers.register(functools.partial(tick, scene.name), first_interval=TICK_SECONDS)
             return {"FINISHED"}
-        while tick(scene.name) is not None:
-            time.sleep(WAIT_SECONDS)
+        try:
+            while tick(scene.name) is not None:
+                time.sleep(WAIT_SECONDS)
+        except KeyboardInterrupt:  # a script stopped by hand stops its edit on the engine too
+            _sessions.pop(scene.name).abandon()
+            vg.running, vg.status = False, "Cancelled"
+            raise
         if vg.error:
             self.report({"ERROR"}, vg.error)
             return {"CANCELLED"}
