@@ -161,7 +161,9 @@ def render_strip(scene: bpy.types.Scene, strip, frames: range, folder: Path, gre
     """BMP files of `strip` alone at each of `frames`, in one animation render (strip animation is
     evaluated per frame)."""
     folder.mkdir(parents=True, exist_ok=True)
+    # Each frame is rendered once: caching it would only cost copies (and evict the user's cached frames).
     with _exact_output(scene, grey), _render_only(scene, strip), _changed(scene.render, use_sequencer=True), \
+            _changed(scene.sequence_editor, use_cache_raw=False, use_cache_final=False, use_prefetch=False), \
             _changed(scene, frame_start=frames.start, frame_end=frames.stop - 1, frame_step=1):
         scene.render.filepath = _literal(folder / "frame-######")
         bpy.ops.render.render(animation=True, scene=scene.name)
