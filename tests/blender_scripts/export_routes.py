@@ -5,7 +5,6 @@ would make to pixels or timing sends the strip through a render instead."""
 import tempfile
 from pathlib import Path
 
-import bpy
 import cv2
 import numpy as np
 
