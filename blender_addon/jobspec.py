@@ -1,13 +1,19 @@
 """From the panel's settings to a protocol `submit` settings mapping, with checks in plain words.
 
-Plain Python (no bpy): the operator snapshots scene properties into an `EditRequest`.
+Plain Python (no bpy): the operator snapshots scene properties into an `EditRequest`. For an engine that
+shares this machine's disk, `FileRun`s name media by path instead (`inline: false`, SPEC §3.2).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+# How the engine reads a folder of frames (engine/inputs/media.py `list_frames`): these suffixes, in
+# natural order. A path submit is only right if both sides count frames alike; a test holds them equal.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 
 
 @dataclass
@@ -72,3 +78,56 @@ def settings(request: EditRequest, source_width: int, source_height: int) -> dic
     if request.model:
         mapping["model"] = request.model
     return mapping
+
+
+@dataclass(frozen=True)
+class FileRun:
+    """`count` consecutive frames of `path` (a folder of images or a video) from frame `start`, where the
+    engine counts `length` frames in `path`."""
+
+    path: str
+    start: int
+    count: int
+    length: int
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def folder_frames(folder: str) -> list[str]:
+    """The image files of `folder` in the order the engine reads them."""
+    names = (n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES)
+    return sorted(names, key=_natural_key)
+
+
+def image_run(folder: str, shown: Sequence[str]) -> FileRun | None:
+    """The run of `folder` that is exactly the files `shown`, in order; None when the engine, listing the
+    folder, would not read those files as consecutive frames."""
+    try:
+        listed = folder_frames(folder)
+    except OSError:
+        return None
+    if not shown or shown[0] not in listed:
+        return None
+    start = listed.index(shown[0])
+    if listed[start : start + len(shown)] != list(shown):
+        return None
+    return FileRun(os.path.normpath(folder), start, len(shown), len(listed))
+
+
+def aligned(matte: FileRun, source: FileRun) -> bool:
+    """Whether the engine reads `matte` frame for frame with `source`: a matte sequence as long as the
+    source is read at the source's frames, one as long as the edit from its first frame."""
+    if matte.count != source.count:
+        return False
+    return (matte.length == source.length and matte.start == source.start) or (matte.length == source.count and matte.start == 0)
+
+
+def with_files(mapping: dict[str, Any], source: FileRun, mattes: Sequence[FileRun]) -> dict[str, Any]:
+    """`mapping` for a path submit: the source and each region's matte named by absolute path."""
+    return {
+        **mapping,
+        "source": {**mapping["source"], "path": source.path, "start": source.start, "count": source.count},
+        "regions": [{**region, "mask": matte.path} for region, matte in zip(mapping["regions"], mattes)],
+    }

@@ -1,44 +1,69 @@
 """Operators under `bpy.ops.videograin.*`. Each works through `execute`, so scripts and headless Blender
-can drive it; long work never blocks the UI: it runs in the engine process, and a timer on the main
-thread (`tick`) takes in what arrives.
+can drive it. Long work never blocks the UI: it runs in the engine process, a timer on the main thread
+(`tick`) takes in what arrives, and whether the engine answers is watched on a background thread.
+Scripts pass `wait=True` to run the same loop until the work is over.
 """
 
 from __future__ import annotations
 
 import functools
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import bpy
+import bpy.utils.previews
 import numpy as np
 
 from . import export, jobspec, timeline
-from .engine_link import EngineError, LocalEngine, connect
+from .engine_link import ABSENT, SILENT, EngineError, EngineWatch, LocalEngine, connect, shares_disk
+from .properties import preferences, referenced_strip
 from .session import DONE, EditSession
 
 TICK_SECONDS = 0.2
-PREVIEW_IMAGE = "VideoGrain Preview"
+WAIT_SECONDS = 0.05  # between ticks when a script waits
+WATCH_TIMEOUT_S = 5.0
 
-# What cannot live in Blender properties: the edit in flight per scene, and a local engine process.
+# What cannot live in Blender properties: the edit in flight per scene, engine watches per connection
+# file, a local engine process and its last log, and the step previews.
 _sessions: dict[str, EditSession] = {}
+_watches: dict[str, EngineWatch] = {}
 _engine: dict[str, LocalEngine] = {}
+_last_log: dict[str, Path] = {}
+_previews: dict[str, bpy.utils.previews.ImagePreviewCollection] = {}
 
 
 def source_strip(scene):
+    """The chosen source strip, else the active strip; None if there is neither (or it was deleted)."""
     vg = scene.videograin
-    sed = scene.sequence_editor
-    if sed is None:
+    if scene.sequence_editor is None:
         return None
-    if vg.source_strip:
-        return export.all_strips_of(scene).get(vg.source_strip)
-    return sed.active_strip
+    if not vg.source_strip_name:
+        return scene.sequence_editor.active_strip
+    strip = referenced_strip(vg, "source_strip")
+    if strip is not None and strip.name != vg.source_strip_name:
+        vg.source_strip_name = strip.name  # renamed: the name to tell a duplicate apart, and to name it if it goes
+    return strip
 
 
 def results_folder(scene, source) -> Path:
-    """Next to the .blend (`//videograin_results`), or in the temp folder while it is unsaved."""
-    root = Path(bpy.path.abspath("//videograin_results")) if bpy.data.filepath else Path(tempfile.gettempdir()) / "videograin_results"
-    return root / f"{bpy.path.clean_name(source.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A new folder for this edit's frames: beside the .blend (`//videograin_results`), or, for a file never
+    saved, in the folder the add-on's preferences name."""
+    if bpy.data.filepath:
+        root = Path(bpy.path.abspath("//videograin_results"))
+    else:
+        prefs = preferences(bpy.context)
+        if prefs is None or not prefs.results_folder:
+            raise EngineError("bad_job", "Save the .blend first (results go beside it, in videograin_results), "
+                                         "or choose a results folder for unsaved files in the add-on's preferences.")
+        root = Path(bpy.path.abspath(prefs.results_folder))
+    name = f"{bpy.path.clean_name(source.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder, number = root / name, 1
+    while folder.exists() or folder.with_name(folder.name + "-partial").exists():
+        number += 1
+        folder = root / f"{name}-{number}"
+    return folder
 
 
 def request_of(vg) -> jobspec.EditRequest:
@@ -56,11 +81,52 @@ def _fail(operator, vg, message: str) -> set[str]:
     return {"CANCELLED"}
 
 
+# -- the engine watch -------------------------------------------------------------------------
+
+def engine_watch(connection_file: str, restart: bool = False) -> EngineWatch:
+    """The watch on `connection_file`'s engine, started on first use; watches no scene names are closed."""
+    if restart and connection_file in _watches:
+        _watches.pop(connection_file).close()
+    if connection_file not in _watches:
+        _watches[connection_file] = EngineWatch(connection_file, timeout_s=WATCH_TIMEOUT_S)
+    wanted = {scene.videograin.connection_file for scene in bpy.data.scenes} | {connection_file}
+    for name in set(_watches) - wanted:
+        _watches.pop(name).close()
+    return _watches[connection_file]
+
+
+def _close_watches() -> None:
+    for watch in _watches.values():
+        watch.close()
+    _watches.clear()
+
+
+def _ready_engine(operator, vg, wait: bool):
+    """A connected client, or None after reporting why not; without `wait`, never waits for an engine that
+    has not answered yet."""
+    watch = engine_watch(vg.connection_file)
+    if wait:
+        watch.wait(WATCH_TIMEOUT_S + 1.0)
+    if not watch.alive:
+        _fail(operator, vg, watch.message)
+        return None
+    try:
+        return connect(vg.connection_file)
+    except EngineError as exc:
+        _fail(operator, vg, exc.message)
+        return None
+
+
+# -- the edit ---------------------------------------------------------------------------------
+
 class VIDEOGRAIN_OT_edit(bpy.types.Operator):
     """Export the source strip and mattes, and start the edit on the engine"""
 
     bl_idname = "videograin.edit"
     bl_label = "Edit"
+
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                                 description="Run until the edit is done, failed or cancelled (scripts)")
 
     def execute(self, context):
         scene = context.scene
@@ -69,53 +135,110 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
             return _fail(self, vg, "An edit is already running in this scene: wait for it or cancel it.")
         source = source_strip(scene)
         if source is None:
+            if vg.source_strip_name:
+                return _fail(self, vg, f"The source strip '{vg.source_strip_name}' is gone: choose another.")
             return _fail(self, vg, "Select the strip to edit (or name it as Source).")
         request = request_of(vg)
         problems = jobspec.problems(request)
         if problems:
             return _fail(self, vg, problems[0])
         for region in vg.regions:
-            if not _matte_ready(scene, region):
+            if not _matte_ready(region):
                 return _fail(self, vg, f"Region '{region.phrase}' has no matte: choose its {region.matte_source.lower()}.")
         try:
-            client = connect(vg.connection_file)
+            folder = results_folder(scene, source)
         except EngineError as exc:
             return _fail(self, vg, exc.message)
-        vg.error, vg.status = "", "Exporting frames and mattes"
+        client = _ready_engine(self, vg, self.wait)
+        if client is None:
+            return {"CANCELLED"}
+        vg.error, vg.status, vg.result_strip = "", "Exporting frames and mattes", ""
+        _drop_preview(scene.name)
         try:
-            frames_range = export.frame_range(source)
-            # The renders are read back into memory for the submit: their folder goes at once.
-            with tempfile.TemporaryDirectory(prefix="videograin-export-") as folder:
-                work = Path(folder)
-                frames = export.render_strip(scene, source, frames_range, work / "frames")
-                mattes = [_render_matte(scene, region, frames_range, work / f"matte-{i}") for i, region in enumerate(vg.regions)]
-            session = EditSession(client, results_folder(scene, source), vg.keep_partial)
-            settings = jobspec.settings(request, scene.render.resolution_x, scene.render.resolution_y)
-            session.submit(settings, frames, mattes)
+            session = _start(scene, vg, source, request, client, folder)
         except EngineError as exc:
             client.close()
             return _fail(self, vg, exc.message)
-        session.source_name = source.name
+        except RuntimeError as exc:  # Blender could not render the frames or mattes
+            client.close()
+            return _fail(self, vg, f"Exporting the frames failed: {exc}")
+        session.source = (timeline.stamp(source), source.name)
         _sessions[scene.name] = session
         vg.running, vg.status, vg.progress, vg.phase = True, "Queued on the engine", 0.0, "queued"
-        bpy.app.timers.register(functools.partial(tick, scene.name), first_interval=TICK_SECONDS)
+        if not self.wait:
+            bpy.app.timers.register(functools.partial(tick, scene.name), first_interval=TICK_SECONDS)
+            return {"FINISHED"}
+        try:
+            while tick(scene.name) is not None:
+                time.sleep(WAIT_SECONDS)
+        except KeyboardInterrupt:  # a script stopped by hand stops its edit on the engine too
+            _sessions.pop(scene.name).abandon()
+            vg.running, vg.status = False, "Cancelled"
+            raise
+        if vg.error:
+            self.report({"ERROR"}, vg.error)
+            return {"CANCELLED"}
         return {"FINISHED"}
 
 
-def _matte_ready(scene, region) -> bool:
+def _matte_ready(region) -> bool:
     if region.matte_source == "MASK":
         return region.mask is not None
     if region.matte_source == "IMAGE":
         return region.image is not None
-    return bool(region.strip) and export.all_strips_of(scene).get(region.strip) is not None
+    return referenced_strip(region, "strip") is not None
 
 
-def _render_matte(scene, region, frames: range, folder: Path) -> list[bytes]:
+def _start(scene, vg, source, request: jobspec.EditRequest, client, folder: Path) -> EditSession:
+    """Export and submit: by path when the engine shares this disk and the source strip is plain, else
+    with rendered pixels. A path submit the engine refuses as a bad job (it may not see our disk after
+    all: a forwarded port looks local) is sent again with pixels, whose answer is the one that counts."""
+    frames = export.frame_range(source)
+    settings = jobspec.settings(request, scene.render.resolution_x, scene.render.resolution_y)
+    prefs = preferences(bpy.context)
+    local = shares_disk(client.address) and (prefs is None or prefs.media_transfer == "AUTO")
+    run = export.plain_run(scene, source, frames) if local else None
+    if run is not None:
+        scratch = Path(tempfile.mkdtemp(prefix="videograin-export-"))
+        try:
+            mattes = [_matte_run(scene, region, frames, run, scratch / f"matte-{i}") for i, region in enumerate(vg.regions)]
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        session = EditSession(client, folder, vg.keep_partial, scratch)  # removes `scratch` when the edit ends
+        try:
+            session.submit_paths(jobspec.with_files(settings, run, mattes))
+            return session
+        except EngineError as exc:
+            if exc.code != "bad_job":
+                raise
+    # The renders are read back into memory for the submit: their folder goes at once.
+    with tempfile.TemporaryDirectory(prefix="videograin-export-") as work:
+        work = Path(work)
+        pixels = [export.read_bmp(p) for p in export.render_strip(scene, source, frames, work / "frames")]
+        mattes = [[export.read_bmp(p) for p in _render_matte(scene, region, frames, work / f"matte-{i}")]
+                  for i, region in enumerate(vg.regions)]
+    session = EditSession(client, folder, vg.keep_partial)
+    session.submit(settings, pixels, mattes)
+    return session
+
+
+def _matte_run(scene, region, frames: range, source: jobspec.FileRun, folder: Path) -> jobspec.FileRun:
+    """A region's mattes as files: a plain matte strip's own, when they line up with the source's, else
+    rendered into `folder`."""
+    if region.matte_source == "STRIP":
+        run = export.plain_run(scene, referenced_strip(region, "strip"), frames)
+        if run is not None and jobspec.aligned(run, source):
+            return run
+    return export.run_of_files(_render_matte(scene, region, frames, folder))
+
+
+def _render_matte(scene, region, frames: range, folder: Path) -> list[Path]:
     if region.matte_source == "MASK":
         return export.render_mask(scene, region.mask, frames, folder)
     if region.matte_source == "IMAGE":
         return export.render_image(scene, region.image, frames, folder)
-    return export.render_strip(scene, export.all_strips_of(scene)[region.strip], frames, folder)
+    return export.render_strip(scene, referenced_strip(region, "strip"), frames, folder, grey=True)
 
 
 def tick(scene_name: str) -> float | None:
@@ -130,35 +253,59 @@ def tick(scene_name: str) -> float | None:
     vg.phase, vg.step, vg.total = session.phase, session.step, session.total
     vg.progress = 100.0 * session.progress
     vg.status = f"{session.phase} {session.step}/{session.total}" if session.total else session.phase
-    if session.preview is not None:
-        _show_preview(session.preview)
+    preview = session.take_preview()
+    if preview is not None:
+        _show_preview(scene_name, preview)
     if still_running:
         return TICK_SECONDS
     del _sessions[scene_name]
     session.close()
     vg.running = False
+    if not vg.keep_preview:
+        _drop_preview(scene_name)
     if session.state == DONE:
-        source = export.all_strips_of(scene).get(session.source_name)
-        strip = timeline.insert_result_strip(scene, source, session.frame_paths(), f"{session.source_name} edit")
-        vg.status, vg.progress = f"Done: '{strip.name}' on channel {strip.channel}, {session.message}", 100.0
-        if session.summary.get("random_weights"):
-            vg.status += " (random-weight model: not an edit)"
+        _finish(scene, session)
     else:
         vg.status, vg.error = session.state.capitalize(), ("" if session.state == "cancelled" else session.message)
     return None
 
 
-def _show_preview(rgb: np.ndarray) -> None:
+def _finish(scene, session: EditSession) -> None:
+    vg = scene.videograin
+    key, name = session.source
+    source = timeline.find_strip(scene, key, name)
+    if source is None:
+        vg.status = f"Done, but the source strip is gone: the frames are in {session.result_folder}"
+        return
+    strip = timeline.insert_result_strip(scene, source, session.frame_paths(), f"{source.name} edit")
+    vg.result_strip = strip.name
+    vg.status, vg.progress = f"Done: '{strip.name}' on channel {strip.channel}, {session.message}", 100.0
+    if session.summary.get("random_weights"):
+        vg.status += " (random-weight model: not an edit)"
+
+
+# -- step previews ----------------------------------------------------------------------------
+
+def preview_of(scene_name: str):
+    """The scene's latest step preview (`bpy.types.ImagePreview`), or None."""
+    previews = _previews.get("steps")
+    return previews.get(scene_name) if previews is not None else None
+
+
+def _show_preview(scene_name: str, rgb: np.ndarray) -> None:
+    previews = _previews["steps"]
+    preview = previews.get(scene_name) or previews.new(scene_name)
     height, width = rgb.shape[:2]
-    image = bpy.data.images.get(PREVIEW_IMAGE)
-    if image is None or tuple(image.size) != (width, height):
-        if image is not None:
-            bpy.data.images.remove(image)
-        image = bpy.data.images.new(PREVIEW_IMAGE, width, height)
     rgba = np.ones((height, width, 4), np.float32)
-    rgba[..., :3] = rgb[::-1, :, :3] / 255.0  # Blender stores rows bottom-up
-    image.pixels.foreach_set(rgba.ravel())
-    image.update()
+    rgba[..., :3] = rgb[::-1, :, :3] / 255.0  # previews store rows bottom-up
+    preview.image_size = (width, height)
+    preview.image_pixels_float.foreach_set(rgba.ravel())
+
+
+def _drop_preview(scene_name: str) -> None:
+    previews = _previews.get("steps")
+    if previews is not None and scene_name in previews:
+        del previews[scene_name]
 
 
 class VIDEOGRAIN_OT_cancel(bpy.types.Operator):
@@ -177,28 +324,51 @@ class VIDEOGRAIN_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+# -- the local engine -------------------------------------------------------------------------
+
+def data_folder() -> Path:
+    """The add-on's own folder for engine logs and connection files: the extension's user folder when it
+    runs as an extension, else `<Blender user folder>/datafiles/videograin`."""
+    try:
+        return Path(bpy.utils.extension_path_user(__package__, create=True))
+    except ValueError:  # not an extension: registered from the videograin package itself
+        return Path(bpy.utils.user_resource("DATAFILES", path="videograin", create=True))
+
+
+def engine_log() -> Path | None:
+    """The local engine's log, also after it stopped."""
+    return _last_log.get("local")
+
+
 class VIDEOGRAIN_OT_start_engine(bpy.types.Operator):
     """Start a local engine with the configured Python and arguments"""
 
     bl_idname = "videograin.start_engine"
     bl_label = "Start Engine"
 
-    wait: bpy.props.BoolProperty(name="Wait", default=False, description="Block until the engine listens (scripts)")
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                                 description="Block until the engine answers (scripts)")
 
     def execute(self, context):
         vg = context.scene.videograin
         stop_engine()
         try:
-            engine = LocalEngine(vg.engine_python, vg.engine_args)
+            engine = LocalEngine(vg.engine_python, vg.engine_args, data_folder())
             if self.wait:
                 engine.wait_ready()
         except EngineError as exc:
             return _fail(self, vg, exc.message)
-        _engine["local"] = engine
+        _engine["local"], _last_log["local"] = engine, engine.log_path
         vg.connection_file, vg.error = str(engine.connection_file), ""
-        vg.status = "Engine ready" if self.wait else "Engine starting"
         if not self.wait:
+            vg.status = "Engine starting"
             bpy.app.timers.register(functools.partial(_engine_tick, context.scene.name), first_interval=0.5)
+            return {"FINISHED"}
+        watch = engine_watch(vg.connection_file)
+        watch.wait(WATCH_TIMEOUT_S + 1.0)
+        if not watch.alive:
+            return _fail(self, vg, watch.message)
+        vg.status = "Engine ready"
         return {"FINISHED"}
 
 
@@ -210,6 +380,7 @@ def _engine_tick(scene_name: str) -> float | None:
         if not engine.ready():
             return 0.5
         scene.videograin.status = "Engine ready"
+        engine_watch(str(engine.connection_file), restart=True)  # check it now, not at the next retry
     except EngineError as exc:
         scene.videograin.error = exc.message
     return None
@@ -234,23 +405,27 @@ class VIDEOGRAIN_OT_stop_engine(bpy.types.Operator):
 
 
 class VIDEOGRAIN_OT_check_engine(bpy.types.Operator):
-    """Ask the engine who it is"""
+    """Ask the engine again whether it answers, and who it is"""
 
     bl_idname = "videograin.check_engine"
     bl_label = "Check Engine"
 
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                                 description="Block until the engine answers or is found silent (scripts)")
+
     def execute(self, context):
         vg = context.scene.videograin
-        try:
-            client = connect(vg.connection_file)
-        except EngineError as exc:
-            return _fail(self, vg, exc.message)
-        caps = client.capabilities
-        client.close()
-        vg.error, vg.status = "", f"Engine {caps['version']} on {caps['device']}, model {caps['models'][0]}"
+        watch = engine_watch(vg.connection_file, restart=True)
+        if self.wait:
+            watch.wait(WATCH_TIMEOUT_S + 1.0)
+        if watch.state in (SILENT, ABSENT):
+            return _fail(self, vg, watch.message)
+        vg.error, vg.status = "", watch.message
         self.report({"INFO"}, vg.status)
         return {"FINISHED"}
 
+
+# -- regions ----------------------------------------------------------------------------------
 
 class VIDEOGRAIN_OT_region_add(bpy.types.Operator):
     """Add a region: a phrase of the prompt and its matte"""
@@ -326,18 +501,33 @@ def _abandon_edits(*_args) -> None:
     for session in _sessions.values():
         session.abandon()
     _sessions.clear()
+    _close_watches()
+    if "steps" in _previews:
+        _previews["steps"].clear()
 
 
 @bpy.app.handlers.persistent
-def _clear_interrupted_edits(*_args) -> None:
-    """A file saved mid-edit opens with no edit behind it: say so, and let Edit run again."""
+def _file_opened(*_args) -> None:
+    """A file saved mid-edit opens with no edit behind it: say so, and let Edit run again. Its engines
+    are checked from now on."""
     for scene in bpy.data.scenes:
         vg = scene.videograin
         if vg.running:
             vg.running, vg.status = False, "The last edit was interrupted when its file closed"
+        if vg.connection_file:
+            engine_watch(vg.connection_file)
 
 
-HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits), (bpy.app.handlers.load_post, _clear_interrupted_edits))
+def _redraw_panels() -> float:
+    """Keep the engine's state in the sidebar current while nothing else redraws it."""
+    for window in getattr(bpy.context.window_manager, "windows", ()):
+        for area in window.screen.areas:
+            if area.type == "SEQUENCE_EDITOR":
+                area.tag_redraw()
+    return 1.0
+
+
+HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits), (bpy.app.handlers.load_post, _file_opened))
 
 
 def register() -> None:
@@ -345,13 +535,18 @@ def register() -> None:
         bpy.utils.register_class(cls)
     for handlers, handler in HANDLERS:
         handlers.append(handler)
+    _previews["steps"] = bpy.utils.previews.new()
+    bpy.app.timers.register(_redraw_panels, first_interval=1.0, persistent=True)
 
 
 def unregister() -> None:
+    if bpy.app.timers.is_registered(_redraw_panels):
+        bpy.app.timers.unregister(_redraw_panels)
     for handlers, handler in HANDLERS:
         if handler in handlers:
             handlers.remove(handler)
     _abandon_edits()
     stop_engine()
+    bpy.utils.previews.remove(_previews.pop("steps"))
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

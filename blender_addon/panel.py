@@ -1,12 +1,58 @@
-"""The "VideoGrain" tab of the sequencer's sidebar."""
+"""The "VideoGrain" tab of the sequencer's sidebar: one small panel per concern (the engine, the edit and
+its run, the settings), so a new tool is a new panel rather than a longer draw()."""
 
 from __future__ import annotations
 
 import textwrap
+import time
 
 import bpy
 
-from .operators import PREVIEW_IMAGE
+from . import operators
+from .engine_link import ABSENT, ALIVE, CONNECTING, SILENT
+
+STATE_ICONS = {ALIVE: "CHECKMARK", CONNECTING: "TIME", SILENT: "ERROR", ABSENT: "UNLINKED"}
+LABEL_CHARS = 48  # labels do not wrap by themselves
+
+
+def wrapped(layout, text: str, icon: str = "NONE") -> None:
+    for index, line in enumerate(textwrap.wrap(text, LABEL_CHARS)):
+        layout.label(text=line, icon=icon if index == 0 else "BLANK1")
+
+
+class VideograinPanel:
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "VideoGrain"
+
+
+class VIDEOGRAIN_PT_engine(VideograinPanel, bpy.types.Panel):
+    bl_label = "Engine"
+    bl_order = 0
+
+    def draw(self, context):
+        layout = self.layout
+        vg = context.scene.videograin
+        layout.prop(vg, "connection_file")
+        row = layout.row(align=True)
+        row.operator("videograin.start_engine")
+        row.operator("videograin.stop_engine", text="", icon="X")
+        row.operator("videograin.check_engine", text="", icon="FILE_REFRESH")
+        layout.prop(vg, "engine_python")
+        layout.prop(vg, "engine_args")
+
+        if vg.connection_file:
+            watch = operators.engine_watch(vg.connection_file)
+            box = layout.box()
+            wrapped(box, watch.message, STATE_ICONS[watch.state])
+            if watch.alive and watch.last_heard is not None:
+                heard = f"heard {time.monotonic() - watch.last_heard:.0f} s ago"
+                box.label(text=f"{heard}, ping {watch.ping_s * 1000:.0f} ms" if watch.ping_s else heard, icon="BLANK1")
+        log = operators.engine_log()
+        if log is not None:
+            row = layout.row(align=True)
+            row.label(text=f"Log: {log.name}", icon="TEXT")
+            row.operator("wm.path_open", text="", icon="FILE_FOLDER").filepath = str(log.parent)
 
 
 class VIDEOGRAIN_UL_regions(bpy.types.UIList):
@@ -17,78 +63,78 @@ class VIDEOGRAIN_UL_regions(bpy.types.UIList):
         row.label(text=item.matte_source.title())
 
 
-class VIDEOGRAIN_PT_panel(bpy.types.Panel):
-    bl_space_type = "SEQUENCE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "VideoGrain"
-    bl_label = "VideoGrain"
+def draw_regions(context, layout, vg) -> None:
+    layout.label(text="Regions")
+    row = layout.row()
+    row.template_list("VIDEOGRAIN_UL_regions", "", vg, "regions", vg, "active_region", rows=3)
+    column = row.column(align=True)
+    column.operator("videograin.region_add", text="", icon="ADD")
+    column.operator("videograin.region_remove", text="", icon="REMOVE")
+    if not 0 <= vg.active_region < len(vg.regions):
+        return
+    region = vg.regions[vg.active_region]
+    layout.prop(region, "matte_source", expand=True)
+    if region.matte_source == "MASK":
+        row = layout.row(align=True)
+        row.prop(region, "mask", text="")
+        row.operator("videograin.mask_new", text="", icon="ADD")
+    elif region.matte_source == "STRIP" and context.scene.sequence_editor:
+        layout.prop_search(region, "strip", context.scene.sequence_editor, _strips_name(context), text="")
+    elif region.matte_source == "IMAGE":
+        layout.template_ID(region, "image", open="image.open")
+
+
+def draw_run(context, layout, vg) -> None:
+    row = layout.row(align=True)
+    row.scale_y = 1.4
+    row.enabled = not vg.running
+    row.operator("videograin.edit", icon="SHADERFX")
+    if vg.running:
+        layout.progress(factor=vg.progress / 100.0, text=f"{vg.phase} {vg.step}/{vg.total}")
+        layout.operator("videograin.cancel", icon="CANCEL")
+    preview = operators.preview_of(context.scene.name)
+    if preview is not None:
+        layout.template_icon(icon_value=preview.icon_id, scale=8.0)
+    if vg.status:
+        wrapped(layout, vg.status, "INFO")
+    if vg.error:
+        wrapped(layout, vg.error, "ERROR")
+
+
+class VIDEOGRAIN_PT_edit(VideograinPanel, bpy.types.Panel):
+    bl_label = "Edit"
+    bl_order = 1
 
     def draw(self, context):
         layout = self.layout
-        vg = context.scene.videograin
-
-        box = layout.box()
-        box.label(text="Engine", icon="PLUGIN")
-        box.prop(vg, "connection_file")
-        row = box.row(align=True)
-        row.operator("videograin.start_engine")
-        row.operator("videograin.stop_engine", text="", icon="X")
-        row.operator("videograin.check_engine", text="", icon="FILE_REFRESH")
-        box.prop(vg, "engine_python")
-        box.prop(vg, "engine_args")
-
-        if context.scene.sequence_editor:
-            layout.prop_search(vg, "source_strip", context.scene.sequence_editor, _strips_name(context), text="Source")
+        scene = context.scene
+        vg = scene.videograin
+        if scene.sequence_editor:
+            layout.prop_search(vg, "source_strip", scene.sequence_editor, _strips_name(context), text="Source")
         layout.prop(vg, "prompt")
         layout.prop(vg, "source_prompt")
         layout.prop(vg, "background_phrase")
+        draw_regions(context, layout, vg)
+        draw_run(context, layout, vg)
 
-        layout.label(text="Regions")
-        row = layout.row()
-        row.template_list("VIDEOGRAIN_UL_regions", "", vg, "regions", vg, "active_region", rows=3)
-        column = row.column(align=True)
-        column.operator("videograin.region_add", text="", icon="ADD")
-        column.operator("videograin.region_remove", text="", icon="REMOVE")
-        if 0 <= vg.active_region < len(vg.regions):
-            region = vg.regions[vg.active_region]
-            layout.prop(region, "matte_source", expand=True)
-            if region.matte_source == "MASK":
-                row = layout.row(align=True)
-                row.prop(region, "mask", text="")
-                row.operator("videograin.mask_new", text="", icon="ADD")
-            elif region.matte_source == "STRIP" and context.scene.sequence_editor:
-                layout.prop_search(region, "strip", context.scene.sequence_editor, _strips_name(context), text="")
-            else:
-                layout.template_ID(region, "image", open="image.open")
 
-        settings = layout.column(heading="Settings")
+class VIDEOGRAIN_PT_settings(VideograinPanel, bpy.types.Panel):
+    bl_label = "Settings"
+    bl_parent_id = "VIDEOGRAIN_PT_edit"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        vg = context.scene.videograin
         for name in ("steps", "guidance", "seed", "cross_strength", "self_strength", "control_type", "control_scale",
-                     "working_size", "model", "keep_partial"):
-            settings.prop(vg, name)
-
-        row = layout.row(align=True)
-        row.scale_y = 1.4
-        row.enabled = not vg.running
-        row.operator("videograin.edit", icon="SHADERFX")
-        if vg.running:
-            layout.progress(factor=vg.progress / 100.0, text=f"{vg.phase} {vg.step}/{vg.total}")
-            layout.operator("videograin.cancel", icon="CANCEL")
-            preview = bpy.data.images.get(PREVIEW_IMAGE)
-            if preview is not None:
-                preview.preview_ensure()
-                layout.template_icon(icon_value=preview.preview.icon_id, scale=8.0)
-        if vg.status:
-            layout.label(text=vg.status, icon="INFO")
-        if vg.error:
-            for line in textwrap.wrap(vg.error, 48):  # labels do not wrap by themselves
-                layout.label(text=line, icon="ERROR")
+                     "working_size", "model", "keep_partial", "keep_preview"):
+            self.layout.prop(vg, name)
 
 
 def _strips_name(context) -> str:
     return "strips_all" if hasattr(context.scene.sequence_editor, "strips_all") else "sequences_all"
 
 
-classes = (VIDEOGRAIN_UL_regions, VIDEOGRAIN_PT_panel)
+classes = (VIDEOGRAIN_UL_regions, VIDEOGRAIN_PT_engine, VIDEOGRAIN_PT_edit, VIDEOGRAIN_PT_settings)
 
 
 def register() -> None:

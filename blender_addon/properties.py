@@ -1,4 +1,5 @@
-"""Scene settings under `scene.videograin`: what the panel shows and the operators read."""
+"""Scene settings under `scene.videograin` and the add-on's preferences: what the panel shows and the
+operators read."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from bpy.props import (
     StringProperty,
 )
 
+from . import timeline
+
 MATTE_SOURCES = [
     ("MASK", "Mask", "A mask datablock, painted in the mask editor"),
     ("STRIP", "Strip", "An image-sequence or movie strip of mattes (white = region)"),
@@ -27,15 +30,50 @@ CONTROL_TYPES = [
     ("pose", "Pose", "A pose estimator's skeletons (engine needs its weights)"),
     ("none", "None", "No ControlNet"),
 ]
+MEDIA_TRANSFERS = [
+    ("AUTO", "Files When Local", ("An engine on this machine reads plain image sequences and movies from disk; "
+                                  "anything else is rendered and sent")),
+    ("INLINE", "Always Send Pixels", "Render every frame and send the pixels, for an engine behind a port forward"),
+]
+
+
+def strip_reference(name: str, description: str, key: str):
+    """A strip chosen by name that stays chosen when the strip is renamed: the name shown is read from the
+    strip stamped with the stored key (`timeline.stamp`). Stores `<key>_key` and `<key>_name` beside it."""
+
+    def get(self) -> str:
+        strip = timeline.find_strip(self.id_data, getattr(self, f"{key}_key"), getattr(self, f"{key}_name"))
+        return strip.name if strip is not None else getattr(self, f"{key}_name")
+
+    def set(self, value: str) -> None:
+        sed = self.id_data.sequence_editor
+        strip = timeline.all_strips_of(self.id_data).get(value) if value and sed is not None else None
+        setattr(self, f"{key}_key", timeline.stamp(strip) if strip is not None else "")
+        setattr(self, f"{key}_name", value)
+
+    return StringProperty(name=name, description=description, get=get, set=set)
+
+
+def referenced_strip(owner, key: str):
+    """The strip a `strip_reference` names, or None (unset, or the strip is gone)."""
+    return timeline.find_strip(owner.id_data, getattr(owner, f"{key}_key"), getattr(owner, f"{key}_name"))
 
 
 class VIDEOGRAIN_PG_region(bpy.types.PropertyGroup):
     phrase: StringProperty(name="Phrase", description="Words of the prompt that describe this region")
     matte_source: EnumProperty(name="Matte", items=MATTE_SOURCES, default="MASK")
     mask: PointerProperty(name="Mask", type=bpy.types.Mask)
-    strip: StringProperty(name="Matte Strip", description="Name of the strip holding this region's mattes")
+    strip: strip_reference("Matte Strip", "The strip holding this region's mattes", "strip")
+    strip_key: StringProperty(options={"HIDDEN"})
+    strip_name: StringProperty(options={"HIDDEN"})
     image: PointerProperty(name="Image", type=bpy.types.Image)
     color: FloatVectorProperty(name="Colour", subtype="COLOR", size=3, min=0.0, max=1.0, default=(1.0, 0.3, 0.2))
+
+
+def _watch_engine(self, context) -> None:
+    from . import operators  # operators imports this module
+
+    operators.engine_watch(self.connection_file, restart=True)
 
 
 class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
@@ -44,8 +82,11 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
         description="Python with videograin installed, used to start a local engine",
     )
     engine_args: StringProperty(name="Engine Arguments", default="", description="Extra `videograin serve` arguments, e.g. --model PATH")
-    connection_file: StringProperty(name="Connection File", subtype="FILE_PATH", description="An engine's connection file")
-    source_strip: StringProperty(name="Source", description="Strip to edit (empty: the active strip)")
+    connection_file: StringProperty(name="Connection File", subtype="FILE_PATH", description="An engine's connection file",
+                                    update=_watch_engine)
+    source_strip: strip_reference("Source", "Strip to edit (empty: the active strip)", "source_strip")
+    source_strip_key: StringProperty(options={"HIDDEN"})
+    source_strip_name: StringProperty(options={"HIDDEN"})
     prompt: StringProperty(name="Prompt", description="Target prompt naming every region")
     source_prompt: StringProperty(name="Source Prompt", description="What the clip shows now (for inversion)")
     background_phrase: StringProperty(name="Background", description="Phrase for pixels in no region (optional)")
@@ -61,6 +102,7 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     working_size: IntProperty(name="Working Size", default=512, min=64, max=2048, step=64, description="Longest side while editing")
     model: StringProperty(name="Model", description="Model for this edit (empty: the engine's)")
     keep_partial: BoolProperty(name="Keep Partial Results", default=False)
+    keep_preview: BoolProperty(name="Keep Preview", default=False, description="Keep the last step preview in the panel after the edit")
     # Live state, written by the timer that drives an edit.
     status: StringProperty(name="Status", default="")
     error: StringProperty(name="Error", default="")
@@ -69,9 +111,31 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     step: IntProperty(name="Step", default=0)
     total: IntProperty(name="Total", default=0)
     progress: FloatProperty(name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, default=0.0)
+    result_strip: StringProperty(name="Result Strip", default="", description="Name of the strip the last edit added")
 
 
-classes = (VIDEOGRAIN_PG_region, VIDEOGRAIN_PG_settings)
+class VIDEOGRAIN_AP_preferences(bpy.types.AddonPreferences):
+    # The add-on's module: `bl_ext.<repository>.videograin` when installed, `videograin.blender_addon` in place.
+    bl_idname = __package__
+
+    results_folder: StringProperty(
+        name="Results for Unsaved Files", subtype="DIR_PATH",
+        description="Where edits of a .blend that was never saved go (a saved file keeps them beside it)",
+    )
+    media_transfer: EnumProperty(name="Media", items=MEDIA_TRANSFERS, default="AUTO")
+
+    def draw(self, context):
+        self.layout.prop(self, "results_folder")
+        self.layout.prop(self, "media_transfer")
+
+
+def preferences(context) -> VIDEOGRAIN_AP_preferences | None:
+    """The add-on's preferences; None when it was registered by hand rather than enabled."""
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon is not None else None
+
+
+classes = (VIDEOGRAIN_PG_region, VIDEOGRAIN_PG_settings, VIDEOGRAIN_AP_preferences)
 
 
 def register() -> None:

@@ -2,7 +2,8 @@
 
 Frames arrive as PNG files' bytes and go into a staging folder next to the result folder; only a
 finished edit is renamed into place, so a cancelled or failed edit leaves no half result behind
-(unless the user asked to keep partial results, which then go to `<result>-partial`).
+(unless the user asked to keep partial results, which then go to `<result>-partial`), nor a results
+folder it had to create. Media exported for a path submit (`scratch`) live until the edit ends.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ ACTIVE, DONE, FAILED, CANCELLED = "active", "done", "failed", "cancelled"
 
 
 class EditSession:
-    def __init__(self, client: EngineClient, result_folder: Path, keep_partial: bool = False) -> None:
+    def __init__(self, client: EngineClient, result_folder: Path, keep_partial: bool = False,
+                 scratch: Path | None = None) -> None:
         if result_folder.exists():
             raise EngineError("bad_job", f"'{result_folder}' already exists: results never overwrite files")
         self.client = client
         self.result_folder = result_folder
         self.keep_partial = keep_partial
+        self.scratch = scratch
+        # The folders this edit creates, deepest first: a failed edit removes those it leaves empty.
+        self._created = [p for p in (result_folder.parent, *result_folder.parent.parents) if not p.exists()]
         result_folder.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(dir=result_folder.parent, prefix=f".{result_folder.name}.partial-"))
         self.job = ""
@@ -34,15 +39,35 @@ class EditSession:
         self.frames_received = 0
         self.message = ""
         self.preview: np.ndarray | None = None
+        self._preview_is_new = False
         self.summary: dict[str, Any] = {}
 
-    def submit(self, settings: dict[str, Any], frames: Sequence[bytes], mattes: Sequence[Sequence[bytes]]) -> str:
+    def submit(self, settings: dict[str, Any], frames: Sequence[np.ndarray], mattes: Sequence[Sequence[np.ndarray]]) -> str:
+        """Submit with the pixels inline: RGB frames and grey mattes as arrays."""
+        return self._submitted(lambda: self.client.submit(settings, frames, mattes, result_encoding="png"))
+
+    def submit_paths(self, settings: dict[str, Any]) -> str:
+        """Submit a job whose media the engine reads from the disk we share (paths in `settings`).
+
+        Through `request`: the client's `submit_paths` has no `result_encoding`, and results must come
+        back as PNG files."""
+        header = {"type": "submit", "settings": settings, "inline": False, "result_encoding": "png"}
+        return self._submitted(lambda: self.client.request(header).header["job"])
+
+    def _submitted(self, submit) -> str:
         try:
-            self.job = self.client.submit(settings, frames, mattes, result_encoding="png")
+            self.job = submit()
         except EngineError as exc:
             self._end(FAILED, exc.message)
             raise
         return self.job
+
+    def take_preview(self) -> np.ndarray | None:
+        """The preview that arrived since the last call, if any."""
+        if not self._preview_is_new:
+            return None
+        self._preview_is_new = False
+        return self.preview
 
     @property
     def progress(self) -> float:
@@ -71,7 +96,7 @@ class EditSession:
             if message.type == "progress":
                 self.phase, self.step, self.total = h["phase"], h["step"], h["total"]
                 if "preview" in h:
-                    self.preview = frame_image(message, "preview")
+                    self.preview, self._preview_is_new = frame_image(message, "preview"), True
             elif message.type == "frame":
                 (self.staging / f"{h['index']:05d}.png").write_bytes(message.parts[h["image"]["part"]])
                 self.frames_received += 1
@@ -100,11 +125,18 @@ class EditSession:
 
     def _end(self, state: str, message: str) -> None:
         self.state, self.message = state, message
-        if state != DONE and self.staging.exists():
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        if state == DONE:
+            return
+        if self.staging.exists():
             if self.keep_partial and any(self.staging.iterdir()):
                 self.staging.rename(self.result_folder.with_name(self.result_folder.name + "-partial"))
             else:
                 shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in self._created:
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def close(self) -> None:
         self.client.close()

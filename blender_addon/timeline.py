@@ -1,27 +1,70 @@
-"""Putting an edit's frames back into the sequencer as a new image strip; nothing else is touched."""
+"""The sequencer's strips: reaching them on every Blender version, keeping a reference to one that
+survives renaming, and putting an edit's frames back as a new image strip.
+
+Strips are not ID datablocks, so a PointerProperty cannot hold one, and `as_pointer()` changes when the
+file is reloaded. A strip's custom properties are saved with it and stay through renames, moves and
+meta-strip grouping (checked in Blender 4.5 and 5.0), so a reference is a key stamped on the strip
+(`strip["videograin_key"]`) plus the name it had, which settles the tie when a duplicate carries the
+same key.
+"""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
-from .export import all_strips_of, strips_of
+import bpy
 
 MAX_CHANNEL = 128
+KEY = "videograin_key"
+
+
+def strips_of(scene: bpy.types.Scene):
+    """The sequencer's top-level strips on Blender 4.2 (`sequences`) and 4.4+ (`strips`)."""
+    sed = scene.sequence_editor
+    return sed.strips if hasattr(sed, "strips") else sed.sequences
+
+
+def all_strips_of(scene: bpy.types.Scene):
+    """Every strip, inside meta strips too, by name."""
+    sed = scene.sequence_editor
+    return sed.strips_all if hasattr(sed, "strips_all") else sed.sequences_all
+
+
+def stamp(strip) -> str:
+    """The strip's key, stamped on it the first time it is referenced."""
+    if not strip.get(KEY):
+        strip[KEY] = uuid.uuid4().hex
+    return strip[KEY]
+
+
+def find_strip(scene: bpy.types.Scene, key: str, name: str):
+    """The strip stamped with `key` (the one still called `name` when a duplicate shares the key), or None."""
+    if not key or scene.sequence_editor is None:
+        return None
+    stamped = [s for s in all_strips_of(scene) if s.get(KEY) == key]
+    return next((s for s in stamped if s.name == name), stamped[0] if stamped else None)
 
 
 def free_channel_above(scene, strip, start: int, end: int) -> int:
     """The lowest channel above `strip` with nothing between frames `start` and `end`."""
     for channel in range(strip.channel + 1, MAX_CHANNEL + 1):
-        if not any(s.channel == channel and s.frame_final_start < end and s.frame_final_end > start for s in all_strips_of(scene)):
+        if not any(s.channel == channel and s.frame_final_start < end and s.frame_final_end > start
+                   for s in all_strips_of(scene)):
             return channel
     raise RuntimeError("no free channel above the source strip")
 
 
 def insert_result_strip(scene, source, frames: list[Path], name: str):
-    """An image strip of `frames` on a free channel above `source`, starting where it starts."""
+    """An image strip of `frames` on a free channel above `source`, starting where it starts.
+
+    In a saved file the strip points at its frames relatively (`//videograin_results/...`), so a project
+    folder moved or copied elsewhere keeps working results.
+    """
     start = source.frame_final_start
     channel = free_channel_above(scene, source, start, start + len(frames))
-    strip = strips_of(scene).new_image(name=name, filepath=str(frames[0]), channel=channel, frame_start=start)
+    first = bpy.path.relpath(str(frames[0])) if bpy.data.filepath else str(frames[0])
+    strip = strips_of(scene).new_image(name=name, filepath=first, channel=channel, frame_start=start)
     for path in frames[1:]:
         strip.elements.append(path.name)
     return strip

@@ -11,6 +11,8 @@
 - `--timeline`: the OpenTimelineIO round trip's own cost over 20 shots.
 - `--stream`: 1080p frames through protocol v1 (sign, send, receive, verify, view) over loopback, with
   part MACs, with whole-message HMAC and unsigned, next to a plain memory copy of the same frame.
+- `--blender`: the Blender add-on's export and import frames/s at 720p and 1080p, measured in Blender
+  as a Python module (bpy) in a subprocess, so that bpy and torch never share a process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -339,6 +343,18 @@ def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+def bench_blender(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `videograin.blender_addon.throughput` with a Python that has bpy (this one by default)."""
+    with tempfile.TemporaryDirectory(prefix="videograin-bench-") as folder:
+        report = Path(folder) / "blender.json"
+        command = [args.blender_python, "-m", "videograin.blender_addon.throughput",
+                   "--frames", str(args.blender_frames), "--json", str(report)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the Blender bench failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+        return json.loads(report.read_text())
+
+
 def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
         if isinstance(value, dict):
@@ -351,7 +367,8 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    modes = {"timeline": bench_timeline, "stream": bench_stream, "features": bench_features, "reedit": bench_reedit}
+    modes = {"timeline": bench_timeline, "stream": bench_stream, "features": bench_features, "reedit": bench_reedit,
+             "blender": bench_blender}
     report = next((run for name, run in modes.items() if getattr(args, name)), bench_edit)(args)
     _print(report)
     if args.json:
@@ -373,5 +390,9 @@ def add_parser(sub) -> None:
     bench.add_argument("--features", action="store_true",
                        help="cost of the reference's features (flow, trajectories, injection, blending)")
     bench.add_argument("--reedit", action="store_true", help="an edit, then another prompt served by the inversion cache")
+    bench.add_argument("--blender", action="store_true", help="benchmark the Blender add-on's export and import instead")
+    bench.add_argument("--blender-frames", type=int, default=48)
+    bench.add_argument("--blender-python", default=sys.executable, metavar="PYTHON",
+                       help="a Python with bpy (e.g. .venv-blender45/bin/python for Blender 4.5)")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)

@@ -1,17 +1,30 @@
-"""The add-on's plain modules (no bpy): job building and the edit session against a real engine."""
+"""The add-on's plain modules (no bpy): job building, the engine link and the edit session against a
+real engine."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pytest
 
 from videograin.blender_addon import jobspec
-from videograin.blender_addon.engine_link import EngineError, connect
+from videograin.blender_addon.engine_link import (
+    ABSENT,
+    ALIVE,
+    CONNECTING,
+    KEEP_LOGS,
+    SILENT,
+    EngineError,
+    EngineWatch,
+    LocalEngine,
+    connect,
+    shares_disk,
+)
 from videograin.blender_addon.session import CANCELLED, DONE, FAILED, EditSession
 from videograin.engine.demo import synthetic_clip
-from videograin.engine.inputs.media import encode_png
+from videograin.engine.inputs.media import encode_png, list_frames, write_png
 from videograin.protocol.wire import Message
 
 
@@ -30,6 +43,45 @@ def test_settings_keep_the_aspect_at_the_working_size():
     assert jobspec.working_size(100, 30, 64) == (64, 64)
 
 
+def test_folder_listing_is_the_engines(tmp_path):
+    names = ["frame10.png", "frame2.png", "frame1.PNG", "a.jpg", "B.png", "b1c10.tif", "b1c9.tif", "notes.txt",
+             "x.exr", "12.webp", "3.bmp", ".hidden", "clip.mp4", "v2-frame001.jpeg"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert jobspec.folder_frames(str(tmp_path)) == [p.name for p in list_frames(tmp_path)]
+
+
+def test_image_run_is_a_consecutive_run_of_the_folder(tmp_path):
+    for i in range(6):
+        (tmp_path / f"f{i}.png").write_bytes(b"")
+    (tmp_path / "f10.png").write_bytes(b"")  # natural order: after f5, not after f1
+    assert jobspec.image_run(str(tmp_path), ["f2.png", "f3.png", "f4.png"]) == jobspec.FileRun(str(tmp_path), 2, 3, 7)
+    assert jobspec.image_run(str(tmp_path), ["f5.png", "f10.png"]) == jobspec.FileRun(str(tmp_path), 5, 2, 7)
+    assert jobspec.image_run(str(tmp_path), ["f1.png", "f3.png"]) is None  # a gap the engine would fill
+    assert jobspec.image_run(str(tmp_path), ["f3.png", "f2.png"]) is None
+    assert jobspec.image_run(str(tmp_path / "gone"), ["f1.png"]) is None
+
+
+def test_mattes_align_frame_for_frame():
+    source = jobspec.FileRun("/clip", 4, 3, 10)
+    assert jobspec.aligned(jobspec.FileRun("/mattes", 4, 3, 10), source)  # as long as the source
+    assert jobspec.aligned(jobspec.FileRun("/mattes", 0, 3, 3), source)  # one per edited frame
+    assert not jobspec.aligned(jobspec.FileRun("/mattes", 0, 3, 10), source)
+    assert not jobspec.aligned(jobspec.FileRun("/mattes", 1, 3, 4), source)
+    request = jobspec.EditRequest(prompt="a cat and a dog", source_prompt="", phrases=["cat", "dog"])
+    mapping = jobspec.with_files(jobspec.settings(request, 64, 48), source,
+                                 [jobspec.FileRun("/m1", 4, 3, 10), jobspec.FileRun("/m2", 0, 3, 3)])
+    assert mapping["source"] == {"width": 512, "height": 384, "path": "/clip", "start": 4, "count": 3}
+    assert mapping["regions"] == [{"phrase": "cat", "mask": "/m1"}, {"phrase": "dog", "mask": "/m2"}]
+
+
+@pytest.mark.parametrize("address, local", [
+    ("ipc:///tmp/videograin.sock", True), ("tcp://127.0.0.1:5571", True), ("tcp://127.8.0.1:5571", True),
+    ("tcp://localhost:5571", True), ("tcp://[::1]:5571", True), ("tcp://10.0.0.7:5571", False),
+    ("tcp://gpu-box:5571", False), ("tcp://*:5571", False), ("inproc://x", False),
+])
+def test_an_engine_shares_the_disk_on_loopback_or_ipc(address, local):
+    assert shares_disk(address) is local
 
 
 def _job(steps: int):
@@ -58,6 +110,40 @@ def test_session_writes_png_frames_then_renames_into_place(tiny_engine, tmp_path
     session.close()
     with pytest.raises(EngineError, match="already exists"):
         EditSession(connect(tiny_engine), tmp_path / "result")
+
+
+def test_session_on_files_the_engine_reads(tiny_engine, tmp_path):
+    clip, mattes = synthetic_clip(5, 64, 64)
+    for i, frame in enumerate(clip):
+        write_png(tmp_path / "clip" / f"{i:03d}.png", frame)
+    for k, stack in enumerate(mattes):
+        for i, matte in enumerate(stack[1:4]):  # one per edited frame
+            write_png(tmp_path / f"matte-{k}" / f"{i}.png", matte.astype(np.uint8) * 255)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    settings, _, _ = _job(steps=2)
+    run = jobspec.FileRun(str(tmp_path / "clip"), 1, 3, 5)
+    mapping = jobspec.with_files(settings, run, [jobspec.FileRun(str(tmp_path / f"matte-{k}"), 0, 3, 3) for k in range(2)])
+    session = EditSession(connect(tiny_engine), tmp_path / "results" / "result", scratch=scratch)
+    session.submit_paths(mapping)
+    _drive(session)
+    assert session.state == DONE, session.message
+    assert [p.name for p in session.frame_paths()] == ["00000.png", "00001.png", "00002.png"]
+    assert not scratch.exists(), "the exported media outlived the edit"
+    session.close()
+
+
+def test_failed_session_removes_the_folders_it_made(tiny_engine, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (tmp_path / "project").mkdir()
+    session = EditSession(connect(tiny_engine), tmp_path / "project" / "results" / "deep" / "result", scratch=scratch)
+    settings, frames, mattes = _job(steps=2)
+    with pytest.raises(EngineError, match="empty"):
+        session.submit(settings, frames, [[np.zeros((64, 64), np.uint8)] * 3] * 2)
+    assert session.state == FAILED and sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    assert list((tmp_path / "project").iterdir()) == []
+    session.close()
 
 
 def test_cancelled_session_leaves_nothing(tiny_engine, tmp_path):
@@ -97,6 +183,66 @@ def test_failure_after_some_frames_keeps_them_only_when_asked(tmp_path, keep_par
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
     if keep_partial:
         assert (tmp_path / "result-partial" / "00000.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_each_preview_is_taken_once(tmp_path):
+    preview = {"part": 0, "encoding": "raw", "width": 2, "height": 1, "channels": 3}
+    step = Message({"type": "progress", "job": "job-1", "phase": "edit", "step": 5, "total": 10, "preview": preview},
+                   [bytes(range(6))])
+    client = ScriptedClient([step])
+    session = EditSession(client, tmp_path / "result")
+    session.submit({}, [], [])
+    assert session.take_preview() is None
+    session.tick()
+    assert session.take_preview().tolist() == [[[0, 1, 2], [3, 4, 5]]] and session.take_preview() is None
+    assert session.preview is not None  # the latest stays readable
+    client.messages = [step]
+    session.tick()
+    assert session.take_preview() is not None
+
+
+def test_watch_finds_an_engine_alive(tiny_engine):
+    watch = EngineWatch(tiny_engine)
+    assert watch.wait(30) and watch.state == ALIVE, watch.message
+    assert "model tiny" in watch.message and watch.capabilities["heartbeat_s"] == 1.0
+    heard = watch.last_heard
+    deadline = time.monotonic() + 30
+    while watch.last_heard == heard:  # the heartbeat goes on
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert watch.alive and watch.ping_s is not None
+    watch.close()
+
+
+def test_watch_never_makes_its_caller_wait(tmp_path):
+    missing = EngineWatch(str(tmp_path / "none.json"))
+    assert missing.state == ABSENT and "No engine is running" in missing.message  # known before any network
+    missing.close()
+    dead = tmp_path / "dead.json"
+    dead.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "key": "00" * 32}))
+    watch = EngineWatch(str(dead), timeout_s=1.0)
+    assert watch.state == CONNECTING and "Waiting for the engine at tcp://127.0.0.1:9" in watch.message
+    assert watch.wait(10) and watch.state == SILENT and "does not answer" in watch.message
+    watch.close()
+
+
+def test_local_engine_logs_in_its_folder_and_keeps_the_newest(tmp_path):
+    python = tmp_path / "python"  # a stand-in that exits at once, as a Python without videograin would
+    python.write_text("#!/bin/sh\necho no module named videograin\nexit 2\n")
+    python.chmod(0o755)
+    logs = []
+    for _ in range(KEEP_LOGS + 2):
+        engine = LocalEngine(str(python), "", tmp_path)
+        engine.process.wait()
+        engine.stop()
+        logs.append(engine.log_path)
+        assert engine.connection_file.parent == tmp_path and engine.log_path.parent == tmp_path / "logs"
+    assert sorted((tmp_path / "logs").iterdir()) == logs[-KEEP_LOGS:]
+    with pytest.raises(EngineError, match="exited with code 2: no module named videograin"):
+        engine.ready()
+    with pytest.raises(EngineError, match="Cannot start the engine"):
+        LocalEngine(str(tmp_path / "no-python"), "", tmp_path)
+    assert sorted((tmp_path / "logs").iterdir()) == logs[-KEEP_LOGS:]
 
 
 def test_connect_without_engine(tmp_path):

@@ -6,6 +6,7 @@ exists (`.ci/run` makes it; see the README)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -29,14 +30,20 @@ def blender_python(request) -> str:
 
 
 @pytest.fixture
-def run_in_blender(blender_python: str):
-    def run(script: str, *args: str, env: dict | None = None) -> None:
-        # The engine the add-on starts is this venv's: Blender's own Python has no torch.
-        env = {**os.environ, "VIDEOGRAIN_ENGINE_PYTHON": sys.executable, **(env or {})}
+def run_in_blender(blender_python: str, tmp_path: Path):
+    def run(script: str, *args: str, env: dict | None = None) -> str:
+        """Run a script in Blender; returns what Blender printed."""
+        env = {
+            **os.environ,
+            "VIDEOGRAIN_ENGINE_PYTHON": sys.executable,  # the engine the add-on starts: Blender's Python has no torch
+            "BLENDER_USER_RESOURCES": str(tmp_path / "blender-user"),  # the add-on's logs stay out of the home folder
+            **(env or {}),
+        }
         done = subprocess.run([blender_python, str(SCRIPTS / script), *args], capture_output=True, text=True,
                               timeout=300, env=env)
         assert done.returncode == 0 and done.stdout.rstrip().endswith("OK"), \
             f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
     return run
 
 
@@ -45,18 +52,31 @@ def test_register_and_unregister(run_in_blender):
 
 
 def test_export_gives_source_pixels_and_mattes_rasterise(run_in_blender):
-    run_in_blender("export_pixels.py")
+    output = run_in_blender("export_pixels.py")
+    assert "user count error" not in output and "user decrement error" not in output, output[-3000:]
 
 
-def test_round_trip_inserts_a_strip(run_in_blender, tiny_engine):
+def test_plain_strips_are_sent_as_files_and_others_rendered(run_in_blender):
+    run_in_blender("export_routes.py")
+
+
+def test_script_edit_waits_and_inserts_a_strip(run_in_blender, tiny_engine):
     run_in_blender("round_trip.py", tiny_engine)
 
 
-def test_cancel_leaves_the_timeline_as_it_was(run_in_blender, tiny_engine):
+def test_cancel_leaves_the_timeline_as_it_was_and_previews_go(run_in_blender, tiny_engine):
     run_in_blender("cancel.py", tiny_engine)
 
 
-def test_no_engine_is_a_clear_message(run_in_blender):
+def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
+    run_in_blender("renamed.py", tiny_engine)
+
+
+def test_results_survive_a_moved_project_and_unsaved_files_ask_where(run_in_blender, tiny_engine):
+    run_in_blender("results_folder.py", tiny_engine)
+
+
+def test_no_engine_is_a_clear_message_without_waiting(run_in_blender):
     run_in_blender("no_engine.py")
 
 
@@ -67,7 +87,7 @@ def test_built_zip_installs_and_enables(run_in_blender, tmp_path, request):
     run_in_blender("install_zip.py", str(archive), env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})
 
 
-def test_start_check_and_stop_a_local_engine(run_in_blender):
+def test_start_check_and_stop_a_local_engine_logs_in_one_place(run_in_blender):
     run_in_blender("local_engine.py")
 
 
@@ -77,3 +97,19 @@ def test_opening_another_file_stops_the_edit(run_in_blender, tiny_engine):
 
 def test_panel_draws_in_every_state(run_in_blender):
     run_in_blender("panel_draw.py")
+
+
+def test_bench_reports_export_and_import(blender_python, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "videograin", "bench", "--blender", "--blender-frames", "2",
+                           "--blender-python", blender_python, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["frames"] == 2 and report["blender"].startswith("5.0" if blender_python == sys.executable else "4.5")
+    for case in ("720p smooth", "720p noise", "1080p smooth", "1080p noise"):
+        figures = report[case]
+        assert set(figures) == {"export_render_fps", "export_png_per_frame_fps", "export_files_ms",
+                                "engine_reads_files_fps", "export_mask_fps", "import_fps"}, figures
+        assert all(value > 0 for value in figures.values()), figures
+    assert "export_render_fps:" in done.stdout

@@ -1,4 +1,5 @@
-"""Cancel mid-edit: the timeline is as it was and no result folder is left."""
+"""Edits driven by the timer: cancelled mid-edit, the timeline is as it was and no results folder is
+left (not even an empty one); the panel's step preview is there while an edit runs and goes when it ends."""
 
 import sys
 import tempfile
@@ -16,9 +17,11 @@ folder = Path(tempfile.mkdtemp())
 scene, source, mattes, frames = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
 configure_edit(scene, sys.argv[1], steps=400)
+assert bpy.ops.videograin.check_engine(wait=True) == {"FINISHED"}  # an edit without `wait` needs an answer first
 before = strip_summary(scene)
 vg = scene.videograin
 assert bpy.ops.videograin.edit() == {"FINISHED"}
+assert (folder / "videograin_results").is_dir()  # the edit's staging folder is in there
 deadline = time.monotonic() + 60
 while vg.phase not in ("invert", "edit"):
     assert operators.tick(scene.name) is not None and time.monotonic() < deadline
@@ -27,6 +30,20 @@ assert bpy.ops.videograin.cancel() == {"FINISHED"}
 run_until_done(scene, limit_s=30)
 assert not vg.running and vg.status == "Cancelled" and vg.error == "", (vg.status, vg.error)
 assert strip_summary(scene) == before
-results = folder / "videograin_results"
-assert not results.exists() or not any(results.iterdir()), list(results.iterdir())
+assert not (folder / "videograin_results").exists(), list((folder / "videograin_results").iterdir())
+
+vg.steps = 10  # previews come every 5 edit steps
+assert operators.preview_of(scene.name) is None
+assert bpy.ops.videograin.edit() == {"FINISHED"}
+shown = []
+deadline = time.monotonic() + 120
+while operators.tick(scene.name) is not None:
+    assert time.monotonic() < deadline, vg.status
+    preview = operators.preview_of(scene.name)
+    if preview is not None:
+        shown.append((preview.image_size[0], preview.image_size[1], len(preview.image_pixels_float)))
+    time.sleep(0.02)
+assert vg.status.startswith("Done"), (vg.status, vg.error)
+assert shown and all(w > 0 and n == 4 * w * h for w, h, n in shown), shown
+assert operators.preview_of(scene.name) is None, "the preview outlived its edit"
 finish()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import configure_edit, finish, new_scene, register_addon, run_until_done
+from scene_setup import configure_edit, finish, new_scene, register_addon
 
 register_addon()
 from videograin.blender_addon import operators  # noqa: E402
@@ -19,6 +19,7 @@ scene, source, mattes, frames = new_scene(folder)
 blend = folder / "project.blend"
 bpy.ops.wm.save_as_mainfile(filepath=str(blend))
 configure_edit(scene, sys.argv[1], steps=400)
+assert bpy.ops.videograin.check_engine(wait=True) == {"FINISHED"}  # an edit without `wait` needs an answer first
 assert bpy.ops.videograin.edit() == {"FINISHED"}
 job = operators._sessions[scene.name].job
 deadline = time.monotonic() + 60
@@ -42,7 +43,6 @@ scene = bpy.context.scene
 vg = scene.videograin
 assert not vg.running and "interrupted" in vg.status, (vg.running, vg.status)
 vg.steps = 2
-assert bpy.ops.videograin.edit() == {"FINISHED"}
-run_until_done(scene)
+assert bpy.ops.videograin.edit(wait=True) == {"FINISHED"}
 assert vg.status.startswith("Done"), (vg.status, vg.error)
 finish()

@@ -23,5 +23,10 @@ assert addon_utils.check(module)[1], "add-on not loaded"
 assert hasattr(bpy.ops.videograin, "edit") and hasattr(bpy.types.Scene, "videograin")
 engine_link = sys.modules[f"{module}.engine_link"]
 assert engine_link.EngineClient.__module__ == f"{module}.protocol.client", engine_link.EngineClient.__module__
+# Logs and connection files go to the extension's own user folder, and its preferences exist.
+folder = sys.modules[f"{module}.operators"].data_folder()
+assert folder.parent.parent.name == "extensions" or "extensions" in folder.parts, folder
+assert folder.name == "videograin" and str(folder).startswith(os.environ["BLENDER_USER_RESOURCES"]), folder
+assert bpy.context.preferences.addons[module].preferences.media_transfer == "AUTO"
 print("OK", flush=True)
 os._exit(0)  # bpy 4.5 can hang in its own teardown

@@ -1,4 +1,6 @@
-"""With no engine running, Edit says so in plain words and changes nothing."""
+"""With no engine, Edit says so in plain words and changes nothing. A connection file whose engine does
+not answer never holds the operator up: the engine is asked on a background thread, and Edit answers
+from what that found so far; the panel shows the engine's state."""
 
 import json
 import tempfile
@@ -9,33 +11,37 @@ import bpy
 from scene_setup import configure_edit, finish, new_scene, register_addon, strip_summary
 
 register_addon()
+from videograin.blender_addon import operators  # noqa: E402
+
+
+def edit_error(**options) -> str:
+    try:
+        bpy.ops.videograin.edit(**options)
+    except RuntimeError as exc:  # an operator that reports an error raises in scripts
+        return str(exc)
+    raise AssertionError("edit ran without an engine")
+
+
 folder = Path(tempfile.mkdtemp())
 scene, *_ = new_scene(folder)
+bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
 configure_edit(scene, str(folder / "missing.json"))
 before = strip_summary(scene)
 vg = scene.videograin
-try:
-    bpy.ops.videograin.edit()
-    raise AssertionError("edit ran without an engine")
-except RuntimeError as exc:  # an operator that reports an error raises in scripts
-    assert "No engine is running" in str(exc), exc
+assert "No engine is running" in edit_error(), vg.error  # a missing file is known at once
 assert "No engine is running" in vg.error and not vg.running
 
 dead = folder / "dead.json"
 dead.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "key": "00" * 32}))
 vg.connection_file = str(dead)
-try:
-    bpy.ops.videograin.edit()
-    raise AssertionError("edit ran without an engine")
-except RuntimeError:
-    pass
-assert "does not answer" in vg.error, vg.error
+watch = operators.engine_watch(vg.connection_file)
+assert "Waiting for the engine at tcp://127.0.0.1:9" in edit_error()
+assert watch.state == "connecting", "Edit waited for the engine's hello"
+assert "does not answer" in edit_error(wait=True), vg.error  # a script may wait for the answer
+assert watch.state == "silent", watch.state
 
 vg.prompt = "a robot"  # the phrase is checked before any engine is asked
-try:
-    bpy.ops.videograin.edit()
-except RuntimeError:
-    pass
-assert "'iron man' is not in the prompt" in vg.error, vg.error
+assert "'iron man' is not in the prompt" in edit_error(), vg.error
 assert strip_summary(scene) == before
+assert not (folder / "videograin_results").exists()
 finish()

@@ -30,10 +30,20 @@ def finish() -> None:
 
 
 def register_addon():
-    from videograin import blender_addon
+    """Enable the add-on as Blender does (so its preferences exist), from the videograin package."""
+    import addon_utils  # on the path once bpy is imported
 
-    blender_addon.register()
-    return blender_addon
+    module = addon_utils.enable("videograin.blender_addon", default_set=True, handle_error=_fail_at_once_on_error)
+    assert module is not None, "the add-on did not enable"
+    return module
+
+
+def _fail_at_once_on_error(exc) -> None:
+    _fail_at_once(type(exc), exc, exc.__traceback__)
+
+
+def preferences():
+    return bpy.context.preferences.addons["videograin.blender_addon"].preferences
 
 
 def write_clip(folder: Path) -> tuple[Path, Path, np.ndarray]:
@@ -52,7 +62,7 @@ def write_clip(folder: Path) -> tuple[Path, Path, np.ndarray]:
 
 
 def image_strip(scene, name: str, folder: Path, channel: int, start: int = START):
-    from videograin.blender_addon.export import strips_of
+    from videograin.blender_addon.timeline import strips_of
 
     files = sorted(folder.glob("*.png"))
     strip = strips_of(scene).new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=start)
@@ -86,14 +96,21 @@ def configure_edit(scene, connection_file: str, steps: int = 3) -> None:
     region.phrase, region.matte_source, region.strip = "iron man", "STRIP", "left mattes"
 
 
+def count_renders() -> list:
+    """A list that grows by one for every frame Blender renders from now on."""
+    renders: list = []
+    bpy.app.handlers.render_pre.append(lambda *args: renders.append(args))
+    return renders
+
+
 def strip_summary(scene) -> list[tuple]:
-    from videograin.blender_addon.export import all_strips_of
+    from videograin.blender_addon.timeline import all_strips_of
 
     return sorted((s.name, s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in all_strips_of(scene))
 
 
 def run_until_done(scene, limit_s: float = 120.0) -> None:
-    """Drive the edit's timer by hand: timers do not fire in headless Blender."""
+    """Drive the timer of an edit started without `wait` by hand: timers do not fire in headless Blender."""
     import time
 
     from videograin.blender_addon import operators
