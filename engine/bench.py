@@ -4,6 +4,8 @@
   given frame count and size, plus the modulated / plain attention time ratio on identical shapes.
   `--model sd15-random` has the full SD-1.5 + ControlNet shapes with random weights: real timings,
   meaningless pictures.
+- `--track`: matte tracking (inputs/mattes.py): `flow` frames/s and IoU at 720p and 1080p on a
+  synthetic clip with known mattes, and SAM 2 when its weights are here.
 - `--stream`: 1080p frames through protocol v1 (sign, send, receive, verify, view) over loopback,
   next to a plain memory copy of the same frame.
 """
@@ -154,6 +156,12 @@ def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def bench_track(args: argparse.Namespace) -> dict[str, Any]:
+    from videograin.engine.inputs.mattes import bench_track as track
+
+    return {**track(device=args.device), "cpu": _device_name(torch.device("cpu"))}
+
+
 def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
         if isinstance(value, dict):
@@ -166,7 +174,7 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    report = bench_stream(args) if args.stream else bench_edit(args)
+    report = bench_stream(args) if args.stream else bench_track(args) if args.track else bench_edit(args)
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -183,5 +191,6 @@ def add_parser(sub) -> None:
     bench.add_argument("--window", type=int, default=None, help="frames per pass (default: the engine picks)")
     bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
     bench.add_argument("--stream-frames", type=int, default=100)
+    bench.add_argument("--track", action="store_true", help="benchmark matte tracking (flow at 720p/1080p, SAM 2)")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)
