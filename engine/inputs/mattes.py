@@ -14,8 +14,8 @@ fills in every other frame. One interface, `track_mattes(frames, regions, ...)`,
   what makes it fast; the result is scaled back by its signed distance, so its edge stays smooth.
   Keyframes come back exactly as painted. Weak spot: a region whose colours match its surroundings
   (grey texture on grey texture); a cut that would halve or double the matte is then refused and the
-  carried matte kept, which drifts as flow alone does (crossing blobs in grey: IoU 0.57 from one keyframe
-  where colour gives 0.98). A region fully hidden for a while is lost from a keyframe before it: give
+  carried matte kept, which drifts as flow alone does (the crossing blobs in grey: IoU 0.57 for the blob
+  behind, from one keyframe, where the coloured clip gives 1.0). A region fully hidden for a while is lost from a keyframe before it: give
   one after it too.
 - `sam2`: transformers' SAM 2 video model (`Sam2VideoModel`, a hub id or local folder), prompted with
   the keyframe mattes as mask prompts, propagated forward and backward from them on the given device.
