@@ -13,6 +13,8 @@
   part MACs, with whole-message HMAC and unsigned, next to a plain memory copy of the same frame.
 - `--blender`: the Blender add-on's export and import frames/s at 720p and 1080p, measured in Blender
   as a Python module (bpy) in a subprocess, so that bpy and torch never share a process.
+- `--track`: matte tracking (inputs/mattes.py): `flow` frames/s and IoU at 720p and 1080p on a
+  synthetic clip with known mattes, and SAM 2 when its weights are here.
 """
 
 from __future__ import annotations
@@ -355,6 +357,12 @@ def bench_blender(args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(report.read_text())
 
 
+def bench_track(args: argparse.Namespace) -> dict[str, Any]:
+    from videograin.engine.inputs.mattes import bench_track as track
+
+    return {**track(device=args.device), "cpu": _device_name(torch.device("cpu"))}
+
+
 def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
         if isinstance(value, dict):
@@ -368,7 +376,7 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     modes = {"timeline": bench_timeline, "stream": bench_stream, "features": bench_features, "reedit": bench_reedit,
-             "blender": bench_blender}
+             "blender": bench_blender, "track": bench_track}
     report = next((run for name, run in modes.items() if getattr(args, name)), bench_edit)(args)
     _print(report)
     if args.json:
@@ -394,5 +402,6 @@ def add_parser(sub) -> None:
     bench.add_argument("--blender-frames", type=int, default=48)
     bench.add_argument("--blender-python", default=sys.executable, metavar="PYTHON",
                        help="a Python with bpy (e.g. .venv-blender45/bin/python for Blender 4.5)")
+    bench.add_argument("--track", action="store_true", help="benchmark matte tracking (flow at 720p/1080p, SAM 2)")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)

@@ -1,4 +1,4 @@
-"""`videograin` command line: edit, demo, serve, bench."""
+"""`videograin` command line: edit, demo, serve, bench, mattes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,14 @@ from videograin.protocol.client import EngineError
 def cmd_edit(args: argparse.Namespace) -> int:
     from videograin.engine.cache import cache_from_args
     from videograin.engine.inputs.job import load_job
+    from videograin.engine.progress import ProgressBars
     from videograin.engine.runner import check_output_folder, edit_in_process, edit_on_engine
 
-    job = load_job(args.job)
+    bars = ProgressBars()  # regions given by keyframes are tracked while the job loads
+    try:
+        job = load_job(args.job, args.device, bars)
+    finally:
+        bars.close()
     if args.model:
         job.settings.model = args.model
     out = Path(args.out)
@@ -86,13 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
-    from videograin.engine import bench, evaluate, timeline
+    from videograin.engine import bench, evaluate, mattes_command, timeline
     from videograin.engine.serving import server
 
     server.add_parser(sub)
     bench.add_parser(sub)
     evaluate.add_parser(sub)
     timeline.add_parser(sub)
+    mattes_command.add_parser(sub)
     return parser
 
 

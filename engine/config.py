@@ -46,6 +46,7 @@ FLOW_LEVELS = (1, 2, 4, 8)  # latent size divided by these: the UNet's four atte
 # The negative prompt of the reference's configs, given to the ControlNet's unconditional branch.
 REFERENCE_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 MAX_REGIONS = 62  # region sets are bit masks in an int64, with bit 0 for the background
+TRACKERS = ("flow", "sam2", "sam3")  # how a region's keyframe mattes are tracked (inputs/mattes.py)
 
 
 @dataclass
@@ -128,9 +129,19 @@ class SourceConfig:
 
 
 @dataclass
+class KeyframeConfig:
+    frame: int  # index in the edited clip (after source.start / stride / count), from 0
+    mask: str  # image file: the region's matte on that frame
+
+
+@dataclass
 class RegionConfig:
     phrase: str
-    mask: str | None = None  # folder or video; None when masks arrive inline (protocol)
+    mask: str | None = None  # folder or video; None when masks arrive inline (protocol) or are tracked
+    # Instead of `mask`: mattes on a few frames, tracked through the clip by `track` (inputs/mattes.py).
+    keyframes: list[KeyframeConfig] = field(default_factory=list)
+    track: str = "flow"
+    tracker_model: str | None = None  # sam2: hub id or local folder
 
 
 @dataclass
@@ -252,6 +263,9 @@ def parse_settings(data: Any) -> EditSettings:
     if not isinstance(regions, list) or not regions:
         raise JobError("'regions' must be a non-empty list of {phrase, mask}")
     parsed_regions = [_build(RegionConfig, r, f"regions[{i}]") for i, r in enumerate(regions)]
+    for i, region in enumerate(parsed_regions):
+        keys = [_build(KeyframeConfig, k, f"regions[{i}].keyframes[{j}]") for j, k in enumerate(region.keyframes)]
+        region.keyframes = keys
     background = _build(BackgroundConfig, data.pop("background", None), "background")
     nested = {
         "source": (SourceConfig, None),
@@ -308,8 +322,25 @@ def _check_values(s: EditSettings) -> None:
         raise JobError(f"'inject_step' must be between 0 and the {s.steps} steps, got {s.inject_step}")
     if len(s.regions) > MAX_REGIONS:
         raise JobError(f"{len(s.regions)} regions: at most {MAX_REGIONS} are supported")
+    for region in s.regions:
+        _check_region(region)
     phrases = s.phrases
     if len({p.lower() for p in phrases}) != len(phrases):
         raise JobError("two regions share the same phrase: give each region its own words")
     for phrase in phrases:
         find_phrase(s.prompt, phrase)
+
+
+def _check_region(region: RegionConfig) -> None:
+    name = f"region '{region.phrase}'"
+    if region.mask and region.keyframes:
+        raise JobError(f"{name} gives both mask and keyframes: give mask (mattes on every frame) or keyframes (tracked)")
+    if region.track not in TRACKERS:
+        raise JobError(f"{name}: track is '{region.track}'; it must be one of {', '.join(TRACKERS)}")
+    if not region.keyframes and (region.track != "flow" or region.tracker_model):
+        raise JobError(f"{name}: track and tracker_model apply to keyframes; give keyframes: [{{frame, mask}}, ...]")
+    if region.tracker_model and region.track == "flow":
+        raise JobError(f"{name}: tracker_model names SAM weights; track: flow needs none (or set track: sam2)")
+    for key in region.keyframes:
+        if key.frame < 0:
+            raise JobError(f"{name}: keyframe frame {key.frame} is negative; frames of the edited clip count from 0")

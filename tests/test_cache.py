@@ -118,6 +118,7 @@ def test_sizes_and_keys():
 
 SHARED_WRITER = """
 import sys, torch
+from pathlib import Path
 from videograin.engine.cache import InversionCache
 from videograin.engine.method.pipeline import PassInversion
 cache = InversionCache(Path(sys.argv[1]), max_bytes=6 * 70_000)

@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from videograin.engine.config import EditSettings, SourceConfig, parse_settings
+from videograin.engine.config import EditSettings, RegionConfig, SourceConfig, parse_settings
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.mattes import Keyframe, RegionTrack, track_mattes
+from videograin.engine.inputs.media import _read_image as read_image
 from videograin.engine.inputs.media import read_sequence, sequence_length
+from videograin.engine.progress import ProgressCallback, no_progress
 
 MATTE_THRESHOLD = 128  # grey level at and above which a matte pixel is inside its region
 
@@ -50,8 +53,9 @@ def frame_indices(source: SourceConfig, length: int) -> list[int]:
     return indices
 
 
-def load_job(path: str | Path) -> EditJob:
-    """Read a YAML job file; relative paths in it are relative to the file's folder."""
+def load_job(path: str | Path, device: str = "auto", progress: ProgressCallback = no_progress) -> EditJob:
+    """Read a YAML job file; relative paths in it are relative to the file's folder. Regions given by
+    keyframes are tracked here (`load_job_mapping`)."""
     path = Path(path)
     if not path.is_file():
         raise JobError(f"job file '{path}' does not exist")
@@ -59,11 +63,17 @@ def load_job(path: str | Path) -> EditJob:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise JobError(f"job file '{path}' is not valid YAML: {exc}") from None
-    return load_job_mapping(data, path.parent)
+    return load_job_mapping(data, path.parent, device, progress)
 
 
-def load_job_mapping(data: object, base: Path) -> EditJob:
-    """Read the media a job mapping names; relative paths are relative to `base`."""
+def load_job_mapping(
+    data: object, base: Path, device: str = "auto", progress: ProgressCallback = no_progress
+) -> EditJob:
+    """Read the media a job mapping names; relative paths are relative to `base`.
+
+    Regions given by keyframes are tracked through the edited frames now, before the job exists, so that
+    everything downstream sees mattes on every frame and a bad keyframe fails before anything is written;
+    SAM trackers run on `device` ("auto": the GPU when there is one) and report `progress` ("track")."""
     settings = parse_settings(data)
     if not settings.source.path:
         raise JobError("the job has no source.path: a folder of frames or a video file")
@@ -75,14 +85,23 @@ def load_job_mapping(data: object, base: Path) -> EditJob:
     indices = frame_indices(settings.source, length)
     frames = read_sequence(source_path, indices, "source")
 
-    stacks = []
-    for region in settings.regions:
+    stacks: list[np.ndarray | None] = []
+    tracks: dict[int, RegionTrack] = {}
+    for k, region in enumerate(settings.regions):
         what = f"mask of region '{region.phrase}'"
+        if region.keyframes:
+            tracks[k] = _read_keyframes(region, base, frames.shape[1:3])
+            stacks.append(None)
+            continue
         if not region.mask:
-            raise JobError(f"region '{region.phrase}' has no mask: a folder or video of mattes")
+            raise JobError(f"region '{region.phrase}' has no mask: a folder or video of mattes, or keyframes to track")
         mask_path = _resolve(base, region.mask)
         region.mask = str(mask_path)
         stacks.append(_read_aligned(mask_path, indices, length, what, grey=True) >= MATTE_THRESHOLD)
+    if tracks:
+        tracked = track_mattes(frames, list(tracks.values()), device, progress)
+        for k, stack in zip(tracks, tracked):
+            stacks[k] = stack
     if len({stack.shape for stack in stacks}) != 1:
         sizes = ", ".join(f"'{r.phrase}' {m.shape[2]}x{m.shape[1]}" for r, m in zip(settings.regions, stacks))
         raise JobError(f"region mattes differ in size: {sizes}")
@@ -102,6 +121,20 @@ def load_job_mapping(data: object, base: Path) -> EditJob:
     job = EditJob(settings, frames, masks, control_maps, indices, length)
     validate_job(job)
     return job
+
+
+def _read_keyframes(region: RegionConfig, base: Path, size: tuple[int, int]) -> RegionTrack:
+    """A region's keyframe mattes, read and checked against the clip (frame range, size, emptiness:
+    `check_keyframes`, when tracking starts)."""
+    keyframes = []
+    for key in region.keyframes:
+        path = _resolve(base, key.mask)
+        key.mask = str(path)
+        what = f"keyframe {key.frame} of region '{region.phrase}'"
+        if not path.is_file():
+            raise JobError(f"{what}: '{path}' is not an image file (a keyframe's mask is one image)")
+        keyframes.append(Keyframe(key.frame, read_image(path, what, grey=True) >= MATTE_THRESHOLD))
+    return RegionTrack(keyframes, region.track, region.tracker_model, region.phrase)
 
 
 def _resolve(base: Path, value: str) -> Path:
