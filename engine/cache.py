@@ -138,7 +138,10 @@ class InversionCache:
             log.warning("inversion cache entry %s is corrupt (%s): recomputing", path.name, exc)
             path.unlink(missing_ok=True)
             return None
-        os.utime(path)  # least recently used goes first
+        try:
+            os.utime(path)  # least recently used goes first
+        except FileNotFoundError:  # evicted by another engine since it was read: what was read is whole
+            pass
         channels_last = set(json.loads(metadata.get("channels_last", "[]")))
         for name, tensor in tensors.items():
             tensor = tensor.to(device)
