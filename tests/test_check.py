@@ -270,3 +270,31 @@ def test_full_frame_attention_makes_long_passes_cost_more_than_their_frames():
     assert two.peak_memory_gib > one.peak_memory_gib == halves.peak_memory_gib
     assert "an estimate" in one.line()
 
+
+
+# -- the reference client's check (what an editor's panel calls) -----------------------------------------
+
+def test_the_reference_client_checks_a_job_inline_and_by_paths(tiny_engine, demo_job):
+    from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
+    from videograin.engine.inputs.media import decode_png
+    from videograin.protocol.client import EngineClient, EngineError
+
+    client = EngineClient(tiny_engine)
+    try:
+        client.hello()
+        clip, mattes = synthetic_clip(3, 64, 64)
+        settings = {"source_prompt": "two men", "prompt": DEMO_PROMPT, "source": {"width": 64, "height": 64},
+                    "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}]}
+        reply, png = client.check(settings, clip, mattes)
+        assert reply["ok"] and reply["summary"]["clip"]["frames"] == 3 and reply["summary"]["model"]["name"] == "tiny"
+        assert decode_png(png).shape[1] == check.MARGIN + 3 * (check.CELL + check.GAP)
+        job = load_job(demo_job)  # the same job by paths, read by the engine
+        by_paths = {**settings, "source": {"path": job.settings.source.path, "width": 64, "height": 64},
+                    "regions": [{"phrase": r.phrase, "mask": r.mask} for r in job.settings.regions]}
+        jobs = [j["job"] for j in client.status()]
+        reply, _ = client.check(by_paths)
+        assert reply["summary"]["clip"]["frames"] == 4 and [j["job"] for j in client.status()] == jobs  # none queued
+        with pytest.raises(EngineError, match="bad_job"):
+            client.check({**settings, "prompt": "two robots"}, clip, mattes)
+    finally:
+        client.close()
