@@ -528,10 +528,10 @@ def format_report(report: CheckReport) -> str:
     modulation = summary["modulation"]
     steps = f"steps 1-{modulation['steps']} of {modulation['of']}" if modulation["steps"] else "no step"
     lines.append(f"modulated   {steps} ({modulation['layout']} layout, {modulation['size']} size factors)")
-    lines.append("regions     #  phrase            tokens     area % min/mean/max  cells at")
+    lines.append("regions     #  phrase            tokens         area % min/mean/max  cells at")
     for k, region in enumerate(summary["regions"]):
         area = region["area"]
-        lines.append(f"            {k + 1:<2} {region['phrase'][:17]:<17} {_tokens(region['tokens']):<10} "
+        lines.append(f"            {k + 1:<2} {region['phrase'][:17]:<17} {_tokens(region['tokens']):<14} "
                      f"{100 * area['min']:5.1f} {100 * area['mean']:5.1f} {100 * area['max']:5.1f}   "
                      f"{', '.join(region['cells']) or 'none'}"
                      + (f"; vanishes at {', '.join(region['vanishes'])}" if region["vanishes"] else ""))
