@@ -1,4 +1,4 @@
-"""`videograin` command line: edit, demo, serve, bench, mattes."""
+"""`videograin` command line: edit, check, demo, serve, bench, mattes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from videograin.protocol.client import EngineError
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from videograin.engine.cache import cache_from_args
+    from videograin.engine.check import announce_estimate
     from videograin.engine.inputs.job import load_job
     from videograin.engine.progress import ProgressBars
     from videograin.engine.runner import check_output_folder, edit_in_process, edit_on_engine
@@ -30,6 +31,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.engine:
         summary = edit_on_engine(args.engine, job, out)
     else:
+        announce_estimate(job, args.device)
         summary = edit_in_process(job, out, args.device, cache_from_args(args), args.attention_maps)
     _report(out, summary)
     return 0
@@ -91,9 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
 
-    from videograin.engine import bench, evaluate, mattes_command, timeline
+    from videograin.engine import bench, check, evaluate, mattes_command, timeline
     from videograin.engine.serving import server
 
+    check.add_parser(sub)
     server.add_parser(sub)
     bench.add_parser(sub)
     evaluate.add_parser(sub)

@@ -112,24 +112,27 @@ class EngineClient:
         PNG files' bytes, sent as they are (for callers without an image library, like Blender).
         `options`: the submit's optional fields (SPEC.md §3.2), e.g. preview_every=1, attention_maps=True.
         """
-        parts: list = []
-
-        def add(image: np.ndarray | bytes) -> dict[str, Any]:
-            if isinstance(image, (bytes, bytearray)):
-                descriptor, buffer = {"part": len(parts), "encoding": "png"}, image
-            else:
-                image = image.astype(np.uint8) * 255 if image.dtype == bool else image
-                descriptor, buffer = wire.raw_image(image, len(parts))
-            parts.append(buffer)
-            return descriptor
-
-        header = {
-            "type": "submit", "settings": settings, "inline": True, "result_encoding": result_encoding,
-            "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in masks], **options,
-        }
-        if control_maps is not None:
-            header["control_maps"] = [add(c) for c in control_maps]
+        header, parts = _inline("submit", settings, frames, masks, control_maps)
+        header.update(result_encoding=result_encoding, **options)
         return self._follow(self.request(header, parts).header["job"], 0)
+
+    def check(
+        self,
+        settings: dict[str, Any],
+        frames: Sequence[np.ndarray | bytes] | None = None,
+        masks: Sequence[Sequence[np.ndarray | bytes]] | None = None,
+        control_maps: Sequence[np.ndarray | bytes] | None = None,
+        timeout_s: float = 60.0,
+    ) -> tuple[dict[str, Any], bytes]:
+        """Check a job before submitting it (SPEC.md §3.8): pixels inline as for `submit`, or none to have
+        the engine read the paths in `settings`. Returns the reply (ok, errors, warnings, summary) and
+        layout.png's bytes. Settings or pixels a submit would refuse raise EngineError."""
+        if frames is None:
+            header, parts = {"type": "check", "settings": settings, "inline": False}, []
+        else:
+            header, parts = _inline("check", settings, frames, [] if masks is None else masks, control_maps)
+        reply = self.request(header, parts, timeout_s=timeout_s)
+        return reply.header, bytes(reply.parts[reply.header["layout"]["part"]])
 
     def submit_paths(self, settings: dict[str, Any]) -> str:
         """Submit a job whose media the engine reads from a shared disk (absolute paths in settings)."""
@@ -226,6 +229,29 @@ class EngineClient:
             if self._following.pop(job, None) is not None:
                 self._ended.add(job)
         self._pending.append(message)
+
+
+def _inline(
+    kind: str, settings: dict[str, Any], frames: Sequence[np.ndarray | bytes],
+    masks: Sequence[Sequence[np.ndarray | bytes]], control_maps: Sequence[np.ndarray | bytes] | None,
+) -> tuple[dict[str, Any], list]:
+    """The header and parts of an inline `submit` or `check`: arrays sent raw, PNG bytes as they are."""
+    parts: list = []
+
+    def add(image: np.ndarray | bytes) -> dict[str, Any]:
+        if isinstance(image, (bytes, bytearray)):
+            descriptor, buffer = {"part": len(parts), "encoding": "png"}, image
+        else:
+            image = image.astype(np.uint8) * 255 if image.dtype == bool else image
+            descriptor, buffer = wire.raw_image(image, len(parts))
+        parts.append(buffer)
+        return descriptor
+
+    header = {"type": kind, "settings": settings, "inline": True,
+              "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in masks]}
+    if control_maps is not None:
+        header["control_maps"] = [add(c) for c in control_maps]
+    return header, parts
 
 
 def frame_image(message: Message, field: str = "image") -> np.ndarray:

@@ -11,10 +11,13 @@ import stat
 import time
 from pathlib import Path
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
 from conformance import RawPeer, collect_stream, inline_job, start_engine
+
+from videograin.engine import check
 
 PART_LIMIT = 1 << 20
 
@@ -205,6 +208,34 @@ def test_bad_submits_say_what_to_fix(peer, engine, change, code, words):
     reply = peer.request(header, parts)
     assert reply["type"] == "error" and reply["code"] == code and words in reply["message"], reply
     assert_still_serving(peer, engine)
+
+
+def test_check_is_answered_at_once_beside_a_running_job(peer, engine):
+    header, parts = inline_job(frames=2, steps=400)
+    running = peer.request(header, parts)["job"]
+    while peer.request({"type": "status", "job": running})["jobs"][0]["state"] != "running":
+        time.sleep(0.05)
+    header, parts = inline_job(frames=3)
+    msg_id = peer.send({**header, "type": "check"}, parts)
+    while (got := peer.recv(timeout=30))[0].get("ref") != msg_id:  # progress of the running job meanwhile
+        assert got[0].get("job") == running
+    reply, body = got
+    assert reply["type"] == "check" and reply["ok"] is True and reply["errors"] == []
+    summary = reply["summary"]
+    assert summary["clip"]["frames"] == 3 and [r["phrase"] for r in summary["regions"]] == ["iron man", "spider man"]
+    assert summary["regions"][0]["tokens"] == [3, 4, 5, 6, 7, 8, 9]  # the tiny model's byte-level tokenizer
+    assert all({"code", "message"} == set(w) for w in reply["warnings"])
+    # One part: layout.png, a column per frame (all three of this clip), a row per attention resolution.
+    assert reply["layout"] == {"part": 0, "encoding": "png"} and len(body) == 1
+    picture = cv2.imdecode(np.frombuffer(body[0], np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape[1] == check.MARGIN + 3 * (check.CELL + check.GAP) and picture.shape[0] > 5 * check.CELL
+    # Nothing was queued, and the running job runs on.
+    jobs = peer.request({"type": "status"})["jobs"]
+    assert [j["job"] for j in jobs if j["state"] in ("queued", "running")] == [running]
+    peer.request({"type": "cancel", "job": running})
+    collect_stream(peer, running, timeout=30)
+    refused = peer.request({**header, "type": "check", "settings": {**header["settings"], "prompt": "a robot"}}, parts)
+    assert refused["type"] == "error" and refused["code"] == "bad_job" and "does not occur in the prompt" in refused["message"]
 
 
 def test_wrong_part_size_and_empty_matte(peer, engine):

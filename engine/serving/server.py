@@ -21,10 +21,12 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 import numpy as np
+import torch
 import zmq
 
 from videograin import __version__
 from videograin.engine.cache import InversionCache, add_cache_arguments, cache_from_args
+from videograin.engine.check import check_job
 from videograin.engine.config import CONTROL_TYPES, parse_settings
 from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
@@ -142,8 +144,8 @@ class EngineServer:
         except zmq.ZMQError as exc:
             log.warning("could not send %s to %s: %s", header.get("type"), peer.hex(), exc)
 
-    def _reply(self, peer: bytes, request: Message, fields: dict[str, Any]) -> None:
-        self._send(peer, {"ref": request.header["id"], **fields})
+    def _reply(self, peer: bytes, request: Message, fields: dict[str, Any], parts: list | tuple = ()) -> None:
+        self._send(peer, {"ref": request.header["id"], **fields}, parts)
 
     def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = ()) -> None:
         """Send one message of the job's stream. A peer silent past 3 heartbeats detaches the stream
@@ -212,11 +214,7 @@ class EngineServer:
         encoding = h.get("result_encoding", "raw")
         if encoding not in ("raw", "png"):
             raise ProtocolError("bad_header", "'submit.result_encoding' must be 'raw' or 'png'")
-        settings = dict(h["settings"])
-        settings.setdefault("model", self.default_model)
-        edit = self._inline_job(settings, message) if h["inline"] else load_job_mapping(settings, Path("/"))
-        if len(edit.frames) > self.limits.max_frames:
-            raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
+        edit = self._edit_job(message)
         preview_every = h.get("preview_every", 5)
         if preview_every < 1:
             raise ProtocolError("bad_header", "'submit.preview_every' must be at least 1 (edit steps)")
@@ -226,7 +224,23 @@ class EngineServer:
         self.worker.submit(job)
         self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
 
+    def _on_check(self, peer: bytes, message: Message) -> None:
+        """The job a `submit` would make, checked and described (check.py) here on the loop: nothing is
+        queued, no model is loaded; the tokenizer is kept once read."""
+        report = check_job(self._edit_job(message), torch.device(self.device))
+        self._reply(peer, message, {"type": "check", **report.as_dict(), "layout": {"part": 0, "encoding": "png"}},
+                    [encode_png(report.layout)])
+
     # -- jobs --------------------------------------------------------------------------------
+
+    def _edit_job(self, message: Message) -> EditJob:
+        """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name."""
+        settings = dict(message.header["settings"])
+        settings.setdefault("model", self.default_model)
+        edit = self._inline_job(settings, message) if message.header["inline"] else load_job_mapping(settings, Path("/"))
+        if len(edit.frames) > self.limits.max_frames:
+            raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
+        return edit
 
     def _capabilities(self) -> dict[str, Any]:
         return {
