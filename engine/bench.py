@@ -27,7 +27,7 @@ from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
-from videograin.engine.models import default_dtype, get_pipeline, resolve_device
+from videograin.engine.models import default_dtype, device_name, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
 
@@ -98,7 +98,7 @@ def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
         phases[phase], previous = end - previous, end
     steps = {phase: phases[phase] / args.steps for phase in ("invert", "edit")}
     report = {
-        "model": args.model, "device": str(device), "device_name": _device_name(device), "dtype": str(dtype),
+        "model": args.model, "device": str(device), "device_name": device_name(device), "dtype": str(dtype),
         "frames": args.frames, "size": args.size, "steps": args.steps, "window": args.window,
         "edit_s": total, "phases_s": phases, "step_s": steps,
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
@@ -109,10 +109,6 @@ def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
     if args.model != "sd15-random":
         report["note"] = "tiny model: pipeline overheads, not SD-1.5 speed; use --model sd15-random for that"
     return report
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,7 +246,7 @@ def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     edits_s = sum(item.seconds for item in plan.edited)
     overhead = plan_s + (stage_s - edits_s) + finish_s
     return {
-        "model": args.model, "device": args.device, "device_name": _device_name(resolve_device(args.device)),
+        "model": args.model, "device": args.device, "device_name": device_name(resolve_device(args.device)),
         "shots": TIMELINE_SHOTS, "frames_per_shot": frames, "size": args.size, "steps": args.steps,
         "stages_s": {"plan": plan_s, "edit_shots": stage_s, "finish": finish_s},
         "shot_edits_s": edits_s, "overhead_s": overhead, "overhead_share": overhead / edits_s,
