@@ -6,6 +6,8 @@
   meaningless pictures.
 - `--stream`: 1080p frames through protocol v1 (sign, send, receive, verify, view) over loopback, with
   part MACs, with whole-message HMAC and unsigned, next to a plain memory copy of the same frame.
+- `--ray N`: one clip in passes on 1 and on N Ray workers (a local cluster), and in this process: edit
+  time, and the time to the first frame (pass by pass) next to the time the whole clip takes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import platform
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
+from videograin.engine.method.pipeline import plan_passes
 from videograin.engine.models import default_dtype, device_name, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
@@ -254,6 +258,78 @@ def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
+    """The same clip (`--window` frames per pass, 4 by default) edited in this process, then on a
+    local Ray cluster by 1 worker and by N. Each pool edits the clip once first, so that every worker
+    has loaded the model; the second edit is timed from submit to the first frame and to `done`."""
+    import ray
+
+    from videograin.engine.serving.ray_pool import RayPool, RayWorker, require_ray
+    from videograin.engine.serving.worker import Job
+
+    require_ray()
+    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    window = args.window or 4
+    settings = EditSettings(
+        source_prompt="two men are jogging", prompt=DEMO_PROMPT, background_phrase="cherry blossoms",
+        regions=[RegionConfig("iron man"), RegionConfig("spider man")],
+        source=SourceConfig(width=args.size, height=args.size), steps=args.steps, model=args.model, window=window,
+    )
+    job = EditJob(settings, clip, mattes)
+    device = resolve_device(args.device)
+    pipe = get_pipeline(args.model, settings.controlnet_id, device)
+    report: dict[str, Any] = {
+        "model": args.model, "frames": args.frames, "size": args.size, "steps": args.steps, "window": window,
+        "passes": len(plan_passes(args.frames, window)[0]),
+    }
+    edit_clip(job, pipe)  # warm-up, as the pools have
+    frames_at: list[float] = []
+    started = time.perf_counter()
+    edit_clip(job, pipe, on_frame=lambda index, image: frames_at.append(time.perf_counter()))
+    report["in_process"] = {
+        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "first_frame_s": frames_at[0] - started, "edit_s": time.perf_counter() - started,
+    }
+
+    def timed(pool: RayPool) -> dict[str, float]:
+        worker = RayWorker(pool, None, threading.Event())
+        worker.start()
+        run = Job("bench", job, len(clip), None)
+        started, first, done = time.perf_counter(), None, None
+        worker.submit(run)
+        while done is None:
+            for kind, _, payload in worker.events():
+                if kind == "frame" and first is None:
+                    first = time.perf_counter() - started
+                elif kind in ("failed", "cancelled"):
+                    raise RuntimeError(f"the benchmark's edit ended: {payload}")
+                elif kind == "done":
+                    done = time.perf_counter() - started
+            time.sleep(0.005)
+        worker.close()
+        return {"first_frame_s": first, "edit_s": done}
+
+    started_ray = not ray.is_initialized()
+    if started_ray:  # each CPU worker holds one CPU: the cluster has at least N
+        ray.init(num_cpus=max(args.ray, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    try:
+        for workers in dict.fromkeys((1, args.ray)):
+            pool = RayPool(workers)
+            try:
+                timed(pool)  # every worker loads the model
+                report[f"ray_{workers}"] = {"workers": pool.described, **timed(pool)}
+            finally:
+                pool.close()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    one, many = report["ray_1"]["edit_s"], report[f"ray_{args.ray}"]["edit_s"]
+    report["speedup"] = one / many
+    report["load_average"] = os.getloadavg()[0]  # other work on the machine takes the workers' CPUs too
+    report["torch"], report["ray"], report["python"] = torch.__version__, ray.__version__, platform.python_version()
+    return report
+
+
 def _print(report: dict[str, Any], indent: str = "") -> None:
     for key, value in report.items():
         if isinstance(value, dict):
@@ -266,7 +342,12 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    report = bench_timeline(args) if args.timeline else bench_stream(args) if args.stream else bench_edit(args)
+    if args.ray is not None:
+        report = bench_ray(args)
+    elif args.timeline:
+        report = bench_timeline(args)
+    else:
+        report = bench_stream(args) if args.stream else bench_edit(args)
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -284,5 +365,7 @@ def add_parser(sub) -> None:
     bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
     bench.add_argument("--stream-frames", type=int, default=100, help="frames per signing form, over 5 rounds")
     bench.add_argument("--timeline", action="store_true", help="cost of the OpenTimelineIO round trip over 20 shots")
+    bench.add_argument("--ray", type=int, metavar="N",
+                       help="edit time on 1 vs N Ray workers (local cluster) and time to the first frame")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)
