@@ -92,10 +92,17 @@ def connect(address: str | None) -> None:
     require_ray()
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
+    try:
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(include_dashboard=False)
+    except Exception as exc:  # no cluster there, a refused token, a port in use: all mean "no cluster"
+        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise VideograinError(
+            f"could not join {where}: {type(exc).__name__}: {exc}. Is `ray start` running there, with this "
+            "machine holding the cluster's token (~/.ray/auth_token, docs/studio.md)?", code="bad_config",
+        ) from None
 
 
 class PassWorker:
@@ -200,7 +207,11 @@ class RayPool:
                 f"the cluster's {kind} ({ray.cluster_resources()}); ask for fewer with --workers",
                 code="bad_config",
             )
-        self.described = ray.get(asked)
+        try:
+            self.described = ray.get(asked)
+        except ray.exceptions.RayError as exc:
+            self.close()
+            raise VideograinError(f"a Ray worker could not start: {exc}", code="bad_config") from None
 
     def device_label(self) -> str:
         """The kinds of device the workers edit on, for `welcome`'s **device**: "cuda", "cpu"."""
@@ -377,7 +388,8 @@ class RayWorker:
                     self._end_if_done(run)
                     self._changed.notify_all()
                 if not self._revived(actor):
-                    self._leave(worker)
+                    if not self._closing:
+                        self._leave(worker)
                     return
                 continue
             except Exception as exc:
