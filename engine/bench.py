@@ -15,6 +15,8 @@
   as a Python module (bpy) in a subprocess, so that bpy and torch never share a process.
 - `--track`: matte tracking (inputs/mattes.py): `flow` frames/s and IoU at 720p and 1080p on a
   synthetic clip with known mattes, and SAM 2 when its weights are here.
+- `--ray N`: one clip in passes on 1 and on N Ray workers (a local cluster), and in this process: edit
+  time, and the time to the first frame (pass by pass) next to the time the whole clip takes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,8 @@ from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
-from videograin.engine.models import default_dtype, get_pipeline, resolve_device
+from videograin.engine.method.pipeline import plan_passes
+from videograin.engine.models import default_dtype, device_name, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
 
@@ -128,7 +132,7 @@ def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
     timed = timed_edit(pipe, EditJob(_settings(args), clip, mattes), device)
     phases = {"load": load_s, **timed["phases_s"]}
     report = {
-        "model": args.model, "device": str(device), "device_name": _device_name(device),
+        "model": args.model, "device": str(device), "device_name": device_name(device),
         "dtype": str(default_dtype(device)), "frames": args.frames, "size": args.size, "steps": args.steps,
         "window": args.window, "edit_s": timed["edit_s"], "phases_s": phases,
         "step_s": {phase: phases[phase] / args.steps for phase in ("invert", "edit")},
@@ -199,10 +203,6 @@ def bench_reedit(args: argparse.Namespace) -> dict[str, Any]:
         "reedit_cached_passes": second["cached_passes"],
         "first_preview_s": first["first_preview_s"], "reedit_first_preview_s": second["first_preview_s"],
     }
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,7 +340,7 @@ def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     edits_s = sum(item.seconds for item in plan.edited)
     overhead = plan_s + (stage_s - edits_s) + finish_s
     return {
-        "model": args.model, "device": args.device, "device_name": _device_name(resolve_device(args.device)),
+        "model": args.model, "device": args.device, "device_name": device_name(resolve_device(args.device)),
         "shots": TIMELINE_SHOTS, "frames_per_shot": frames, "size": args.size, "steps": args.steps,
         "stages_s": {"plan": plan_s, "edit_shots": stage_s, "finish": finish_s},
         "shot_edits_s": edits_s, "overhead_s": overhead, "overhead_share": overhead / edits_s,
@@ -363,7 +363,75 @@ def bench_blender(args: argparse.Namespace) -> dict[str, Any]:
 def bench_track(args: argparse.Namespace) -> dict[str, Any]:
     from videograin.engine.inputs.mattes import bench_track as track
 
-    return {**track(device=args.device), "cpu": _device_name(torch.device("cpu"))}
+    return {**track(device=args.device), "cpu": device_name(torch.device("cpu"))}
+
+
+def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
+    """The same clip (`--window` frames per pass, 4 by default) edited in this process, then on a
+    local Ray cluster by 1 worker and by N. Each pool edits the clip once first, so that every worker
+    has loaded the model; the second edit is timed from submit to the first frame and to `done`."""
+    import ray
+
+    from videograin.engine.serving.ray_pool import RayPool, RayWorker, require_ray
+    from videograin.engine.serving.worker import Job
+
+    require_ray()
+    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    window = args.window or 4
+    settings = _settings(args, window=window)
+    job = EditJob(settings, clip, mattes)
+    device = resolve_device(args.device)
+    pipe = get_pipeline(args.model, settings.controlnet_id, device)
+    report: dict[str, Any] = {
+        "model": args.model, "frames": args.frames, "size": args.size, "steps": args.steps, "window": window,
+        "passes": len(plan_passes(args.frames, window)[0]),
+    }
+    edit_clip(job, pipe)  # warm-up, as the pools have
+    frames_at: list[float] = []
+    started = time.perf_counter()
+    edit_clip(job, pipe, on_frame=lambda index, image: frames_at.append(time.perf_counter()))
+    report["in_process"] = {
+        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "first_frame_s": frames_at[0] - started, "edit_s": time.perf_counter() - started,
+    }
+
+    def timed(pool: RayPool) -> dict[str, float]:
+        worker = RayWorker(pool, None, threading.Event())
+        worker.start()
+        run = Job("bench", job, len(clip), None)
+        started, first, done = time.perf_counter(), None, None
+        worker.submit(run)
+        while done is None:
+            for kind, _, payload in worker.events():
+                if kind == "frame" and first is None:
+                    first = time.perf_counter() - started
+                elif kind in ("failed", "cancelled"):
+                    raise RuntimeError(f"the benchmark's edit ended: {payload}")
+                elif kind == "done":
+                    done = time.perf_counter() - started
+            time.sleep(0.005)
+        worker.close()
+        return {"first_frame_s": first, "edit_s": done}
+
+    started_ray = not ray.is_initialized()
+    if started_ray:  # each CPU worker holds one CPU: the cluster has at least N
+        ray.init(num_cpus=max(args.ray, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    try:
+        for workers in dict.fromkeys((1, args.ray)):
+            pool = RayPool(workers)
+            try:
+                timed(pool)  # every worker loads the model
+                report[f"ray_{workers}"] = {"workers": pool.described, **timed(pool)}
+            finally:
+                pool.close()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    one, many = report["ray_1"]["edit_s"], report[f"ray_{args.ray}"]["edit_s"]
+    report["speedup"] = one / many
+    report["load_average"] = os.getloadavg()[0]  # other work on the machine takes the workers' CPUs too
+    report["torch"], report["ray"], report["python"] = torch.__version__, ray.__version__, platform.python_version()
+    return report
 
 
 def _print(report: dict[str, Any], indent: str = "") -> None:
@@ -378,9 +446,12 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    modes = {"timeline": bench_timeline, "stream": bench_stream, "features": bench_features, "reedit": bench_reedit,
-             "blender": bench_blender, "track": bench_track}
-    report = next((run for name, run in modes.items() if getattr(args, name)), bench_edit)(args)
+    if args.ray is not None:
+        report = bench_ray(args)
+    else:
+        modes = {"timeline": bench_timeline, "stream": bench_stream, "features": bench_features,
+                 "reedit": bench_reedit, "blender": bench_blender, "track": bench_track}
+        report = next((run for name, run in modes.items() if getattr(args, name)), bench_edit)(args)
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -406,5 +477,7 @@ def add_parser(sub) -> None:
     bench.add_argument("--blender-python", default=sys.executable, metavar="PYTHON",
                        help="a Python with bpy (e.g. .venv-blender45/bin/python for Blender 4.5)")
     bench.add_argument("--track", action="store_true", help="benchmark matte tracking (flow at 720p/1080p, SAM 2)")
+    bench.add_argument("--ray", type=int, metavar="N",
+                       help="edit time on 1 vs N Ray workers (local cluster) and time to the first frame")
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=cmd_bench)

@@ -28,8 +28,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
         job.settings.model = args.model
     out = Path(args.out)
     check_output_folder(out, job)
+    if args.engine and args.ray is not None:
+        raise VideograinError("--engine and --ray are two ways to run the edit: pass one of them", code="bad_config")
     if args.engine:
         summary = edit_on_engine(args.engine, job, out)
+    elif args.ray is not None:
+        from videograin.engine.serving.ray_pool import edit_on_ray
+
+        summary = edit_on_ray(job, out, args.ray or None, args.workers, cache_from_args(args), args.attention_maps)
     else:
         announce_estimate(job, args.device)
         summary = edit_in_process(job, out, args.device, cache_from_args(args), args.attention_maps)
@@ -68,6 +74,7 @@ def _report(out: Path, summary: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from videograin.engine.cache import add_cache_arguments
+    from videograin.engine.serving.server import add_ray_arguments
 
     parser = argparse.ArgumentParser(prog="videograin", description="Multi-grained text-driven video editing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -83,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--attention-maps", action="store_true",
                       help="also write each phrase's cross-attention maps (attention/<phrase>/) and contact-sheet rows")
     add_cache_arguments(edit)
+    add_ray_arguments(edit)
     edit.set_defaults(run=cmd_edit)
 
     demo = sub.add_parser("demo", help="synthetic clip + mattes on the tiny random model (offline, < 1 min)")

@@ -10,6 +10,7 @@ Random weights produce noise-like pictures: their output is never an edit.
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -28,6 +29,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def device_name(device: torch.device | str) -> str:
+    """What the device is, for reports: the GPU's model, or the CPU's."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

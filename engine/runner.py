@@ -1,7 +1,9 @@
 """Running a validated job: working-size inputs, the edit, and results at the source size.
 
 `edit_clip` is shared by every caller (the engine server streams its frames); `edit_in_process` and
-`edit_on_engine` run a job to a results folder, here or on a running engine (the CLI's `edit`).
+`edit_on_engine` run a job to a results folder, here or on a running engine (the CLI's `edit`). Its
+three stages stand alone for a pool that spreads passes over processes (serving/ray_pool.py):
+`prepare_clip` once, `edit_passes` per pass wherever it runs, `finish_edit` over the merged result.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
 
 from videograin.engine.cache import InversionCache, job_key
-from videograin.engine.config import FlowConfig
+from videograin.engine.config import EditSettings, FlowConfig
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.control import control_maps
 from videograin.engine.inputs.flow import ClipFlow, clip_flow
@@ -52,6 +55,39 @@ from videograin.protocol.client import EngineClient, frame_image
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"
 
 
+@dataclass
+class PreparedClip:
+    """A job's inputs at the working size (`prepare_clip`): made once, shared by every pass of its edit,
+    wherever the passes run. Plain arrays and tensors, so it travels between processes."""
+
+    settings: EditSettings
+    masks: np.ndarray  # (K, F, H, W) bool at the source size: the layout resizes them per resolution
+    source_size: tuple[int, int]
+    frames: np.ndarray  # (F, h, w, 3) uint8 at the working size
+    control: np.ndarray | None
+    flow: ClipFlow
+    trajectories: Trajectories | None
+
+
+def prepare_clip(job: EditJob, pipe: VideoGrainPipeline) -> PreparedClip:
+    """Working-size frames, control maps, the source's flow and its trajectories."""
+    s = job.settings
+    width, height = s.source.width, s.source.height
+    frames = resize(job.frames, width, height)
+    # Mattes stay at source size: the layout resizes them straight to each attention resolution.
+    masks_small = resize(job.masks.reshape(-1, *job.masks.shape[2:]).astype(np.uint8), width, height, nearest=True)
+    supplied = None if job.control_maps is None else resize(job.control_maps, width, height)
+    control = control_maps(s.control, frames, masks_small.reshape(len(job.masks), -1, height, width) > 0, supplied)
+    flow = source_flow(job, frames, pipe.device)
+    trajectories = None
+    if s.flow.trajectories:
+        trajectories = Trajectories(
+            torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward),
+            height // pipe.vae_scale_factor, width // pipe.vae_scale_factor, tuple(s.flow.levels),
+        )
+    return PreparedClip(s, job.masks, job.source_size, frames, control, flow, trajectories)
+
+
 def edit_clip(
     job: EditJob,
     pipe: VideoGrainPipeline,
@@ -65,64 +101,86 @@ def edit_clip(
 ) -> EditResult:
     """Run the edit at the working size; frames, returned and handed to `on_frame` as each is decoded,
     are back at the source size. With `cache`, inversions are looked up and kept there."""
-    s = job.settings
-    width, height = s.source.width, s.source.height
-    to_source = lambda images: resize(images, *job.source_size)  # noqa: E731
-    frames = resize(job.frames, width, height)
-    # Mattes stay at source size: the layout resizes them straight to each attention resolution.
-    masks_small = resize(job.masks.reshape(-1, *job.masks.shape[2:]).astype(np.uint8), width, height, nearest=True)
-    supplied = None if job.control_maps is None else resize(job.control_maps, width, height)
-    control = control_maps(s.control, frames, masks_small.reshape(len(job.masks), -1, height, width) > 0, supplied)
-    flow = source_flow(job, frames, pipe.device)
-    trajectories = None
-    if s.flow.trajectories:
-        trajectories = Trajectories(
-            torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward),
-            height // pipe.vae_scale_factor, width // pipe.vae_scale_factor, tuple(s.flow.levels),
-        )
+    clip = prepare_clip(job, pipe)
+    result = edit_passes(
+        clip, pipe, progress=progress, cancelled=cancelled, measure_leakage=measure_leakage, cache=cache,
+        attention_maps=attention_maps, preview_every=preview_every,
+        on_frame=None if on_frame is None else lambda index, image: on_frame(index, to_source(clip, image[None])[0]),
+    )
+    return finish_edit(clip, result)
+
+
+def edit_passes(
+    clip: PreparedClip,
+    pipe: VideoGrainPipeline,
+    passes: Collection[int] | None = None,
+    window: int | None = None,
+    progress: ProgressCallback = no_progress,
+    cancelled: Callable[[], bool] = lambda: False,
+    measure_leakage: bool = False,
+    on_frame: FrameCallback | None = None,
+    cache: InversionCache | None = None,
+    attention_maps: bool = False,
+    preview_every: int = 5,
+) -> EditResult:
+    """The edit of a prepared clip at the working size: every pass, or only `passes` (frames with their
+    `indices`, to merge with `merge_passes`). `window` overrides the settings' (a pool fixes it once for
+    all its workers)."""
+    s = clip.settings
     inversions = None
     if cache is not None:
         # Exactly what inversion depends on (cache.py); the pipeline adds the pass's frames and anchors.
         material = {
             "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.unet.dtype), "device": pipe.device.type,
-            "frames": frames, "control": control, "control_scale": s.control.scale, "source_prompt": s.source_prompt,
-            "steps": s.steps, "controlnet_attention": s.controlnet_attention, "inject_step": s.inject_step,
-            "guided": s.guidance > 1.0, "trajectories": None if trajectories is None else
-            {"forward": flow.forward, "occluded": flow.occluded_forward, "levels": s.flow.levels},
+            "frames": clip.frames, "control": clip.control, "control_scale": s.control.scale,
+            "source_prompt": s.source_prompt, "steps": s.steps, "controlnet_attention": s.controlnet_attention,
+            "inject_step": s.inject_step, "guided": s.guidance > 1.0, "trajectories": None if clip.trajectories is None
+            else {"forward": clip.flow.forward, "occluded": clip.flow.occluded_forward, "levels": s.flow.levels},
         }
 
         def inversions(pass_material: dict, compute):
             return cache.fetch(job_key({**material, **pass_material}), pipe.device, compute)
-    result = pipe(
-        frames,
-        job.masks,
+    return pipe(
+        clip.frames,
+        clip.masks,
         prompt=s.prompt,
         source_prompt=s.source_prompt,
         phrases=[r.phrase for r in s.regions],
         background_phrase=s.background_phrase,
-        control_maps=control,
+        control_maps=clip.control,
         control_scale=s.control.scale,
         steps=s.steps,
         guidance=s.guidance,
         seed=s.seed,
         modulation=s.modulation,
-        window=s.window,
+        window=window or s.window,
         negative_prompt=s.negative_prompt,
         phrase_embeddings=s.phrase_embeddings,
         controlnet_attention=s.controlnet_attention,
         inject_step=s.inject_step,
         blend=s.blend,
-        trajectories=trajectories,
+        trajectories=clip.trajectories,
         inversions=inversions,
+        passes=passes,
         attention_maps=attention_maps,
         preview_every=preview_every,
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
-        on_frame=None if on_frame is None else lambda index, image: on_frame(index, to_source(image[None])[0]),
+        on_frame=on_frame,
     )
-    return EditResult(to_source(result.frames), result.leakage, result.cached_passes, warp_error(result.frames, flow),
-                      result.attention_maps)
+
+
+def to_source(clip: PreparedClip, images: np.ndarray) -> np.ndarray:
+    """Working-size frames back at the source size."""
+    return resize(images, *clip.source_size)
+
+
+def finish_edit(clip: PreparedClip, result: EditResult) -> EditResult:
+    """A whole clip's edit at the working size → its frames at the source size, and the warp error over
+    all of them (once, on the merged frames when passes ran apart)."""
+    return EditResult(to_source(clip, result.frames), result.leakage, result.cached_passes,
+                      warp_error(result.frames, clip.flow), result.attention_maps)
 
 
 def source_flow(job: EditJob, frames: np.ndarray, device) -> ClipFlow:
@@ -187,7 +245,7 @@ def write_results(
         raise
 
 
-def _preview_path(out: Path) -> Path:
+def preview_path(out: Path) -> Path:
     """Where the step previews go while an edit runs, for an image viewer to follow; removed after."""
     return out.parent / f".{out.name}.preview.png"
 
@@ -200,7 +258,7 @@ def edit_in_process(
     loaded unless `pipe` is given: callers that edit many jobs (`videograin timeline`) load it once."""
     device = resolve_device(device_name)
     s = job.settings
-    bars = ProgressBars(_preview_path(out))
+    bars = ProgressBars(preview_path(out))
     started = time.perf_counter()
     if pipe is None:
         bars(ProgressEvent("load", 0, 1))
@@ -221,7 +279,7 @@ def edit_in_process(
 def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:
     """The same edit through a running engine (protocol v1), results written as in-process."""
     client = EngineClient(connection_file)
-    bars = ProgressBars(_preview_path(out))
+    bars = ProgressBars(preview_path(out))
     try:
         engine = client.hello(client="videograin-cli")
         job_id = client.submit(job.settings.to_dict(), job.frames, job.masks, job.control_maps)

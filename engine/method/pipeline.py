@@ -13,13 +13,16 @@ Long clips: when the clip has more frames than one pass holds (`window`), a few 
 spread over the clip, join every pass. Each pass's frames attend to their own frames and the anchors;
 anchors attend only among themselves, so they are identical in every pass and tie all passes to the
 same appearance. Passes are therefore independent: each is inverted, edited and decoded in turn, and
-its frames are handed on (in clip order) while the next pass runs.
+its frames are handed on (in clip order) while the next pass runs. `passes=` runs only some of them (on
+another process or machine, serving/ray_pool.py); their results carry what merging needs (`merge_passes`).
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +65,44 @@ class EditResult:
     warp_error: float | None = None  # ×10³, under the source's flow (metrics/warp.py), when measured
     # phrase -> (modulated, plain) cross-attention maps (F, h, w) in [0, 1] (metrics/attention_maps.py)
     attention_maps: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    indices: list[int] | None = None  # clip index of each frame when only some passes ran; None: all, in order
+    totals: PassTotals | None = None  # the sums behind the measurements, for `merge_passes`
+
+
+@dataclass
+class PassTotals:
+    """What an edit's measurements are summed from: results of passes run apart add up (`+`)."""
+
+    names: list[str | None]  # region bit -> phrase (bit 0: the background phrase, or None)
+    leakage: LeakageMeter | None = None
+    attention_maps: AttentionMaps | None = None
+    cached_passes: int = 0
+
+    def __add__(self, other: PassTotals) -> PassTotals:
+        return PassTotals(
+            self.names, None if self.leakage is None else self.leakage + other.leakage,
+            None if self.attention_maps is None else self.attention_maps + other.attention_maps,
+            self.cached_passes + other.cached_passes,
+        )
+
+    def measurements(self) -> tuple[dict[str, float] | None, dict[str, tuple[np.ndarray, np.ndarray]] | None]:
+        """Leakage per phrase and attention maps per phrase, as `EditResult` has them."""
+        leakage = maps = None
+        if self.leakage is not None:
+            leakage = {self.names[bit]: share for bit, share in self.leakage.shares().items()}
+        if self.attention_maps is not None:
+            modulated, plain = (_unit(m) for m in self.attention_maps.result())
+            maps = {name: (modulated[bit], plain[bit]) for bit, name in enumerate(self.names) if name}
+        return leakage, maps
+
+
+def merge_passes(frames: Mapping[int, np.ndarray], totals: Sequence[PassTotals]) -> EditResult:
+    """One result from passes run apart (`passes=`) that together make the clip: their frames by clip
+    index, and their totals, summed before leakage and attention maps are normalised, as in one run."""
+    summed = functools.reduce(operator.add, totals)
+    leakage, maps = summed.measurements()
+    return EditResult(np.stack([frames[i] for i in range(len(frames))]), leakage, summed.cached_passes,
+                      attention_maps=maps, totals=summed)
 
 
 @dataclass
@@ -162,11 +203,19 @@ class VideoGrainPipeline(DiffusionPipeline):
         return target
 
     @torch.no_grad()
-    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
-        latents = []
-        for batch in np.array_split(frames, max(1, -(-len(frames) // VAE_BATCH))):
-            pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device, self.vae.dtype) / 127.5 - 1.0
-            latents.append(self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor)
+    def encode_frames(self, frames: np.ndarray, needed: set[int] | None = None) -> torch.Tensor:
+        """Latents of the frames, `VAE_BATCH` at a time. With `needed`, only the batches holding those
+        frames are encoded (the others are left zero): the batches are the whole clip's, so these latents
+        are the whole clip's bit for bit."""
+        sections = np.array_split(np.arange(len(frames)), max(1, -(-len(frames) // VAE_BATCH)))
+        encoded = {}
+        for number, ids in enumerate(sections):
+            if needed is None or not needed.isdisjoint(ids.tolist()):
+                batch = frames[ids[0] : ids[-1] + 1]
+                pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device, self.vae.dtype) / 127.5 - 1.0
+                encoded[number] = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
+        blank = torch.zeros_like(next(iter(encoded.values()))[:1])
+        latents = [encoded.get(number, blank.expand(len(ids), -1, -1, -1)) for number, ids in enumerate(sections)]
         return torch.cat(latents).to(self.unet.dtype)
 
     @torch.no_grad()
@@ -310,6 +359,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         blend: bool = True,
         trajectories: Trajectories | None = None,
         inversions: InversionSource | None = None,
+        passes: Collection[int] | None = None,
         progress: ProgressCallback = no_progress,
         cancelled: Callable[[], bool] = lambda: False,
         measure_leakage: bool = False,
@@ -321,7 +371,8 @@ class VideoGrainPipeline(DiffusionPipeline):
 
         `trajectories`: the clip's flow trajectories at the resolutions that get trajectory attention
         (trajectory.py). `inversions`: where a pass's inversion may come from instead of being computed
-        (the inversion cache)."""
+        (the inversion cache). `passes`: run only these passes (numbers in `plan_passes` order; pass 0
+        brings the anchors' frames) and return their frames with their clip `indices`."""
         modulation = modulation or ModulationConfig()
         height, width = frames.shape[1:3]
         latent_w, latent_h = width // self.vae_scale_factor, height // self.vae_scale_factor
@@ -340,9 +391,14 @@ class VideoGrainPipeline(DiffusionPipeline):
         )
         install_processors(self.unet, self.controlnet, ctx, controlnet_full_frame=controlnet_attention == "full")
         window = window or longest_pass(len(frames), latent_w * latent_h, self.device)
-        passes, anchors = plan_passes(len(frames), window)
+        plan, anchors = plan_passes(len(frames), window)
+        # Anchors come out identical in every pass: the first pass's are kept.
+        kept = [ids if number == 0 else ids[: len(ids) - anchors] for number, ids in enumerate(plan)]
+        chosen = range(len(plan)) if passes is None else sorted(set(passes))
+        if not set(chosen) <= set(range(len(plan))):
+            raise ValueError(f"passes {sorted(passes)} are not among the clip's {len(plan)} passes")
+        indices = sorted(index for number in chosen for index in kept[number])
         control = self._control_tensor(control_maps)
-        generator = torch.Generator().manual_seed(seed)
         guided = guidance > 1.0
         phrases_all = [*phrases, *([background_phrase] if background_phrase else [])]
         source_text = self.encode_prompt(source_prompt)
@@ -364,12 +420,14 @@ class VideoGrainPipeline(DiffusionPipeline):
                 raise CancelledError("the edit was cancelled")
 
         encoded: list[torch.Tensor] = []
+        needed = None if passes is None else {i for n in chosen for i in plan[n]}
 
         def latents() -> torch.Tensor:
-            """The clip's latents, encoded when a pass first needs inverting (never when all are cached)."""
+            """The latents of the frames the chosen passes hold, encoded when a pass first needs inverting
+            (never when all are cached)."""
             if not encoded:
                 progress(ProgressEvent("encode", 0, len(frames)))
-                encoded.append(self.encode_frames(frames))
+                encoded.append(self.encode_frames(frames, needed))
                 progress(ProgressEvent("encode", len(frames), len(frames)))
             return encoded[0]
 
@@ -378,24 +436,25 @@ class VideoGrainPipeline(DiffusionPipeline):
             finest = layout.level(latent_w * latent_h, self.device)
             keep = (finest.regions != 0).to(self.unet.dtype).reshape(len(frames), 1, latent_h, latent_w)
 
-        decoded = _InOrderDecoder(self, len(frames), on_frame, progress)
+        decoded = _InOrderDecoder(self, indices, on_frame, progress)
         cached_passes = 0
         ctx.injection = FeatureInjection(self.unet) if inject_step else None
         try:
-            for number, frame_ids in enumerate(passes):
+            for number in chosen:
+                frame_ids = plan[number]
                 ctx.frames, ctx.anchors, ctx.frame_ids = len(frame_ids), anchors, torch.tensor(frame_ids)
                 pass_control = None if control is None else control[frame_ids]
 
                 def inverted(i: int) -> None:
                     check_cancel()
-                    progress(ProgressEvent("invert", i + 1, steps, None, number, len(passes)))
+                    progress(ProgressEvent("invert", i + 1, steps, None, number, len(plan)))
 
                 def edited(i: int, predicted: torch.Tensor) -> None:
                     check_cancel()
                     preview = None
                     if number == 0 and (i == 0 or (i + 1) % preview_every == 0 or i + 1 == steps):
                         preview = self.preview_image(predicted[0])
-                    progress(ProgressEvent("edit", i + 1, steps, preview, number, len(passes)))
+                    progress(ProgressEvent("edit", i + 1, steps, preview, number, len(plan)))
 
                 check_cancel()
                 compute = lambda: self.invert_pass(  # noqa: E731
@@ -408,25 +467,21 @@ class VideoGrainPipeline(DiffusionPipeline):
                     inversion, hit = inversions({"pass_frames": frame_ids, "pass_anchors": anchors}, compute)
                     if hit:
                         cached_passes += 1
-                        progress(ProgressEvent("invert", steps, steps, None, number, len(passes)))
+                        progress(ProgressEvent("invert", steps, steps, None, number, len(plan)))
+                # A generator per pass, so that passes run apart draw what they draw in one run.
+                generator = torch.Generator().manual_seed(seed)
                 result = self.edit_pass(
                     ctx, inversion, texts, pass_control, control_scale, steps, guidance, modulation, inject_step,
                     None if keep is None else keep[frame_ids], generator, edited,
                 )
-                # Anchors come out identical in every pass: the first pass's are kept.
-                kept = len(frame_ids) if number == 0 else len(frame_ids) - anchors
-                decoded.add(frame_ids[:kept], result[:kept])
+                decoded.add(kept[number], result[: len(kept[number])])
         finally:
             if ctx.injection is not None:
                 ctx.injection.remove()
-        names = [background_phrase, *phrases]
-        leakage = maps = None
-        if ctx.leakage is not None:
-            leakage = {names[bit]: share for bit, share in ctx.leakage.shares().items()}
-        if ctx.attention_maps is not None:
-            modulated, plain = (_unit(m) for m in ctx.attention_maps.result())
-            maps = {names[bit]: (modulated[bit], plain[bit]) for bit in range(len(names)) if names[bit]}
-        return EditResult(decoded.frames(), leakage, cached_passes, attention_maps=maps)
+        totals = PassTotals([background_phrase, *phrases], ctx.leakage, ctx.attention_maps, cached_passes)
+        leakage, maps = totals.measurements()
+        return EditResult(decoded.frames(), leakage, cached_passes, attention_maps=maps,
+                          indices=None if passes is None else indices, totals=totals)
 
 
 def _unit(maps: torch.Tensor) -> np.ndarray:
@@ -436,12 +491,14 @@ def _unit(maps: torch.Tensor) -> np.ndarray:
 
 
 class _InOrderDecoder:
-    """Decodes finished latents in clip order, `VAE_BATCH` consecutive frames at a time (the batches a
-    whole-clip decode would use), so frames reach `on_frame` in index order as soon as they can."""
+    """Decodes finished latents in clip order, `VAE_BATCH` consecutive frames of `indices` (the frames
+    the run makes) at a time, so frames reach `on_frame` in index order as soon as they can. For a whole
+    clip these are the batches a whole-clip decode would use."""
 
-    def __init__(self, pipe: VideoGrainPipeline, count: int, on_frame: FrameCallback | None,
+    def __init__(self, pipe: VideoGrainPipeline, indices: list[int], on_frame: FrameCallback | None,
                  progress: ProgressCallback) -> None:
-        self.pipe, self.count, self.on_frame, self.progress = pipe, count, on_frame, progress
+        self.pipe, self.indices, self.on_frame, self.progress = pipe, indices, on_frame, progress
+        self.count = len(indices)
         self.pending: dict[int, torch.Tensor] = {}
         self.images: list[np.ndarray] = []
 
@@ -450,12 +507,11 @@ class _InOrderDecoder:
         # The sampler hands latents out channels-last; the VAE's kernels depend on the memory format.
         layout = torch.channels_last if latents.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         while len(self.images) < self.count:
-            start = len(self.images)
-            chunk = range(start, min(start + VAE_BATCH, self.count))
+            chunk = self.indices[len(self.images) : len(self.images) + VAE_BATCH]
             if any(i not in self.pending for i in chunk):
                 return
             batch = torch.stack([self.pending.pop(i) for i in chunk]).contiguous(memory_format=layout)
-            on_frame = None if self.on_frame is None else lambda index, image: self.on_frame(start + index, image)
+            on_frame = None if self.on_frame is None else lambda index, image: self.on_frame(chunk[index], image)
             self.images.extend(self.pipe.decode_latents(batch, on_frame))
             self.progress(ProgressEvent("decode", len(self.images), self.count))
 

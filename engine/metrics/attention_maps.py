@@ -49,6 +49,13 @@ class AttentionMaps:
                 maps[bit, ids] += mass[:, 0].double().cpu()
         self.counts[ids] += 1
 
+    def __add__(self, other: AttentionMaps) -> AttentionMaps:
+        """The sums of two accumulators over the same clip (passes recorded apart)."""
+        summed = AttentionMaps(len(self.modulated), len(self.counts), self.sizes)
+        summed.modulated, summed.plain = self.modulated + other.modulated, self.plain + other.plain
+        summed.counts = self.counts + other.counts
+        return summed
+
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(bits, F, h, w) modulated and plain maps, each averaged over what was recorded."""
         counts = self.counts.clamp(min=1)[None, :, None, None]

@@ -25,6 +25,12 @@ class LeakageMeter:
             self.total[bit] += mass.sum()
             self.inside[bit] += mass[((pixel_regions >> bit) & 1 == 1).cpu()].sum()
 
+    def __add__(self, other: LeakageMeter) -> LeakageMeter:
+        """The sums of two meters (passes measured apart)."""
+        summed = LeakageMeter(len(self.total))
+        summed.inside, summed.total = self.inside + other.inside, self.total + other.total
+        return summed
+
     def shares(self) -> dict[int, float]:
         """Leakage per region bit that has phrase tokens (bit 0: the background, k + 1: region k)."""
         return {b: 1.0 - float(self.inside[b] / self.total[b]) for b in range(len(self.total)) if self.total[b] > 0}

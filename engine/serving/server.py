@@ -32,7 +32,7 @@ from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
-from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, free_device_memory
+from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
 
@@ -46,7 +46,7 @@ class EngineServer:
         self,
         address: str,
         key: str,
-        pipeline_for: Callable[[str, str | None], Any],
+        pipeline_for: Callable[[str, str | None], Any] | None,
         default_model: str,
         device: str,
         limits: Limits | None = None,
@@ -54,7 +54,10 @@ class EngineServer:
         heartbeat_s: float = 5.0,
         connection_file: Path | None = None,
         cache: InversionCache | None = None,
+        worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
     ) -> None:
+        """`worker` makes the worker from the frame store and the stop flag; by default one thread that
+        runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py)."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.default_model = default_model
@@ -83,7 +86,10 @@ class EngineServer:
         self.peer_part_mac: dict[bytes, str] = {}  # the part-MAC scheme each peer said it speaks (hello)
         self.store = FrameStore()
         self.stopping = threading.Event()
-        self.worker = JobWorker(pipeline_for, self.store, self.stopping, cache)
+        if worker is None:
+            self.worker = JobWorker(pipeline_for, self.store, self.stopping, cache, device)
+        else:
+            self.worker = worker(self.store, self.stopping)
         self._job_numbers = itertools.count(1)
         self._purged_at = 0.0
         # One handler per request type of wire.REQUESTS: a new request is a schema entry there and an
@@ -246,7 +252,7 @@ class EngineServer:
         return {
             "name": "videograin", "version": __version__, "device": self.device, "models": [self.default_model],
             "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
-            "part_macs": list(wire.PART_MACS),
+            "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
         }
 
     def _job(self, job_id: str) -> Job:
@@ -417,6 +423,15 @@ def claim_connection_file(path: Path) -> None:
         )
 
 
+def add_ray_arguments(parser) -> None:
+    """`--ray [ADDRESS]` and `--workers`, the same for `serve` and `edit` (ray_pool.py)."""
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="spread passes and jobs over Ray workers: the cluster at ADDRESS (host:port), or a local "
+                             "one when none is given; needs `pip install 'videograin[ray]'`")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Ray workers to start (default: one per GPU of the cluster; 1 where it has none)")
+
+
 def check_bind(address: str, allow_remote: bool) -> None:
     if address.startswith("ipc://"):
         return
@@ -438,29 +453,33 @@ def check_bind(address: str, allow_remote: bool) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from videograin.engine.models import get_pipeline, resolve_device
+    from videograin.engine.models import resolve_device
 
     check_bind(args.bind, args.allow_remote)
-    device = resolve_device(args.device)
-    loaded: dict[tuple[str, str | None], Any] = {}
-
-    def pipeline_for(model: str, controlnet: str | None):
-        key = (model, controlnet)
-        if key not in loaded:
-            loaded.clear()  # one model on the device at a time
-            free_device_memory()
-            loaded[key] = get_pipeline(model, controlnet, device)
-        return loaded[key]
-
     limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes)
+    cache, pool = cache_from_args(args), None
+    if args.ray is None:
+        device = resolve_device(args.device)
+        pipeline_for, worker, device_label = PipelineSlot(device), None, str(device)
+    else:
+        from videograin.engine.serving.ray_pool import RayPool, RayWorker, connect
+
+        connect(args.ray or None)
+        pool = RayPool(args.workers, cache)
+        pipeline_for, device_label = None, pool.device_label()
+        worker = lambda store, stopping: RayWorker(pool, store, stopping)  # noqa: E731
     server = EngineServer(
-        args.bind, wire.new_key(), pipeline_for, args.model, str(device), limits=limits, retention_s=args.retention,
-        heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache_from_args(args),
+        args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
+        heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     print(f"videograin engine on {server.address}; connection file {args.connection_file}", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if pool is not None:
+            pool.close()
     return 0
 
 
@@ -478,4 +497,5 @@ def add_parser(sub) -> None:
     serve.add_argument("--max-frames", type=int, default=Limits.max_frames)
     serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
     add_cache_arguments(serve)  # one inversion cache for every job and client of this engine
+    add_ray_arguments(serve)
     serve.set_defaults(run=cmd_serve)

@@ -2,8 +2,8 @@
 
 The loop owns every job's protocol state and calls this class from its own thread only; the worker
 thread reads a job's edit and cancel flag, runs it, stores its frames for `attach` and reports back
-through events that the loop drains with `events()`. Another worker (a pool of GPUs) offers the same
-methods and events.
+through events that the loop drains with `events()`. Another worker (a pool of GPUs, ray_pool.py)
+offers the same methods and events.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from videograin.engine.cache import InversionCache
 from videograin.engine.errors import CancelledError, VideograinError
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.inputs.media import heatmap_overlays, resize
-from videograin.engine.models import RANDOM_MODELS
+from videograin.engine.method.pipeline import EditResult
+from videograin.engine.models import RANDOM_MODELS, device_name, get_pipeline
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
 from videograin.engine.serving.retention import FrameStore
@@ -89,8 +91,9 @@ class JobWorker:
     """
 
     def __init__(self, pipeline_for: Callable[[str, str | None], Any], store: FrameStore,
-                 stopping: threading.Event, cache: InversionCache | None = None) -> None:
+                 stopping: threading.Event, cache: InversionCache | None = None, device: str = "cpu") -> None:
         self.pipeline_for = pipeline_for
+        self.device = device
         self.store = store
         self.stopping = stopping
         self.cache = cache
@@ -137,6 +140,10 @@ class JobWorker:
             for job in dropped:
                 job.cancel.set()
         return dropped
+
+    def workers(self) -> list[dict[str, str]]:
+        """Who edits (`welcome`'s **workers**): this process, on its device."""
+        return [{"node": socket.gethostname(), "device": self.device, "name": device_name(self.device)}]
 
     def events(self) -> Iterator[tuple[str, Job, Any]]:
         while True:
@@ -200,12 +207,9 @@ class JobWorker:
             attention_maps=job.attention_maps,
             preview_every=job.preview_every,
         )
-        for phrase, (modulated, _) in (result.attention_maps or {}).items():
-            small = resize(job.edit.frames, *attention_size(job.edit.source_size))
-            self._events.put(("attention", job, (phrase, heatmap_overlays(small, modulated))))
-        return {"frames": len(result.frames), "seconds": time.perf_counter() - started, "leakage": result.leakage,
-                "warp_error": result.warp_error, "inversion_cached": result.cached_passes > 0,
-                "random_weights": settings.model in RANDOM_MODELS}
+        for event in attention_events(job, result):
+            self._events.put(event)
+        return done_fields(job, result, time.perf_counter() - started)
 
     def _progress(self, job: Job, event: ProgressEvent, eta_s: float | None) -> None:
         self._events.put(("progress", job, (event, eta_s)))
@@ -214,6 +218,38 @@ class JobWorker:
         """Store the frame for `attach` here, keeping disk writes off the socket loop, then hand it on."""
         self.store.put(job.id, index, image)
         self._events.put(("frame", job, (index, image)))
+
+
+def attention_events(job: Job, result: EditResult) -> list[tuple[str, Job, Any]]:
+    """The ("attention", job, (phrase, overlays)) events of a finished edit, when it has maps."""
+    events = []
+    for phrase, (modulated, _) in (result.attention_maps or {}).items():
+        small = resize(job.edit.frames, *attention_size(job.edit.source_size))
+        events.append(("attention", job, (phrase, heatmap_overlays(small, modulated))))
+    return events
+
+
+def done_fields(job: Job, result: EditResult, seconds: float) -> dict[str, Any]:
+    """The fields of a finished job's `done` message."""
+    return {"frames": len(result.frames), "seconds": seconds, "leakage": result.leakage,
+            "warp_error": result.warp_error, "inversion_cached": result.cached_passes > 0,
+            "random_weights": job.edit.settings.model in RANDOM_MODELS}
+
+
+class PipelineSlot:
+    """The pipeline a job asks for, kept between jobs: one model on the device at a time."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.loaded: dict[tuple[str, str | None], Any] = {}
+
+    def __call__(self, model: str, controlnet: str | None):
+        key = (model, controlnet)
+        if key not in self.loaded:
+            self.loaded.clear()
+            free_device_memory()
+            self.loaded[key] = get_pipeline(model, controlnet, self.device)
+        return self.loaded[key]
 
 
 def attention_size(source_size: tuple[int, int], longest: int = ATTENTION_SIDE) -> tuple[int, int]:
