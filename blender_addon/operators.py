@@ -451,7 +451,7 @@ def _finish_track(scene, session: TrackSession) -> None:
     matte = timeline.insert_result_strip(scene, source, session.frame_paths(), f"{label} matte")
     matte.mute = True  # a matte is for the edit, never for the picture
     old = referenced_strip(region, "overlay")
-    if old is not None:
+    if old is not None and timeline.strips_of(scene).get(old.name) == old:  # not moved into a meta strip
         timeline.strips_of(scene).remove(old)
     overlay = timeline.insert_overlay(scene, matte, tuple(region.color), f"{label} matte overlay")
     region.matte_source, region.strip, region.overlay = "STRIP", matte.name, overlay.name

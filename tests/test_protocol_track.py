@@ -230,20 +230,26 @@ def test_a_paths_track_with_bad_paths_is_refused(peer, engine, tmp_path, source,
     assert reply["type"] == "error" and reply["code"] == "bad_job" and words in reply["message"], reply
 
 
-def test_a_submit_with_keyframes_is_refused_and_points_to_track(peer, engine, demo_job):
-    header, parts = inline_job(frames=2)
-    header["settings"]["regions"][0]["keyframes"] = [{"frame": 0, "mask": "/k.png"}]
-    reply = peer.request(header, parts)
-    assert reply["code"] == "bad_job" and "region 'iron man' gives keyframes" in reply["message"]
-    assert "`track` request" in reply["message"]
+def test_a_paths_submit_with_keyframes_is_refused_and_points_to_track(peer, engine, demo_job):
     folder = demo_job.parent
     settings = {"source_prompt": "two men", "prompt": "an iron man and a spider man", "model": "tiny",
                 "source": {"path": str(folder / "frames"), "width": 64, "height": 64},
                 "regions": [{"phrase": "iron man",
                              "keyframes": [{"frame": 0, "mask": str(folder / "masks/left/0000.png")}]},
                             {"phrase": "spider man", "mask": str(folder / "masks/right")}]}
+    before = len(peer.request({"type": "status"})["jobs"])
     reply = peer.request({"type": "submit", "inline": False, "settings": settings})
-    assert reply["code"] == "bad_job" and "gives keyframes" in reply["message"]
+    assert reply["code"] == "bad_job" and "region 'iron man' gives keyframes" in reply["message"]
+    assert "`track` request" in reply["message"] and len(peer.request({"type": "status"})["jobs"]) == before
+
+
+def test_an_inline_submit_does_not_read_keyframes(peer, engine):
+    """What `videograin edit --engine` sends for a job file with keyframes: tracked already, a matte per
+    frame, the job file's settings as they are."""
+    header, parts = inline_job(frames=2, steps=2)
+    header["settings"]["regions"][0]["keyframes"] = [{"frame": 0, "mask": "/not/read.png"}]
+    stream = collect_stream(peer, peer.request(header, parts)["job"])
+    assert stream[-1][0]["type"] == "done"
 
 
 def test_the_reference_client_tracks(engine, blobs, tmp_path):

@@ -218,8 +218,11 @@ class EngineServer:
             raise ProtocolError("bad_header", "'submit.result_encoding' must be 'raw' or 'png'")
         settings = dict(h["settings"])
         settings.setdefault("model", self.default_model)
-        refuse_keyframes(parse_settings(settings))  # before any media is read
-        edit = self._inline_job(settings, message) if h["inline"] else load_job_mapping(settings, Path("/"))
+        if h["inline"]:
+            edit = self._inline_job(settings, message)
+        else:
+            refuse_keyframes(parse_settings(settings))  # before any media is read
+            edit = load_job_mapping(settings, Path("/"))
         if len(edit.frames) > self.limits.max_frames:
             raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
         preview_every = h.get("preview_every", 5)

@@ -72,8 +72,9 @@ def paths_track(header: dict[str, Any], max_frames: int) -> TrackJob:
 
 
 def refuse_keyframes(settings: EditSettings) -> None:
-    """A `submit` edits mattes it is given and never tracks: tracking is a job of its own (`track`), which
-    runs on the worker, streams its mattes for a look before the edit, and can be cancelled alone."""
+    """A paths `submit` edits the mattes it names and never tracks: tracking is a job of its own (`track`),
+    which runs on the worker, streams its mattes for a look before the edit, and can be cancelled alone.
+    (An inline submit carries a matte per frame; its regions' keyframes are not read, as their `mask`.)"""
     for region in settings.regions:
         if region.keyframes:
             raise JobError(
