@@ -24,8 +24,8 @@ def keyframe_frames(playhead: int, keyed: Iterable[float], frames: range, what: 
     if keyed:
         inside = [frame for frame in keyed if frame in frames]
         if not inside:
-            raise EngineError("bad_job", f"{what[:1].upper()}{what[1:]} is keyed on frames {_span(keyed)}, none within the source strip's "
-                                         f"{_span(frames)}: key it on the frames to track from")
+            raise EngineError("bad_job", f"{what[:1].upper()}{what[1:]} is keyed on frames {_span(keyed)}, none within "
+                                         f"the source strip's {_span(frames)}: key it on the frames to track from")
         return inside
     if playhead not in frames:
         raise EngineError("bad_job", f"Move the playhead into the source strip (frames {_span(frames)}): {what} "

@@ -307,7 +307,8 @@ def _finish(scene, session: EditSession) -> None:
     if session.summary.get("random_weights"):
         vg.status += " (random-weight model: not an edit)"
     if (session.result_folder / "attention").is_dir():
-        vg.attention_folder = bpy.path.relpath(str(session.result_folder)) if bpy.data.filepath else str(session.result_folder)
+        folder = session.result_folder
+        vg.attention_folder = bpy.path.relpath(str(folder)) if bpy.data.filepath else str(folder)
         vg.attention_start = source.frame_final_start
         _show_attention(scene)
 
@@ -341,7 +342,8 @@ class VIDEOGRAIN_OT_track_matte(bpy.types.Operator):
             return _fail(self, vg, f"Region '{name}' takes its mattes from a strip: Track Matte starts from a mask "
                                    "or a painted image (choose Mask or Image).")
         if not _matte_ready(region):
-            return _fail(self, vg, f"Region '{name}' has no {region.matte_source.lower()} to track: choose or draw one.")
+            what = region.matte_source.lower()
+            return _fail(self, vg, f"Region '{name}' has no {what} to track: choose or draw one.")
         frames = export.frame_range(source)
         keyed = export.keyed_frames(region.mask) if region.matte_source == "MASK" else []
         what = f"the mask '{region.mask.name}'" if region.matte_source == "MASK" else f"the image '{region.image.name}'"
@@ -726,7 +728,7 @@ def _file_opened(*_args) -> None:
     for scene in bpy.data.scenes:
         vg = scene.videograin
         if vg.running:
-            vg.running, vg.status = False, "The last edit was interrupted when its file closed"
+            vg.running, vg.status = False, "The last edit or tracking was interrupted when its file closed"
         if vg.connection_file:
             engine_watch(vg.connection_file)
         if vg.attention_folder:

@@ -128,12 +128,15 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     model: StringProperty(name="Model", description="Model for this edit (empty: the engine's)")
     keep_partial: BoolProperty(name="Keep Partial Results", default=False)
     keep_preview: BoolProperty(name="Keep Preview", default=False, description="Keep the last step preview in the panel after the edit")
-    attention_maps: BoolProperty(name="Attention Maps", default=False,
-                                 description="Bring back where each phrase attends, shown per region for the current frame")
+    attention_maps: BoolProperty(
+        name="Attention Maps", default=False,
+        description="Bring back where each phrase attends, shown per region for the current frame")
     tracker: EnumProperty(name="Tracker", items=TRACKERS, default="flow", description="How Track Matte follows a region")
-    tracker_model: StringProperty(name="Tracker Model", description="SAM 2 weights: a hub id or a folder on the engine's disk (empty: the default)")
-    show_mattes: BoolProperty(name="Show Mattes", default=True, update=_show_mattes,
-                              description="Tracked mattes in their region's colour over the source (they render too: turn off before rendering)")
+    tracker_model: StringProperty(
+        name="Tracker Model", description="SAM 2 weights: a hub id or a folder on the engine's disk (empty: the default)")
+    show_mattes: BoolProperty(
+        name="Show Mattes", default=True, update=_show_mattes,
+        description="Tracked mattes in their region's colour over the source (they render too: turn off before rendering)")
     # Live state, written by the timer that drives an edit.
     status: StringProperty(name="Status", default="")
     error: StringProperty(name="Error", default="")
