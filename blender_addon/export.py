@@ -24,6 +24,7 @@ import bpy
 import numpy as np
 
 from .jobspec import FileRun, image_run
+from .keyframes import fit_image
 from .timeline import all_strips_of, strips_of
 
 UNCHANGED = {  # strip settings that leave pixels and timing as the files have them
@@ -82,17 +83,27 @@ def _animated(scene: bpy.types.Scene, strip) -> bool:
     data = scene.animation_data
     if data is None:
         return False
-    curves = list(data.drivers)
-    if data.action is not None:
-        if hasattr(data.action, "layers"):  # 4.4+: slotted actions
-            from bpy_extras.anim_utils import action_get_channelbag_for_slot
-
-            bag = action_get_channelbag_for_slot(data.action, data.action_slot)
-            curves += list(bag.fcurves) if bag is not None else []
-        else:
-            curves += list(data.action.fcurves)
+    curves = list(data.drivers) + _action_curves(data)
     token = f'["{bpy.utils.escape_identifier(strip.name)}"]'
     return any(token in curve.data_path for curve in curves)
+
+
+def _action_curves(data) -> list:
+    """The F-curves of the action an `AnimData` plays (none without one)."""
+    if data is None or data.action is None:
+        return []
+    if hasattr(data.action, "layers"):  # 4.4+: slotted actions
+        from bpy_extras.anim_utils import action_get_channelbag_for_slot
+
+        bag = action_get_channelbag_for_slot(data.action, data.action_slot)
+        return list(bag.fcurves) if bag is not None else []
+    return list(data.action.fcurves)
+
+
+def keyed_frames(datablock) -> list[float]:
+    """The frames on which a datablock (a mask) has keyframes: its F-curves' keys, in scene frames.
+    (A mask's layer shape keys are not in the Python API, so they are not among them.)"""
+    return sorted({point.co.x for curve in _action_curves(datablock.animation_data) for point in curve.keyframe_points})
 
 
 def run_of_files(files: list[Path]) -> FileRun:
@@ -217,11 +228,12 @@ def render_mask(scene: bpy.types.Scene, mask: bpy.types.Mask, frames: range, fol
 
 
 def render_image(scene: bpy.types.Scene, image: bpy.types.Image, frames: range, folder: Path) -> list[Path]:
-    """A painted (still) image as the matte of every frame: written once, linked once per frame."""
+    """A painted (still) image as the matte of every frame: stretched to the render size when it has
+    another (a new image is 1024² by default), written once, linked once per frame."""
     folder.mkdir(parents=True, exist_ok=True)
     first = folder / "000000.bmp"
-    with _exact_output(scene, grey=True):
-        image.save_render(str(first), scene=scene)
+    with _exact_output(scene, grey=True), _fitted(image, scene.render.resolution_x, scene.render.resolution_y) as still:
+        still.save_render(str(first), scene=scene)
     files = [first] + [folder / f"{index:06d}.bmp" for index in range(1, len(frames))]
     for path in files[1:]:
         try:
@@ -229,6 +241,30 @@ def render_image(scene: bpy.types.Scene, image: bpy.types.Image, frames: range, 
         except OSError:  # a file system without hard links
             shutil.copyfile(first, path)
     return files
+
+
+@contextmanager
+def _fitted(image: bpy.types.Image, width: int, height: int) -> Iterator[bpy.types.Image]:
+    """`image` at width × height: itself, or a temporary copy of its pixels stretched to that size, in
+    the same colour space and precision (the user's image is never changed)."""
+    if tuple(image.size) == (width, height):
+        yield image
+        return
+    if 0 in image.size:
+        raise RuntimeError(f"the image '{image.name}' has no pixels to read (is its file missing?)")
+    pixels = np.empty(image.size[0] * image.size[1] * image.channels, np.float32)
+    image.pixels.foreach_get(pixels)
+    pixels = pixels.reshape(image.size[1], image.size[0], image.channels)
+    if image.channels != 4:  # greyscale or RGB files: Blender's pixel buffers of new images are RGBA
+        pixels = np.concatenate([np.repeat(pixels[..., :1], 3, 2) if image.channels == 1 else pixels[..., :3],
+                                 np.ones((*pixels.shape[:2], 1), np.float32)], axis=2)
+    fitted = bpy.data.images.new(f"{image.name} fitted", width, height, alpha=True, float_buffer=image.is_float)
+    try:
+        fitted.colorspace_settings.name = image.colorspace_settings.name
+        fitted.pixels.foreach_set(fit_image(pixels, width, height).ravel())
+        yield fitted
+    finally:
+        bpy.data.images.remove(fitted)
 
 
 def read_bmp(path: Path) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Operators under `bpy.ops.videograin.*`. Each works through `execute`, so scripts and headless Blender
-can drive it. Long work never blocks the UI: it runs in the engine process, a timer on the main thread
-(`tick`) takes in what arrives, and whether the engine answers is watched on a background thread.
-Scripts pass `wait=True` to run the same loop until the work is over.
+can drive it. Long work (an edit, the tracking of a region's matte) never blocks the UI: it runs in the
+engine process, a timer on the main thread (`tick`) takes in what arrives, and whether the engine
+answers is watched on a background thread. Scripts pass `wait=True` to run the same loop until the work
+is over.
 """
 
 from __future__ import annotations
@@ -10,24 +11,26 @@ import functools
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
 import bpy.utils.previews
 import numpy as np
 
-from . import export, jobspec, timeline
+from . import export, jobspec, keyframes, timeline
 from .engine_link import ABSENT, SILENT, EngineError, EngineWatch, LocalEngine, connect, shares_disk
-from .properties import preferences, referenced_strip
-from .session import DONE, EditSession
+from .properties import preferences, referenced_strip, region_key
+from .session import DONE, EditSession, EngineSession, TrackSession, attention_map
 
 TICK_SECONDS = 0.2
 WAIT_SECONDS = 0.05  # between ticks when a script waits
 WATCH_TIMEOUT_S = 5.0
 
-# What cannot live in Blender properties: the edit in flight per scene, engine watches per connection
-# file, a local engine process and its last log, and the step previews.
-_sessions: dict[str, EditSession] = {}
+# What cannot live in Blender properties: the job in flight per scene (an edit or a tracking), engine
+# watches per connection file, a local engine process and its last log, the step previews and the
+# attention maps shown for the current frame.
+_sessions: dict[str, EngineSession] = {}
 _watches: dict[str, EngineWatch] = {}
 _engine: dict[str, LocalEngine] = {}
 _last_log: dict[str, Path] = {}
@@ -47,9 +50,10 @@ def source_strip(scene):
     return strip
 
 
-def results_folder(scene, source) -> Path:
-    """A new folder for this edit's frames: beside the .blend (`//videograin_results`), or, for a file never
-    saved, in the folder the add-on's preferences name."""
+def results_folder(scene, source, label: str = "") -> Path:
+    """A new folder for a job's frames (an edit's, or a tracked matte's: `label` says which): beside the
+    .blend (`//videograin_results`), or, for a file never saved, in the folder the add-on's preferences
+    name."""
     if bpy.data.filepath:
         root = Path(bpy.path.abspath("//videograin_results"))
     else:
@@ -58,7 +62,8 @@ def results_folder(scene, source) -> Path:
             raise EngineError("bad_job", "Save the .blend first (results go beside it, in videograin_results), "
                                          "or choose a results folder for unsaved files in the add-on's preferences.")
         root = Path(bpy.path.abspath(prefs.results_folder))
-    name = f"{bpy.path.clean_name(source.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = "-".join(bpy.path.clean_name(part) for part in (source.name, label) if part)
+    name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder, number = root / name, 1
     while folder.exists() or folder.with_name(folder.name + "-partial").exists():
         number += 1
@@ -131,13 +136,9 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         vg = scene.videograin
-        if vg.running or scene.name in _sessions:
-            return _fail(self, vg, "An edit is already running in this scene: wait for it or cancel it.")
-        source = source_strip(scene)
+        source = _free_to_start(self, scene)
         if source is None:
-            if vg.source_strip_name:
-                return _fail(self, vg, f"The source strip '{vg.source_strip_name}' is gone: choose another.")
-            return _fail(self, vg, "Select the strip to edit (or name it as Source).")
+            return {"CANCELLED"}
         request = request_of(vg)
         problems = jobspec.problems(request)
         if problems:
@@ -154,6 +155,8 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
             return {"CANCELLED"}
         vg.error, vg.status, vg.result_strip = "", "Exporting frames and mattes", ""
         _drop_preview(scene.name)
+        vg.attention_folder = ""  # the last edit's maps go with it
+        _show_attention(scene)
         try:
             session = _start(scene, vg, source, request, client, folder)
         except EngineError as exc:
@@ -163,22 +166,43 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
             client.close()
             return _fail(self, vg, f"Exporting the frames failed: {exc}")
         session.source = (timeline.stamp(source), source.name)
-        _sessions[scene.name] = session
-        vg.running, vg.status, vg.progress, vg.phase = True, "Queued on the engine", 0.0, "queued"
-        if not self.wait:
-            bpy.app.timers.register(functools.partial(tick, scene.name), first_interval=TICK_SECONDS)
-            return {"FINISHED"}
-        try:
-            while tick(scene.name) is not None:
-                time.sleep(WAIT_SECONDS)
-        except KeyboardInterrupt:  # a script stopped by hand stops its edit on the engine too
-            _sessions.pop(scene.name).abandon()
-            vg.running, vg.status = False, "Cancelled"
-            raise
-        if vg.error:
-            self.report({"ERROR"}, vg.error)
-            return {"CANCELLED"}
+        return _launch(self, scene, session, self.wait)
+
+
+def _free_to_start(operator, scene):
+    """The source strip, when no job runs in the scene and there is one; None after reporting why not."""
+    vg = scene.videograin
+    if vg.running or scene.name in _sessions:
+        _fail(operator, vg, "An edit or a tracking is already running in this scene: wait for it or cancel it.")
+        return None
+    source = source_strip(scene)
+    if source is None:
+        if vg.source_strip_name:
+            _fail(operator, vg, f"The source strip '{vg.source_strip_name}' is gone: choose another.")
+        else:
+            _fail(operator, vg, "Select the strip to edit (or name it as Source).")
+    return source
+
+
+def _launch(operator, scene, session: EngineSession, wait: bool) -> set[str]:
+    """Follow a submitted job: with a timer, or (`wait`) right here until it ends."""
+    vg = scene.videograin
+    _sessions[scene.name] = session
+    vg.running, vg.status, vg.progress, vg.phase = True, "Queued on the engine", 0.0, "queued"
+    if not wait:
+        bpy.app.timers.register(functools.partial(tick, scene.name), first_interval=TICK_SECONDS)
         return {"FINISHED"}
+    try:
+        while tick(scene.name) is not None:
+            time.sleep(WAIT_SECONDS)
+    except KeyboardInterrupt:  # a script stopped by hand stops its job on the engine too
+        _sessions.pop(scene.name).abandon()
+        vg.running, vg.status = False, "Cancelled"
+        raise
+    if vg.error:
+        operator.report({"ERROR"}, vg.error)
+        return {"CANCELLED"}
+    return {"FINISHED"}
 
 
 def _matte_ready(region) -> bool:
@@ -207,7 +231,7 @@ def _start(scene, vg, source, request: jobspec.EditRequest, client, folder: Path
             raise
         session = EditSession(client, folder, vg.keep_partial, scratch)  # removes `scratch` when the edit ends
         try:
-            session.submit_paths(jobspec.with_files(settings, run, mattes))
+            session.submit_paths(jobspec.with_files(settings, run, mattes), vg.attention_maps)
             return session
         except EngineError as exc:
             if exc.code != "bad_job":
@@ -219,7 +243,7 @@ def _start(scene, vg, source, request: jobspec.EditRequest, client, folder: Path
         mattes = [[export.read_bmp(p) for p in _render_matte(scene, region, frames, work / f"matte-{i}")]
                   for i, region in enumerate(vg.regions)]
     session = EditSession(client, folder, vg.keep_partial)
-    session.submit(settings, pixels, mattes)
+    session.submit(settings, pixels, mattes, vg.attention_maps)
     return session
 
 
@@ -242,7 +266,7 @@ def _render_matte(scene, region, frames: range, folder: Path) -> list[Path]:
 
 
 def tick(scene_name: str) -> float | None:
-    """Timer callback: take in the engine's messages; returns None (stop) once the edit has ended."""
+    """Timer callback: take in the engine's messages; returns None (stop) once the job has ended."""
     scene = bpy.data.scenes.get(scene_name)
     session = _sessions.get(scene_name)
     if scene is None or session is None:
@@ -264,7 +288,7 @@ def tick(scene_name: str) -> float | None:
     if not vg.keep_preview:
         _drop_preview(scene_name)
     if session.state == DONE:
-        _finish(scene, session)
+        (_finish_track if isinstance(session, TrackSession) else _finish)(scene, session)
     else:
         vg.status, vg.error = session.state.capitalize(), ("" if session.state == "cancelled" else session.message)
     return None
@@ -282,6 +306,195 @@ def _finish(scene, session: EditSession) -> None:
     vg.status, vg.progress = f"Done: '{strip.name}' on channel {strip.channel}, {session.message}", 100.0
     if session.summary.get("random_weights"):
         vg.status += " (random-weight model: not an edit)"
+    if (session.result_folder / "attention").is_dir():
+        folder = session.result_folder
+        vg.attention_folder = bpy.path.relpath(str(folder)) if bpy.data.filepath else str(folder)
+        vg.attention_start = source.frame_final_start
+        _show_attention(scene)
+
+
+# -- tracking a region's matte ----------------------------------------------------------------
+
+class VIDEOGRAIN_OT_track_matte(bpy.types.Operator):
+    """Track the region through the source strip from its mask or painted image at the playhead (or from
+    every keyed frame of an animated mask): the tracked mattes become the region's matte strip"""
+
+    bl_idname = "videograin.track_matte"
+    bl_label = "Track Matte"
+
+    region: bpy.props.IntProperty(name="Region", default=-1, options={"SKIP_SAVE"},
+                                  description="Index of the region to track (-1: the active region)")
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                                 description="Run until the tracking is done, failed or cancelled (scripts)")
+
+    def execute(self, context):
+        scene = context.scene
+        vg = scene.videograin
+        index = self.region if self.region >= 0 else vg.active_region
+        if not 0 <= index < len(vg.regions):
+            return _fail(self, vg, "Add a region first, with a mask or a painted image to track.")
+        source = _free_to_start(self, scene)
+        if source is None:
+            return {"CANCELLED"}
+        region = vg.regions[index]
+        name = region_name(region, index)
+        if region.matte_source == "STRIP":
+            return _fail(self, vg, f"Region '{name}' takes its mattes from a strip: Track Matte starts from a mask "
+                                   "or a painted image (choose Mask or Image).")
+        if not _matte_ready(region):
+            what = region.matte_source.lower()
+            return _fail(self, vg, f"Region '{name}' has no {what} to track: choose or draw one.")
+        frames = export.frame_range(source)
+        keyed = export.keyed_frames(region.mask) if region.matte_source == "MASK" else []
+        what = f"the mask '{region.mask.name}'" if region.matte_source == "MASK" else f"the image '{region.image.name}'"
+        try:
+            marks = keyframes.keyframe_frames(scene.frame_current, keyed, frames, what)
+            folder = results_folder(scene, source, f"{name} matte")
+            keys = _render_keyframes(scene, region, name, marks, frames)
+        except EngineError as exc:
+            return _fail(self, vg, exc.message)
+        except RuntimeError as exc:  # Blender could not render the keyframes
+            return _fail(self, vg, f"Exporting the keyframes failed: {exc}")
+        client = _ready_engine(self, vg, self.wait)
+        if client is None:
+            shutil.rmtree(keys.scratch, ignore_errors=True)
+            return {"CANCELLED"}
+        vg.error, vg.status = "", "Exporting frames"
+        _drop_preview(scene.name)
+        try:
+            session = _start_track(scene, vg, source, name, keys, client, folder)
+        except EngineError as exc:
+            client.close()
+            return _fail(self, vg, exc.message)
+        except RuntimeError as exc:  # Blender could not render the frames or the keyframes
+            client.close()
+            return _fail(self, vg, f"Exporting the frames failed: {exc}")
+        session.source = (timeline.stamp(source), source.name)
+        session.region = region_key(region)
+        return _launch(self, scene, session, self.wait)
+
+
+def region_name(region, index: int) -> str:
+    return region.phrase.strip() or f"region {index + 1}"
+
+
+@dataclass
+class Keyframes:
+    """A region's keyframes, rendered: clip index → grey matte, and → its file in `scratch`."""
+
+    mattes: dict[int, np.ndarray]
+    files: dict[int, Path]
+    scratch: Path
+
+
+def _render_keyframes(scene, region, name: str, marks: list[int], frames: range) -> Keyframes:
+    """The region's mask (or painted image) at each of `marks`, checked not to be empty before anything
+    goes to the engine."""
+    scratch = Path(tempfile.mkdtemp(prefix="videograin-export-"))
+    try:
+        if region.matte_source == "MASK":
+            files = export.render_mask(scene, region.mask, marks, scratch / "keyframes")
+        else:
+            files = export.render_image(scene, region.image, range(len(marks)), scratch / "keyframes")
+        keys = Keyframes({}, {}, scratch)
+        for mark, path in zip(marks, files):
+            matte = export.read_bmp(path)
+            if matte.max() < 128:
+                raise EngineError("bad_job", f"Region '{name}': its {region.matte_source.lower()} is empty on frame "
+                                             f"{mark}: draw the region there (white = the region).")
+            keys.mattes[mark - frames.start], keys.files[mark - frames.start] = matte, path
+        return keys
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def _start_track(scene, vg, source, name: str, keys: Keyframes, client, folder: Path) -> TrackSession:
+    """Export the source and start tracking: by path when the engine shares this disk and the strip is
+    plain (the keyframes too), else with pixels, as an edit does (`_start`). Takes `keys.scratch` over."""
+    frames = export.frame_range(source)
+    try:
+        prefs = preferences(bpy.context)
+        local = shares_disk(client.address) and (prefs is None or prefs.media_transfer == "AUTO")
+        run = export.plain_run(scene, source, frames) if local else None
+    except BaseException:
+        shutil.rmtree(keys.scratch, ignore_errors=True)
+        raise
+    if run is not None:
+        session = TrackSession(client, folder, scratch=keys.scratch)  # removes the scratch when the tracking ends
+        try:
+            paths = {index: str(path) for index, path in keys.files.items()}
+            session.track_paths(run, paths, vg.tracker, vg.tracker_model, name)
+            return session
+        except EngineError as exc:
+            if exc.code != "bad_job":
+                raise
+    shutil.rmtree(keys.scratch, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="videograin-export-") as work:
+        pixels = [export.read_bmp(p) for p in export.render_strip(scene, source, frames, Path(work) / "frames")]
+    session = TrackSession(client, folder)
+    session.track(pixels, keys.mattes, vg.tracker, vg.tracker_model, name)
+    return session
+
+
+def _finish_track(scene, session: TrackSession) -> None:
+    """The tracked mattes as a muted image strip above the source, the region's matte from now on, shown
+    over the source in the region's colour by an overlay strip (replacing the region's last one)."""
+    vg = scene.videograin
+    key, name = session.source
+    source = timeline.find_strip(scene, key, name)
+    found = [(index, region) for index, region in enumerate(vg.regions) if region.key == session.region]
+    if source is None or not found:
+        gone = "source strip" if source is None else "region"
+        vg.status = f"Tracked, but the {gone} is gone: the mattes are in {session.result_folder}"
+        return
+    index, region = found[0]
+    label = region_name(region, index)
+    matte = timeline.insert_result_strip(scene, source, session.frame_paths(), f"{label} matte")
+    matte.mute = True  # a matte is for the edit, never for the picture
+    old = referenced_strip(region, "overlay")
+    if old is not None and timeline.strips_of(scene).get(old.name) == old:  # not moved into a meta strip
+        timeline.strips_of(scene).remove(old)
+    overlay = timeline.insert_overlay(scene, matte, tuple(region.color), f"{label} matte overlay")
+    region.matte_source, region.strip, region.overlay = "STRIP", matte.name, overlay.name
+    vg.show_mattes = True  # shows the new overlay with the others
+    vg.status = f"Tracked: '{matte.name}' on channel {matte.channel} is the matte of '{label}', {session.message}"
+    vg.progress = 100.0
+
+
+# -- attention maps ---------------------------------------------------------------------------
+
+def attention_of(scene_name: str, index: int):
+    """The map of phrase `index` (the regions', then the background's) on the current frame, from the
+    scene's last edit (`bpy.types.ImagePreview`), or None."""
+    previews = _previews.get("attention")
+    return previews.get(f"{scene_name}\n{index}") if previews is not None else None
+
+
+def _show_attention(scene) -> None:
+    """Load the scene's attention maps of the current frame into the panel's previews (and drop those of
+    the frame before): one small PNG per phrase."""
+    previews = _previews.get("attention")
+    if previews is None:
+        return
+    for key in [key for key in previews if key.startswith(f"{scene.name}\n")]:
+        del previews[key]
+    vg = scene.videograin
+    if not vg.attention_folder:
+        return
+    folder = Path(bpy.path.abspath(vg.attention_folder))
+    frame = scene.frame_current - vg.attention_start
+    phrases = [region.phrase for region in vg.regions] + [vg.background_phrase]
+    for index, phrase in enumerate(phrases):
+        path = attention_map(folder, phrase, frame)
+        if phrase.strip() and frame >= 0 and path.is_file():
+            previews.load(f"{scene.name}\n{index}", str(path), "IMAGE")
+
+
+@bpy.app.handlers.persistent
+def _frame_changed(scene, *_args) -> None:
+    if scene.videograin.attention_folder:
+        _show_attention(scene)
 
 
 # -- step previews ----------------------------------------------------------------------------
@@ -309,7 +522,7 @@ def _drop_preview(scene_name: str) -> None:
 
 
 class VIDEOGRAIN_OT_cancel(bpy.types.Operator):
-    """Stop the running edit; nothing is added to the timeline"""
+    """Stop the running edit or tracking; nothing is added to the timeline"""
 
     bl_idname = "videograin.cancel"
     bl_label = "Cancel"
@@ -317,7 +530,7 @@ class VIDEOGRAIN_OT_cancel(bpy.types.Operator):
     def execute(self, context):
         session = _sessions.get(context.scene.name)
         if session is None:
-            self.report({"WARNING"}, "No edit is running")
+            self.report({"WARNING"}, "No edit or tracking is running")
             return {"CANCELLED"}
         session.cancel()
         context.scene.videograin.status = "Cancelling"
@@ -485,6 +698,7 @@ class VIDEOGRAIN_OT_mask_new(bpy.types.Operator):
 
 classes = (
     VIDEOGRAIN_OT_edit,
+    VIDEOGRAIN_OT_track_matte,
     VIDEOGRAIN_OT_cancel,
     VIDEOGRAIN_OT_start_engine,
     VIDEOGRAIN_OT_stop_engine,
@@ -497,13 +711,14 @@ classes = (
 
 @bpy.app.handlers.persistent
 def _abandon_edits(*_args) -> None:
-    """Stop every edit on the engine: the add-on goes, or another file opens (this one's timers die)."""
+    """Stop every job on the engine: the add-on goes, or another file opens (this one's timers die). The
+    previews (steps, attention maps) go with them."""
     for session in _sessions.values():
         session.abandon()
     _sessions.clear()
     _close_watches()
-    if "steps" in _previews:
-        _previews["steps"].clear()
+    for previews in _previews.values():
+        previews.clear()
 
 
 @bpy.app.handlers.persistent
@@ -513,9 +728,11 @@ def _file_opened(*_args) -> None:
     for scene in bpy.data.scenes:
         vg = scene.videograin
         if vg.running:
-            vg.running, vg.status = False, "The last edit was interrupted when its file closed"
+            vg.running, vg.status = False, "The last edit or tracking was interrupted when its file closed"
         if vg.connection_file:
             engine_watch(vg.connection_file)
+        if vg.attention_folder:
+            _show_attention(scene)
 
 
 def _redraw_panels() -> float:
@@ -527,7 +744,8 @@ def _redraw_panels() -> float:
     return 1.0
 
 
-HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits), (bpy.app.handlers.load_post, _file_opened))
+HANDLERS = ((bpy.app.handlers.load_pre, _abandon_edits), (bpy.app.handlers.load_post, _file_opened),
+            (bpy.app.handlers.frame_change_post, _frame_changed))
 
 
 def register() -> None:
@@ -536,6 +754,7 @@ def register() -> None:
     for handlers, handler in HANDLERS:
         handlers.append(handler)
     _previews["steps"] = bpy.utils.previews.new()
+    _previews["attention"] = bpy.utils.previews.new()
     bpy.app.timers.register(_redraw_panels, first_interval=1.0, persistent=True)
 
 
@@ -547,6 +766,7 @@ def unregister() -> None:
             handlers.remove(handler)
     _abandon_edits()
     stop_engine()
-    bpy.utils.previews.remove(_previews.pop("steps"))
+    for name in list(_previews):
+        bpy.utils.previews.remove(_previews.pop(name))
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -61,6 +61,9 @@ class VIDEOGRAIN_UL_regions(bpy.types.UIList):
         row.prop(item, "color", text="")
         row.prop(item, "phrase", text="", emboss=False)
         row.label(text=item.matte_source.title())
+        track = row.row(align=True)
+        track.enabled = not data.running and item.matte_source != "STRIP"
+        track.operator("videograin.track_matte", text="", icon="TRACKING").region = index
 
 
 def draw_regions(context, layout, vg) -> None:
@@ -82,6 +85,12 @@ def draw_regions(context, layout, vg) -> None:
         layout.prop_search(region, "strip", context.scene.sequence_editor, _strips_name(context), text="")
     elif region.matte_source == "IMAGE":
         layout.template_ID(region, "image", open="image.open")
+    if region.matte_source != "STRIP":
+        row = layout.row(align=True)
+        row.enabled = not vg.running
+        row.operator("videograin.track_matte", icon="TRACKING").region = vg.active_region
+    if any(region.overlay_key for region in vg.regions):
+        layout.prop(vg, "show_mattes")
 
 
 def draw_run(context, layout, vg) -> None:
@@ -118,6 +127,32 @@ class VIDEOGRAIN_PT_edit(VideograinPanel, bpy.types.Panel):
         draw_run(context, layout, vg)
 
 
+class VIDEOGRAIN_PT_attention(VideograinPanel, bpy.types.Panel):
+    """Where each region's phrase attends on the current frame, from the last edit run with Attention Maps."""
+
+    bl_label = "Attention Maps"
+    bl_parent_id = "VIDEOGRAIN_PT_edit"
+
+    @classmethod
+    def poll(cls, context):
+        return bool(context.scene.videograin.attention_folder)
+
+    def draw(self, context):
+        scene = context.scene
+        vg = scene.videograin
+        phrases = [region.phrase for region in vg.regions] + [vg.background_phrase]
+        for index, phrase in enumerate(phrases):
+            if not phrase.strip():
+                continue
+            box = self.layout.box()
+            box.label(text=phrase if index < len(vg.regions) else f"{phrase} (background)")
+            preview = operators.attention_of(scene.name, index)
+            if preview is not None:
+                box.template_icon(icon_value=preview.icon_id, scale=6.0)
+            else:
+                box.label(text=f"No map on frame {scene.frame_current}", icon="INFO")
+
+
 class VIDEOGRAIN_PT_settings(VideograinPanel, bpy.types.Panel):
     bl_label = "Settings"
     bl_parent_id = "VIDEOGRAIN_PT_edit"
@@ -126,7 +161,8 @@ class VIDEOGRAIN_PT_settings(VideograinPanel, bpy.types.Panel):
     def draw(self, context):
         vg = context.scene.videograin
         for name in ("steps", "guidance", "seed", "cross_strength", "self_strength", "control_type", "control_scale",
-                     "working_size", "model", "keep_partial", "keep_preview"):
+                     "working_size", "model", "attention_maps", "tracker", "tracker_model", "keep_partial",
+                     "keep_preview"):
             self.layout.prop(vg, name)
 
 
@@ -134,7 +170,8 @@ def _strips_name(context) -> str:
     return "strips_all" if hasattr(context.scene.sequence_editor, "strips_all") else "sequences_all"
 
 
-classes = (VIDEOGRAIN_UL_regions, VIDEOGRAIN_PT_engine, VIDEOGRAIN_PT_edit, VIDEOGRAIN_PT_settings)
+classes = (VIDEOGRAIN_UL_regions, VIDEOGRAIN_PT_engine, VIDEOGRAIN_PT_edit, VIDEOGRAIN_PT_attention,
+           VIDEOGRAIN_PT_settings)
 
 
 def register() -> None:

@@ -4,6 +4,7 @@ operators read."""
 from __future__ import annotations
 
 import sys
+import uuid
 
 import bpy
 from bpy.props import (
@@ -23,6 +24,10 @@ MATTE_SOURCES = [
     ("MASK", "Mask", "A mask datablock, painted in the mask editor"),
     ("STRIP", "Strip", "An image-sequence or movie strip of mattes (white = region)"),
     ("IMAGE", "Image", "A painted still image, used for every frame"),
+]
+TRACKERS = [
+    ("flow", "Optical Flow", "Follow the keyframes along optical flow, re-cut to each frame's colours (no weights)"),
+    ("sam2", "SAM 2", "Segment Anything 2's video model, the keyframes as prompts (engine needs its weights)"),
 ]
 CONTROL_TYPES = [
     ("canny", "Canny edges", "Edges of the source frames (no extra weights)"),
@@ -68,6 +73,26 @@ class VIDEOGRAIN_PG_region(bpy.types.PropertyGroup):
     strip_name: StringProperty(options={"HIDDEN"})
     image: PointerProperty(name="Image", type=bpy.types.Image)
     color: FloatVectorProperty(name="Colour", subtype="COLOR", size=3, min=0.0, max=1.0, default=(1.0, 0.3, 0.2))
+    # Tracking: the region's identity while its matte is tracked (its index may change meanwhile), and
+    # the strip that shows its tracked matte over the source.
+    key: StringProperty(options={"HIDDEN"})
+    overlay: strip_reference("Matte Overlay", "The strip showing this region's tracked matte in colour", "overlay")
+    overlay_key: StringProperty(options={"HIDDEN"})
+    overlay_name: StringProperty(options={"HIDDEN"})
+
+
+def region_key(region) -> str:
+    """The region's key, given the first time it is asked for."""
+    if not region.key:
+        region.key = uuid.uuid4().hex
+    return region.key
+
+
+def _show_mattes(self, context) -> None:
+    for region in self.regions:
+        overlay = referenced_strip(region, "overlay")
+        if overlay is not None:
+            overlay.mute = not self.show_mattes
 
 
 def _watch_engine(self, context) -> None:
@@ -103,6 +128,15 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     model: StringProperty(name="Model", description="Model for this edit (empty: the engine's)")
     keep_partial: BoolProperty(name="Keep Partial Results", default=False)
     keep_preview: BoolProperty(name="Keep Preview", default=False, description="Keep the last step preview in the panel after the edit")
+    attention_maps: BoolProperty(
+        name="Attention Maps", default=False,
+        description="Bring back where each phrase attends, shown per region for the current frame")
+    tracker: EnumProperty(name="Tracker", items=TRACKERS, default="flow", description="How Track Matte follows a region")
+    tracker_model: StringProperty(
+        name="Tracker Model", description="SAM 2 weights: a hub id or a folder on the engine's disk (empty: the default)")
+    show_mattes: BoolProperty(
+        name="Show Mattes", default=True, update=_show_mattes,
+        description="Tracked mattes in their region's colour over the source (they render too: turn off before rendering)")
     # Live state, written by the timer that drives an edit.
     status: StringProperty(name="Status", default="")
     error: StringProperty(name="Error", default="")
@@ -112,6 +146,10 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     total: IntProperty(name="Total", default=0)
     progress: FloatProperty(name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, default=0.0)
     result_strip: StringProperty(name="Result Strip", default="", description="Name of the strip the last edit added")
+    # The last edit's attention maps: its result folder (relative to the .blend when saved) and the
+    # timeline frame of its first frame.
+    attention_folder: StringProperty(options={"HIDDEN"})
+    attention_start: IntProperty(options={"HIDDEN"})
 
 
 class VIDEOGRAIN_AP_preferences(bpy.types.AddonPreferences):

@@ -1,13 +1,18 @@
-"""One edit in flight, driven by `tick()` from a timer on Blender's main thread. Plain Python (no bpy).
+"""One engine job in flight, driven by `tick()` from a timer on Blender's main thread: an edit
+(`EditSession`) or the tracking of a region's keyframes (`TrackSession`). Plain Python (no bpy).
 
-Frames arrive as PNG files' bytes and go into a staging folder next to the result folder; only a
-finished edit is renamed into place, so a cancelled or failed edit leaves no half result behind
+What comes back arrives as PNG files' bytes and goes into a staging folder next to the result folder;
+only a finished job is renamed into place, so a cancelled or failed one leaves no half result behind
 (unless the user asked to keep partial results, which then go to `<result>-partial`), nor a results
-folder it had to create. Media exported for a path submit (`scratch`) live until the edit ends.
+folder it had to create. Media exported for a path request (`scratch`) live until the job ends.
+
+An edit's attention maps (when asked for) are kept inside its result folder as the engine's own
+results are (`attention/<phrase>/00000.png`, one heat-map overlay per frame).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,11 +21,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from .engine_link import EngineClient, EngineError, frame_image
+from .jobspec import FileRun
 
 ACTIVE, DONE, FAILED, CANCELLED = "active", "done", "failed", "cancelled"
+ATTENTION = "attention"
 
 
-class EditSession:
+def slug(phrase: str) -> str:
+    """A phrase's folder name for its attention maps, as the engine names them (inputs/media.py `slug`)."""
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_") or "phrase"
+
+
+def attention_map(result_folder: Path, phrase: str, index: int) -> Path:
+    """Where an edit's attention map of `phrase` on clip frame `index` is kept."""
+    return result_folder / ATTENTION / slug(phrase) / f"{index:05d}.png"
+
+
+class EngineSession:
+    """What every job shares: the staging folder, the stream's progress, the end states, cancel."""
+
     def __init__(self, client: EngineClient, result_folder: Path, keep_partial: bool = False,
                  scratch: Path | None = None) -> None:
         if result_folder.exists():
@@ -29,7 +48,7 @@ class EditSession:
         self.result_folder = result_folder
         self.keep_partial = keep_partial
         self.scratch = scratch
-        # The folders this edit creates, deepest first: a failed edit removes those it leaves empty.
+        # The folders this job creates, deepest first: a failed job removes those it leaves empty.
         self._created = [p for p in (result_folder.parent, *result_folder.parent.parents) if not p.exists()]
         result_folder.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(dir=result_folder.parent, prefix=f".{result_folder.name}.partial-"))
@@ -41,18 +60,6 @@ class EditSession:
         self.preview: np.ndarray | None = None
         self._preview_is_new = False
         self.summary: dict[str, Any] = {}
-
-    def submit(self, settings: dict[str, Any], frames: Sequence[np.ndarray], mattes: Sequence[Sequence[np.ndarray]]) -> str:
-        """Submit with the pixels inline: RGB frames and grey mattes as arrays."""
-        return self._submitted(lambda: self.client.submit(settings, frames, mattes, result_encoding="png"))
-
-    def submit_paths(self, settings: dict[str, Any]) -> str:
-        """Submit a job whose media the engine reads from the disk we share (paths in `settings`).
-
-        Through `request`: the client's `submit_paths` has no `result_encoding`, and results must come
-        back as PNG files."""
-        header = {"type": "submit", "settings": settings, "inline": False, "result_encoding": "png"}
-        return self._submitted(lambda: self.client.request(header).header["job"])
 
     def _submitted(self, submit) -> str:
         try:
@@ -71,17 +78,15 @@ class EditSession:
 
     @property
     def progress(self) -> float:
-        """0..1 over inversion and editing (editing steps cost about twice an inversion step)."""
-        weights = {"invert": (0.0, 1 / 3), "edit": (1 / 3, 2 / 3), "decode": (1.0, 0.0)}
-        start, span = weights.get(self.phase, (0.0, 0.0))
-        return min(1.0, start + span * (self.step / self.total if self.total else 0.0))
+        """0..1 of the whole job."""
+        return min(1.0, self.step / self.total) if self.total else 0.0
 
     def frame_paths(self) -> list[Path]:
         folder = self.result_folder if self.state == DONE else self.staging
         return sorted(folder.glob("*.png"))
 
     def tick(self) -> bool:
-        """Take in whatever the engine sent; True while the edit is still going."""
+        """Take in whatever the engine sent; True while the job is still going."""
         if self.state != ACTIVE:
             return False
         try:
@@ -97,16 +102,26 @@ class EditSession:
                 self.phase, self.step, self.total = h["phase"], h["step"], h["total"]
                 if "preview" in h:
                     self.preview, self._preview_is_new = frame_image(message, "preview"), True
-            elif message.type == "frame":
-                (self.staging / f"{h['index']:05d}.png").write_bytes(message.parts[h["image"]["part"]])
-                self.frames_received += 1
             elif message.type == "done":
                 self.summary = dict(h)
                 self.staging.rename(self.result_folder)
-                self._end(DONE, f"{h['frames']} frames in {h['seconds']:.0f} s")
+                self._end(DONE, self._done_message(h))
             elif message.type == "error":
                 self._end(CANCELLED if h["code"] == "cancelled" else FAILED, h["message"])
+            else:
+                self._take(message)
         return self.state == ACTIVE
+
+    def _take(self, message) -> None:
+        """A stream message of this job's own kind (a frame, a matte)."""
+
+    def _done_message(self, done: dict[str, Any]) -> str:
+        return f"{done['frames']} frames in {done['seconds']:.0f} s"
+
+    def _write(self, relative: str, data: bytes) -> None:
+        path = self.staging / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     def cancel(self) -> None:
         """Ask the engine to stop; the stream's closing `error` arrives through tick()."""
@@ -140,3 +155,67 @@ class EditSession:
 
     def close(self) -> None:
         self.client.close()
+
+
+class EditSession(EngineSession):
+    """An edit: its frames, and its attention maps when asked for."""
+
+    def submit(self, settings: dict[str, Any], frames: Sequence[np.ndarray], mattes: Sequence[Sequence[np.ndarray]],
+               attention_maps: bool = False) -> str:
+        """Submit with the pixels inline: RGB frames and grey mattes as arrays."""
+        return self._submitted(lambda: self.client.submit(settings, frames, mattes, result_encoding="png",
+                                                          attention_maps=attention_maps))
+
+    def submit_paths(self, settings: dict[str, Any], attention_maps: bool = False) -> str:
+        """Submit a job whose media the engine reads from the disk we share (paths in `settings`).
+
+        Through `request`: the client's `submit_paths` has no `result_encoding`, and results must come
+        back as PNG files."""
+        header = {"type": "submit", "settings": settings, "inline": False, "result_encoding": "png",
+                  "attention_maps": attention_maps}
+        return self._submitted(lambda: self.client.request(header).header["job"])
+
+    @property
+    def progress(self) -> float:
+        """0..1 over inversion and editing (editing steps cost about twice an inversion step)."""
+        weights = {"invert": (0.0, 1 / 3), "edit": (1 / 3, 2 / 3), "decode": (1.0, 0.0)}
+        start, span = weights.get(self.phase, (0.0, 0.0))
+        return min(1.0, start + span * (self.step / self.total if self.total else 0.0))
+
+    def _take(self, message) -> None:
+        h = message.header
+        if message.type == "frame":
+            self._write(f"{h['index']:05d}.png", message.parts[h["image"]["part"]])
+            self.frames_received += 1
+        elif message.type == "attention":
+            for index, descriptor in enumerate(h["images"]):
+                self._write(f"{ATTENTION}/{slug(h['phrase'])}/{index:05d}.png", message.parts[descriptor["part"]])
+
+
+class TrackSession(EngineSession):
+    """One region's keyframes tracked through the source: its mattes, one grey PNG per frame."""
+
+    def track(self, frames: Sequence[np.ndarray], keyframes: dict[int, np.ndarray], tracker: str = "flow",
+              tracker_model: str = "", name: str = "region") -> str:
+        """Track with the pixels inline: RGB frames and the keyframes' grey mattes (clip index → matte)."""
+        return self._submitted(lambda: self.client.track(frames, [keyframes], tracker, tracker_model or None, [name],
+                                                         result_encoding="png"))
+
+    def track_paths(self, source: FileRun, keyframes: dict[int, str], tracker: str = "flow",
+                    tracker_model: str = "", name: str = "region") -> str:
+        """Track media the engine reads from the disk we share: the source run and keyframe image files."""
+        region = {"keyframes": [{"frame": frame, "path": path} for frame, path in keyframes.items()],
+                  "tracker": tracker, "tracker_model": tracker_model or None, "name": name}
+        run = {"path": source.path, "start": source.start, "count": source.count}
+        return self._submitted(lambda: self.client.track_paths(run, [region], result_encoding="png"))
+
+    def _take(self, message) -> None:
+        if message.type == "matte":
+            h = message.header
+            self._write(f"{h['index']:05d}.png", message.parts[h["mattes"][0]["part"]])
+            self.frames_received += 1
+
+    def _done_message(self, done: dict[str, Any]) -> str:
+        lost = (done.get("empty_frames") or [0])[0]
+        text = super()._done_message(done)
+        return f"{text}; the region was lost on {lost} frames: add a keyframe there" if lost else text

@@ -1,5 +1,6 @@
 """The sequencer's strips: reaching them on every Blender version, keeping a reference to one that
-survives renaming, and putting an edit's frames back as a new image strip.
+survives renaming, putting an edit's frames back as a new image strip, and showing a tracked matte
+over its source.
 
 Strips are not ID datablocks, so a PointerProperty cannot hold one, and `as_pointer()` changes when the
 file is reloaded. A strip's custom properties are saved with it and stay through renames, moves and
@@ -11,7 +12,9 @@ same key.
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import bpy
 
@@ -68,3 +71,39 @@ def insert_result_strip(scene, source, frames: list[Path], name: str):
     for path in frames[1:]:
         strip.elements.append(path.name)
     return strip
+
+
+OVERLAY_OPACITY = 0.5
+
+
+def insert_overlay(scene, matte, colour: tuple[float, float, float], name: str):
+    """A colour strip in `colour` over the frames of `matte` (a matte strip, muted), shown only where the
+    matte is white: a Mask modifier reads the matte strip (a muted strip still serves as a mask), and the
+    strip blends at half opacity over what lies below. It is a strip like any other, so it also renders:
+    the scene's Show Mattes hides it."""
+    start, end = matte.frame_final_start, matte.frame_final_end
+    channel = free_channel_above(scene, matte, start, end)
+    # 5.0 gives effect strips a length; 4.x an end frame.
+    span = {"length": end - start} if bpy.app.version >= (5, 0, 0) else {"frame_end": end}
+    strip = strips_of(scene).new_effect(name=name, type="COLOR", channel=channel, frame_start=start, **span)
+    strip.color, strip.blend_type, strip.blend_alpha = colour, "ALPHA_OVER", OVERLAY_OPACITY
+    with _sequencer_scene(scene):
+        modifier = strip.modifiers.new(name="matte", type="MASK")
+    modifier.input_mask_type = "STRIP"
+    modifier.input_mask_strip = matte
+    return strip
+
+
+@contextmanager
+def _sequencer_scene(scene) -> Iterator[None]:
+    """Blender 5.0.1 crashes in `strip.modifiers.new` while the workspace has no sequencer scene (as in a
+    background session): give it `scene` for the call."""
+    workspace = bpy.context.workspace
+    if workspace is None or getattr(workspace, "sequencer_scene", scene) is not None:
+        yield
+        return
+    workspace.sequencer_scene = scene
+    try:
+        yield
+    finally:
+        workspace.sequencer_scene = None

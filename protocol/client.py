@@ -8,9 +8,10 @@ keeps the heartbeat going.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zmq
@@ -18,7 +19,8 @@ import zmq
 from . import wire
 from .wire import Limits, Message, ProtocolError
 
-STREAM_TYPES = ("progress", "frame", "attention", "done", "error")
+STREAM_TYPES = ("progress", "frame", "matte", "attention", "done", "error")
+Image = np.ndarray | bytes  # a uint8 array sent raw, or a PNG file's bytes sent as they are
 
 
 class EngineError(Exception):
@@ -100,9 +102,9 @@ class EngineClient:
     def submit(
         self,
         settings: dict[str, Any],
-        frames: Sequence[np.ndarray | bytes],
-        masks: Sequence[Sequence[np.ndarray | bytes]],
-        control_maps: Sequence[np.ndarray | bytes] | None = None,
+        frames: Sequence[Image],
+        masks: Sequence[Sequence[Image]],
+        control_maps: Sequence[Image] | None = None,
         result_encoding: str = "raw",
         **options: Any,
     ) -> str:
@@ -119,9 +121,9 @@ class EngineClient:
     def check(
         self,
         settings: dict[str, Any],
-        frames: Sequence[np.ndarray | bytes] | None = None,
-        masks: Sequence[Sequence[np.ndarray | bytes]] | None = None,
-        control_maps: Sequence[np.ndarray | bytes] | None = None,
+        frames: Sequence[Image] | None = None,
+        masks: Sequence[Sequence[Image]] | None = None,
+        control_maps: Sequence[Image] | None = None,
         timeout_s: float = 60.0,
     ) -> tuple[dict[str, Any], bytes]:
         """Check a job before submitting it (SPEC.md §3.8): pixels inline as for `submit`, or none to have
@@ -133,6 +135,40 @@ class EngineClient:
             header, parts = _inline("check", settings, frames, [] if masks is None else masks, control_maps)
         reply = self.request(header, parts, timeout_s=timeout_s)
         return reply.header, bytes(reply.parts[reply.header["layout"]["part"]])
+
+    def track(
+        self,
+        frames: Sequence[Image],
+        keyframes: Sequence[Mapping[int, Image]],
+        tracker: str = "flow",
+        tracker_model: str | None = None,
+        names: Sequence[str] | None = None,
+        result_encoding: str = "raw",
+    ) -> str:
+        """Track keyframe mattes through a clip sent inline (SPEC.md §3.11); returns the job id. Its stream
+        carries one `matte` message per frame (`matte_images`), then `done`.
+
+        `keyframes`: one mapping per region, clip frame index → (H, W) matte (bool or 0..255, white = the
+        region) on that frame. Every region uses `tracker` (`welcome`'s **trackers**) and `tracker_model`.
+        """
+        parts: list = []
+        add = functools.partial(_add_image, parts)
+        header = {"type": "track", "inline": True, "result_encoding": result_encoding,
+                  "frames": [add(f) for f in frames], "regions": []}
+        for k, keys in enumerate(keyframes):
+            region = {"keyframes": [{"frame": frame, "matte": add(matte)} for frame, matte in keys.items()],
+                      "tracker": tracker, "tracker_model": tracker_model}
+            if names is not None:
+                region["name"] = names[k]
+            header["regions"].append(region)
+        return self._follow(self.request(header, parts).header["job"], 0)
+
+    def track_paths(self, source: dict[str, Any], regions: list[dict[str, Any]], result_encoding: str = "raw") -> str:
+        """Track keyframes the engine reads from a shared disk: `source` {path, start, count, stride}, each
+        region {keyframes: [{frame, path}], tracker, tracker_model, name}, absolute paths (SPEC.md §3.11)."""
+        header = {"type": "track", "inline": False, "source": source, "regions": regions,
+                  "result_encoding": result_encoding}
+        return self._follow(self.request(header).header["job"], 0)
 
     def submit_paths(self, settings: dict[str, Any]) -> str:
         """Submit a job whose media the engine reads from a shared disk (absolute paths in settings)."""
@@ -160,7 +196,7 @@ class EngineClient:
     # -- the job stream ----------------------------------------------------------------------
 
     def poll(self, timeout_s: float = 0.0) -> list[Message]:
-        """Stream messages received so far (progress, frame, done, error); waits at most `timeout_s`.
+        """Stream messages received so far (progress, frame, matte, attention, done, error); waits at most `timeout_s`.
 
         Sends a heartbeat ping when nothing was sent for heartbeat_s, attaches again to the streams it
         follows after a longer silence (the engine detaches a silent peer's streams, SPEC.md §4), and
@@ -219,7 +255,7 @@ class EngineClient:
         if message.type not in STREAM_TYPES:
             return
         job = h.get("job")
-        if message.type == "frame" and job in self._following and isinstance(h.get("index"), int):
+        if message.type in ("frame", "matte") and job in self._following and isinstance(h.get("index"), int):
             if h["index"] < self._following[job]:
                 return  # sent again by an attach, already delivered
             self._following[job] = h["index"] + 1
@@ -232,21 +268,12 @@ class EngineClient:
 
 
 def _inline(
-    kind: str, settings: dict[str, Any], frames: Sequence[np.ndarray | bytes],
-    masks: Sequence[Sequence[np.ndarray | bytes]], control_maps: Sequence[np.ndarray | bytes] | None,
+    kind: str, settings: dict[str, Any], frames: Sequence[Image],
+    masks: Sequence[Sequence[Image]], control_maps: Sequence[Image] | None,
 ) -> tuple[dict[str, Any], list]:
     """The header and parts of an inline `submit` or `check`: arrays sent raw, PNG bytes as they are."""
     parts: list = []
-
-    def add(image: np.ndarray | bytes) -> dict[str, Any]:
-        if isinstance(image, (bytes, bytearray)):
-            descriptor, buffer = {"part": len(parts), "encoding": "png"}, image
-        else:
-            image = image.astype(np.uint8) * 255 if image.dtype == bool else image
-            descriptor, buffer = wire.raw_image(image, len(parts))
-        parts.append(buffer)
-        return descriptor
-
+    add = functools.partial(_add_image, parts)
     header = {"type": kind, "settings": settings, "inline": True,
               "frames": [add(f) for f in frames], "masks": [[add(m) for m in stack] for stack in masks]}
     if control_maps is not None:
@@ -259,9 +286,25 @@ def frame_image(message: Message, field: str = "image") -> np.ndarray:
     return wire.decode_raw(message.header[field], message.parts, Limits())
 
 
+def matte_images(message: Message) -> list[np.ndarray]:
+    """The (H, W) uint8 mattes, one per region (0 or 255), of a raw-encoded `matte` message."""
+    return [wire.decode_raw(d, message.parts, Limits())[..., 0] for d in message.header["mattes"]]
+
+
 def attention_images(message: Message) -> list[np.ndarray]:
     """The (H, W, 3) uint8 overlays, one per frame, of a raw-encoded `attention` message."""
     return [wire.decode_raw(d, message.parts, Limits()) for d in message.header["images"]]
+
+
+def _add_image(parts: list, image: Image) -> dict[str, Any]:
+    """Append an image to a message's parts; returns its descriptor (SPEC.md §2.4)."""
+    if isinstance(image, (bytes, bytearray)):
+        descriptor, buffer = {"part": len(parts), "encoding": "png"}, image
+    else:
+        image = image.astype(np.uint8) * 255 if image.dtype == bool else image
+        descriptor, buffer = wire.raw_image(image, len(parts))
+    parts.append(buffer)
+    return descriptor
 
 
 def _read(path: str | Path) -> dict[str, Any]:

@@ -222,6 +222,8 @@ REQUESTS: dict[str, dict[str, tuple[type, bool]]] = {
     "attach": {"job": (_STR, True), "from_frame": (_INT, True)},
     "ping": {},
     "shutdown": {},
+    "track": {"inline": (_BOOL, True), "regions": (_LIST, True), "frames": (_LIST, False), "source": (_MAP, False),
+              "result_encoding": (_STR, False)},
 }
 
 

@@ -170,7 +170,7 @@ def collect_stream(peer: RawPeer, job: str, timeout: float = 120.0) -> list[tupl
         got = peer.recv(deadline - time.monotonic())
         if got is None:
             break
-        if got[0].get("job") == job and got[0]["type"] in ("progress", "frame", "attention", "done", "error"):
+        if got[0].get("job") == job and got[0]["type"] in ("progress", "frame", "matte", "attention", "done", "error"):
             stream.append(got)
             if got[0]["type"] in ("done", "error"):
                 return stream

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from videograin.blender_addon import jobspec
+from videograin.blender_addon import jobspec, keyframes
 from videograin.blender_addon.engine_link import (
     ABSENT,
     ALIVE,
@@ -22,9 +22,11 @@ from videograin.blender_addon.engine_link import (
     connect,
     shares_disk,
 )
-from videograin.blender_addon.session import CANCELLED, DONE, FAILED, EditSession
+from videograin.blender_addon.session import CANCELLED, DONE, FAILED, EditSession, TrackSession, attention_map, slug
 from videograin.engine.demo import synthetic_clip
-from videograin.engine.inputs.media import encode_png, list_frames, write_png
+from videograin.engine.inputs.mattes import crossing_blobs, iou
+from videograin.engine.inputs.media import decode_png, encode_png, list_frames, write_png
+from videograin.engine.inputs.media import slug as engine_slug
 from videograin.protocol.wire import Message
 
 
@@ -167,6 +169,8 @@ class ScriptedClient:
     def submit(self, *args, **kwargs) -> str:
         return "job-1"
 
+    track = submit
+
     def poll(self) -> list[Message]:
         messages, self.messages = self.messages, []
         return messages
@@ -250,3 +254,112 @@ def test_connect_without_engine(tmp_path):
         connect(str(tmp_path / "none.json"))
     with pytest.raises(EngineError, match="No engine configured"):
         connect("")
+
+
+# -- tracking and attention maps ------------------------------------------------------------------
+
+def test_keyframes_are_the_keyed_frames_inside_the_source_else_the_playhead():
+    source = range(10, 20)
+    assert keyframes.keyframe_frames(12, [], source, "the mask 'm'") == [12]
+    assert keyframes.keyframe_frames(12, [19.0, 4.0, 10.2, 10.0, 25.0], source, "the mask 'm'") == [10, 19]
+    with pytest.raises(EngineError, match=r"Move the playhead into the source strip \(frames 10-19\): the image 'p'"):
+        keyframes.keyframe_frames(20, [], source, "the image 'p'")
+    with pytest.raises(EngineError, match=r"The mask 'm' is keyed on frames 1-5, none within the source strip's 10-19"):
+        keyframes.keyframe_frames(12, [1, 5], source, "the mask 'm'")
+
+
+def test_a_painted_image_is_stretched_to_the_frame():
+    half = np.zeros((1024, 1024, 4), np.float32)
+    half[512:] = 1.0
+    fitted = keyframes.fit_image(half, 64, 48)
+    assert fitted.shape == (48, 64, 4) and fitted.dtype == np.float32
+    assert fitted[:23].max() == 0 and fitted[25:].min() == 1 and np.all(fitted[24] == fitted[24, 0])
+    assert keyframes.fit_image(half, 1024, 1024) is half
+    ramp = np.arange(4, dtype=np.float32).reshape(1, 4, 1).repeat(2, 0)
+    wide = keyframes.fit_image(ramp, 8, 2)[0, :, 0]
+    assert wide[0] == 0 and wide[-1] == 3 and np.all(np.diff(wide) >= 0)  # linear between pixel centres
+
+
+def test_attention_folders_are_named_as_the_engine_names_them(tmp_path):
+    for phrase in ("Iron Man", "cherry-blossoms!", "  ", "Ünïcode man"):
+        assert slug(phrase) == engine_slug(phrase)
+    assert attention_map(tmp_path, "Iron Man", 3) == tmp_path / "attention" / "iron_man" / "00003.png"
+
+
+def _blobs(frames: int = 8):
+    clip, truth = crossing_blobs(frames, 128, 96)
+    return clip, truth
+
+
+def test_track_session_writes_a_matte_per_frame_then_renames_into_place(tiny_engine, tmp_path):
+    clip, truth = _blobs()
+    session = TrackSession(connect(tiny_engine), tmp_path / "results" / "matte")
+    session.track(list(clip), {0: truth[0, 0].astype(np.uint8) * 255, 7: truth[0, 7].astype(np.uint8) * 255},
+                  name="red blob")
+    _drive(session)
+    assert session.state == DONE and session.phase == "track" and session.progress == 1.0, session.message
+    paths = session.frame_paths()
+    assert [p.name for p in paths] == [f"{i:05d}.png" for i in range(8)] and paths[0].parent == tmp_path / "results" / "matte"
+    mattes = [decode_png(p.read_bytes())[..., 0] for p in paths]
+    assert np.array_equal(mattes[7] == 255, truth[0, 7])
+    assert np.mean([iou(m == 255, t) for m, t in zip(mattes, truth[0])]) >= 0.9
+    assert session.message.startswith("8 frames in") and sorted(p.name for p in (tmp_path / "results").iterdir()) == ["matte"]
+    session.close()
+
+
+def test_track_session_on_files_the_engine_reads(tiny_engine, tmp_path):
+    clip, truth = _blobs()
+    for i, frame in enumerate(clip):
+        write_png(tmp_path / "clip" / f"{i:03d}.png", frame)
+    write_png(tmp_path / "scratch" / "key.png", truth[1, 2].astype(np.uint8) * 255)
+    session = TrackSession(connect(tiny_engine), tmp_path / "results" / "matte", scratch=tmp_path / "scratch")
+    session.track_paths(jobspec.FileRun(str(tmp_path / "clip"), 1, 5, 8), {1: str(tmp_path / "scratch" / "key.png")})
+    _drive(session)
+    assert session.state == DONE, session.message
+    assert len(session.frame_paths()) == 5 and np.array_equal(decode_png(session.frame_paths()[1].read_bytes())[..., 0] == 255, truth[1, 2])
+    assert not (tmp_path / "scratch").exists(), "the exported keyframes outlived the tracking"
+    session.close()
+
+
+def test_a_refused_or_cancelled_track_leaves_nothing(tiny_engine, tmp_path):
+    clip, truth = _blobs()
+    session = TrackSession(connect(tiny_engine), tmp_path / "results" / "matte")
+    with pytest.raises(EngineError, match="keyframe frame 8 is outside the clip"):
+        session.track(list(clip), {8: truth[0, 0]})
+    assert session.state == FAILED and list(tmp_path.iterdir()) == []
+    session.close()
+    clip, truth = crossing_blobs(100, 320, 240)
+    session = TrackSession(connect(tiny_engine), tmp_path / "results" / "matte")
+    session.track(list(clip), {0: truth[0, 0]})
+    while session.phase != "track" or session.step < 2:
+        session.tick()
+        time.sleep(0.02)
+    session.cancel()
+    _drive(session)
+    assert session.state == CANCELLED and list(tmp_path.iterdir()) == []
+    session.close()
+
+
+def test_a_track_that_lost_its_region_says_where_to_add_a_keyframe(tmp_path):
+    matte = Message({"type": "matte", "job": "job-1", "index": 0, "mattes": [{"part": 0, "encoding": "png"}]},
+                    [b"\x89PNG fake"])
+    done = Message({"type": "done", "job": "job-1", "frames": 1, "seconds": 2.0, "empty_frames": [3]})
+    session = TrackSession(ScriptedClient([matte, done]), tmp_path / "matte")
+    session.track([], {})
+    assert session.tick() is False and session.state == DONE
+    assert session.message == "1 frames in 2 s; the region was lost on 3 frames: add a keyframe there"
+    assert (tmp_path / "matte" / "00000.png").read_bytes() == b"\x89PNG fake"
+
+
+def test_edit_session_keeps_attention_maps_beside_its_frames(tiny_engine, tmp_path):
+    session = EditSession(connect(tiny_engine), tmp_path / "result")
+    settings, frames, mattes = _job(steps=2)
+    session.submit(settings, frames, mattes, attention_maps=True)
+    _drive(session)
+    assert session.state == DONE, session.message
+    assert [p.name for p in session.frame_paths()] == ["00000.png", "00001.png", "00002.png"]
+    for phrase in ("iron man", "spider man"):
+        maps = sorted(attention_map(tmp_path / "result", phrase, 0).parent.iterdir())
+        assert [p.name for p in maps] == ["00000.png", "00001.png", "00002.png"]
+        assert decode_png(maps[0].read_bytes()).shape == (64, 64, 3)
+    session.close()

@@ -68,6 +68,14 @@ def test_cancel_leaves_the_timeline_as_it_was_and_previews_go(run_in_blender, ti
     run_in_blender("cancel.py", tiny_engine)
 
 
+def test_track_matte_gives_a_matte_strip_that_edits_and_attention_maps_per_region(run_in_blender, tiny_engine):
+    run_in_blender("track_matte.py", tiny_engine)
+
+
+def test_track_matte_keyframes_refusals_and_cancel(run_in_blender, tiny_engine):
+    run_in_blender("track_errors.py", tiny_engine)
+
+
 def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
     run_in_blender("renamed.py", tiny_engine)
 

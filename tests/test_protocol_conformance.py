@@ -561,7 +561,8 @@ def spec_examples() -> list[tuple[dict, dict | None]]:
 
 
 def example_parts(header: dict) -> list[bytes]:
-    """Pixels for an inline submit example's descriptors: the synthetic runners clip and its mattes."""
+    """Pixels for an inline example's descriptors: the synthetic runners clip, and its mattes (a submit's
+    per frame, a track's on its keyframes)."""
     from videograin.engine.demo import synthetic_clip
 
     if not header.get("inline"):
@@ -569,15 +570,18 @@ def example_parts(header: dict) -> list[bytes]:
     first = header["frames"][0]
     clip, mattes = synthetic_clip(len(header["frames"]), first["width"], first["height"])
     images = {d["part"]: clip[i] for i, d in enumerate(header["frames"])}
-    for region, stack in enumerate(header["masks"]):
+    for region, stack in enumerate(header.get("masks", [])):
         images.update({d["part"]: mattes[region][i].astype(np.uint8) * 255 for i, d in enumerate(stack)})
+    for region, track in enumerate(header.get("regions", []) if header["type"] == "track" else []):
+        images.update({key["matte"]["part"]: mattes[region][key["frame"]].astype(np.uint8) * 255
+                       for key in track["keyframes"]})
     return [np.ascontiguousarray(images[i]).tobytes() for i in range(len(images))]
 
 
 def test_spec_examples_run_against_a_real_engine(tmp_path):
     from videograin.engine.demo import write_demo_inputs
 
-    examples = spec_examples()
+    examples = sorted(spec_examples(), key=lambda example: example[0]["type"] == "shutdown")  # shutdown last
     assert [r["type"] for r, _ in examples][:2] == ["hello", "submit"] and examples[-1][0]["type"] == "shutdown"
     runners = write_demo_inputs(tmp_path / "runners", frames=2, size=64).parent
     process, info, connection = start_engine(tmp_path)

@@ -9,7 +9,7 @@ from conformance import RawPeer, start_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-TYPES = ["hello", "submit", "cancel", "status", "attach", "ping", "shutdown", "teleport", "", "frame"]
+TYPES = ["hello", "submit", "track", "cancel", "status", "attach", "ping", "shutdown", "teleport", "", "frame"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 headers = st.fixed_dictionaries(
@@ -18,7 +18,8 @@ headers = st.fixed_dictionaries(
         "id": st.text(max_size=70) | st.integers(-2**63, 2**64 - 1),  # what msgpack can encode
         "job": values, "from_frame": values, "versions": values, "settings": values, "inline": values,
         "frames": values, "masks": values, "control_maps": values, "result_encoding": values,
-        "preview": values, "client": values, "part_macs": values, "part_mac": values,
+        "preview": values, "client": values, "part_macs": values, "part_mac": values, "regions": values,
+        "source": values,
     },
 )
 
@@ -39,7 +40,7 @@ def _exchange(peer: RawPeer, header_bytes: bytes, parts: list[bytes]) -> dict:
     while True:
         got = peer.recv(timeout=10)
         assert got is not None, "the engine did not answer"
-        if got[0]["type"] not in ("progress", "frame", "done") and not (got[0]["type"] == "error" and "job" in got[0]):
+        if got[0]["type"] not in ("progress", "frame", "matte", "done") and not (got[0]["type"] == "error" and "job" in got[0]):
             return got[0]  # the reply, not the stream of a job a lucky example submitted
 
 
@@ -49,7 +50,7 @@ def test_structured_garbage(engine, header, parts):
     process, peer = engine
     if header.get("type") == "shutdown" and header.get("v") == 1 and isinstance(header.get("id"), str) and 0 < len(header["id"]) <= 64:
         header["type"] = "status"  # a valid shutdown would (rightly) stop the engine under test
-    if header.get("type") == "submit":
+    if header.get("type") in ("submit", "track"):
         header["inline"] = True  # never let random paths make the engine read this machine's files
     reply = _exchange(peer, msgpack.packb(header, use_bin_type=True), parts)
     assert reply["type"] in ("error", "welcome", "pong", "status", "accepted")
@@ -66,7 +67,7 @@ def test_random_bytes_as_header(engine, header_bytes):
         decoded = msgpack.unpackb(header_bytes)
     except Exception:
         decoded = None
-    if isinstance(decoded, dict) and decoded.get("type") in ("shutdown", "submit"):
+    if isinstance(decoded, dict) and decoded.get("type") in ("shutdown", "submit", "track"):
         return
     reply = _exchange(peer, header_bytes, [])
     assert reply["type"] in ("error", "pong", "status", "welcome")

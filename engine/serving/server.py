@@ -27,11 +27,12 @@ import zmq
 from videograin import __version__
 from videograin.engine.cache import InversionCache, add_cache_arguments, cache_from_args
 from videograin.engine.check import check_job
-from videograin.engine.config import CONTROL_TYPES, parse_settings
+from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
 from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
+from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
@@ -39,6 +40,9 @@ from videograin.protocol.wire import Limits, Message, ProtocolError
 log = logging.getLogger("videograin.server")
 
 Handler = Callable[[bytes, Message], None]
+# The trackers a `track` request may name (`welcome`'s **trackers**): sam3 cannot run here
+# (inputs/mattes.py SAM3_UNSUPPORTED says why), so it is not offered.
+OFFERED_TRACKERS = tuple(tracker for tracker in TRACKERS if tracker != "sam3")
 
 
 class EngineServer:
@@ -237,13 +241,37 @@ class EngineServer:
         self._reply(peer, message, {"type": "check", **report.as_dict(), "layout": {"part": 0, "encoding": "png"}},
                     [encode_png(report.layout)])
 
+    def _on_track(self, peer: bytes, message: Message) -> None:
+        """A tracking job (SPEC.md §3.11): queued, cancelled and attached like a submit; its stream carries
+        `matte` messages where an edit's carries `frame`s."""
+        h = message.header
+        if len(self.worker.waiting) >= self.limits.max_queue:
+            raise ProtocolError("queue_full", f"{len(self.worker.waiting)} jobs are waiting; try again later")
+        encoding = h.get("result_encoding", "raw")
+        if encoding not in ("raw", "png"):
+            raise ProtocolError("bad_header", "'track.result_encoding' must be 'raw' or 'png'")
+        if h["inline"]:
+            read = lambda descriptor, grey: self._images([descriptor], message.parts, grey)[0]  # noqa: E731
+            track = inline_track(h, read, self.limits.max_frames)
+        else:
+            track = paths_track(h, self.limits.max_frames)
+        job = Job(f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}", None, len(track.frames), peer, encoding,
+                  preview=False, kind="track", track=track)
+        self.jobs[job.id] = job
+        self.worker.submit(job)
+        self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
+
     # -- jobs --------------------------------------------------------------------------------
 
     def _edit_job(self, message: Message) -> EditJob:
         """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name."""
         settings = dict(message.header["settings"])
         settings.setdefault("model", self.default_model)
-        edit = self._inline_job(settings, message) if message.header["inline"] else load_job_mapping(settings, Path("/"))
+        if message.header["inline"]:
+            edit = self._inline_job(settings, message)
+        else:
+            refuse_keyframes(parse_settings(settings))  # before any media is read
+            edit = load_job_mapping(settings, Path("/"))
         if len(edit.frames) > self.limits.max_frames:
             raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
         return edit
@@ -253,6 +281,7 @@ class EngineServer:
             "name": "videograin", "version": __version__, "device": self.device, "models": [self.default_model],
             "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
+            "trackers": list(OFFERED_TRACKERS),
         }
 
     def _job(self, job_id: str) -> Job:
@@ -349,29 +378,41 @@ class EngineServer:
 
     def _attention_message(self, job: Job, phrase: str, overlays: np.ndarray) -> tuple[dict[str, Any], list]:
         """One phrase's attention-map overlays, one image part per frame, encoded as the job's frames."""
-        descriptors, parts = [], []
-        for index, overlay in enumerate(overlays):
-            if job.result_encoding == "png":
-                descriptor, part = {"part": index, "encoding": "png"}, encode_png(overlay)
-            else:
-                descriptor, part = wire.raw_image(overlay, index)
-            descriptors.append(descriptor)
-            parts.append(part)
+        descriptors, parts = self._image_parts(job, overlays)
         return {"type": "attention", "job": job.id, "phrase": phrase, "images": descriptors}, parts
 
+    def _image_parts(self, job: Job, images: np.ndarray) -> tuple[list[dict[str, Any]], list]:
+        """Descriptors and parts of several images in one message, encoded as the job asked."""
+        descriptors, parts = [], []
+        for index, image in enumerate(images):
+            if job.result_encoding == "png":
+                descriptor, part = {"part": index, "encoding": "png"}, encode_png(image)
+            else:
+                descriptor, part = wire.raw_image(image, index)
+            descriptors.append(descriptor)
+            parts.append(part)
+        return descriptors, parts
+
     def _frame_message(self, job: Job, index: int, image: np.ndarray) -> tuple[dict[str, Any], list]:
+        if job.kind == "track":
+            return self._matte_message(job, index, image)
         if job.result_encoding == "png":
             descriptor, part = {"part": 0, "encoding": "png"}, encode_png(image)
         else:
             descriptor, part = wire.raw_image(image, 0)
         return {"type": "frame", "job": job.id, "index": index, "image": descriptor}, [part]
 
+    def _matte_message(self, job: Job, index: int, mattes: np.ndarray) -> tuple[dict[str, Any], list]:
+        """One frame of a track job: (K, H, W) uint8 mattes, one grey part per region."""
+        descriptors, parts = self._image_parts(job, mattes)
+        return {"type": "matte", "job": job.id, "index": index, "mattes": descriptors}, parts
+
     def _finish(self, job: Job, state: str, final: dict[str, Any]) -> None:
         self._end(job, state, final)
         self._stream(job, final)
 
     def _end(self, job: Job, state: str, final: dict[str, Any]) -> None:
-        job.state, job.finished_at, job.edit = state, time.monotonic(), None
+        job.state, job.finished_at, job.edit, job.track = state, time.monotonic(), None, None
         job.error = final.get("code") if state != "done" else None
         job.final = final
 

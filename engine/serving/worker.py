@@ -22,12 +22,14 @@ import numpy as np
 from videograin.engine.cache import InversionCache
 from videograin.engine.errors import CancelledError, VideograinError
 from videograin.engine.inputs.job import EditJob
+from videograin.engine.inputs.mattes import track_mattes
 from videograin.engine.inputs.media import heatmap_overlays, resize
 from videograin.engine.method.pipeline import EditResult
 from videograin.engine.models import RANDOM_MODELS, device_name, get_pipeline
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
 from videograin.engine.serving.retention import FrameStore
+from videograin.engine.serving.tracking import TrackJob
 
 log = logging.getLogger("videograin.server")
 
@@ -56,6 +58,11 @@ class Job:
     error: str | None = None
     finished_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # "edit", or "track": a tracking job, whose input is `track` (then `edit` is None), dropped once the
+    # job ends as `edit` is. Its "frames" are each frame's mattes, (K, H, W) uint8 0/255, stored and
+    # attachable as edited frames are.
+    kind: str = "edit"
+    track: TrackJob | None = None
 
 
 class EtaClock:
@@ -72,7 +79,7 @@ class EtaClock:
             self.phase, self.started, self.first_step = event.phase, now, event.step
             return None
         done = event.step - self.first_step
-        if done <= 0 or event.phase not in ("invert", "edit"):
+        if done <= 0 or event.phase not in ("invert", "edit", "track"):
             return None
         per_step = (now - self.started) / done
         remaining = (event.total - event.step) * per_step
@@ -87,7 +94,8 @@ class JobWorker:
     Events, drained on the loop's thread by `events()`: ("start", job, None), ("progress", job,
     (ProgressEvent, eta_s)), ("frame", job, (index, image)), ("attention", job, (phrase, overlays)) when
     asked, then one of ("done", job, fields of `done`), ("failed" | "cancelled", job, {"code", "message"}).
-    All jobs share one inversion cache (`cache`, None: none).
+    A track job's "frame" events carry each frame's mattes, (K, H, W) uint8. All jobs share one inversion
+    cache (`cache`, None: none); trackers that use a model (SAM 2) run on `device`.
     """
 
     def __init__(self, pipeline_for: Callable[[str, str | None], Any], store: FrameStore,
@@ -97,6 +105,7 @@ class JobWorker:
         self.store = store
         self.stopping = stopping
         self.cache = cache
+        self.device = device
         self.waiting: list[Job] = []
         self.running: Job | None = None
         # The job the thread has taken: from then on cancelling only asks it to stop. The lock makes
@@ -177,7 +186,7 @@ class JobWorker:
                 self._taken = job
             self._events.put(("start", job, None))
             try:
-                self._events.put(("done", job, self._edit(job)))
+                self._events.put(("done", job, self._track(job) if job.kind == "track" else self._edit(job)))
             except CancelledError as exc:
                 code = "shutting_down" if self.stopping.is_set() and not job.cancel.is_set() else exc.code
                 self._events.put(("cancelled", job, {"code": code, "message": str(exc)}))
@@ -210,6 +219,21 @@ class JobWorker:
         for event in attention_events(job, result):
             self._events.put(event)
         return done_fields(job, result, time.perf_counter() - started)
+
+    def _track(self, job: Job) -> dict[str, Any]:
+        """Track the job's keyframes through its clip; the mattes go out frame by frame once every frame
+        is tracked (the trackers work on the whole clip at once). Returns the fields of its `done`."""
+        started = time.perf_counter()
+        clock = EtaClock(0)
+        mattes = track_mattes(
+            job.track.frames, job.track.regions, self.device,
+            progress=lambda event: self._progress(job, event, clock.update(event)),
+            cancelled=lambda: job.cancel.is_set() or self.stopping.is_set(),
+        )
+        for index in range(mattes.shape[1]):
+            self._frame_decoded(job, index, mattes[:, index].astype(np.uint8) * 255)
+        lost = [int(np.count_nonzero(~stack.any(axis=(1, 2)))) for stack in mattes]
+        return {"frames": mattes.shape[1], "seconds": time.perf_counter() - started, "empty_frames": lost}
 
     def _progress(self, job: Job, event: ProgressEvent, eta_s: float | None) -> None:
         self._events.put(("progress", job, (event, eta_s)))

@@ -78,6 +78,18 @@ grey = export.read_bmp(stills[0])
 assert grey.shape == (HEIGHT, WIDTH) and grey[: HEIGHT // 2].max() == 0 and grey[HEIGHT // 2 :].min() == 255, grey[:, 0]
 assert np.array_equal(cv2.imread(str(stills[0]), cv2.IMREAD_GRAYSCALE), grey), "the engine reads other pixels"
 
+# A painted image of another size (a new image is 1024² by default) is stretched to the render size; the
+# user's image stays as it was.
+big = bpy.data.images.new("painted big", 1024, 1024)
+pixels = np.zeros((1024, 1024, 4), np.float32)
+pixels[..., 3] = 1.0
+pixels[:512, :, :3] = 1.0
+big.pixels.foreach_set(pixels.ravel())
+images = set(bpy.data.images)
+grey = export.read_bmp(export.render_image(scene, big, range(2), folder / "big-out")[0])
+assert grey.shape == (HEIGHT, WIDTH) and grey[HEIGHT // 2 + 1 :].min() == 255 and grey[: HEIGHT // 2 - 1].max() == 0
+assert tuple(big.size) == (1024, 1024) and set(bpy.data.images) == images
+
 # The user's scene is as it was: settings, frame, mute flags, no temporary strips.
 assert scene.view_settings.view_transform == "AgX" and scene.frame_current == 3
 image = scene.render.image_settings

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import bpy
+import cv2
 import numpy as np
 
 from scene_setup import finish, new_scene, register_addon
@@ -35,9 +36,24 @@ class RecordingLayout:
             if name == "template_list":
                 assert args[3] in args[2].bl_rna.properties and args[5] in args[4].bl_rna.properties
             self.calls.append((name, args, kwargs, self.enabled))
+            if name == "operator":
+                return OperatorSettings(args[0], self.calls)
             return RecordingLayout(self.calls) if name in ("box", "row", "column") else None
 
         return call
+
+
+class OperatorSettings:
+    """What `layout.operator` returns: setting a property the operator lacks fails, as in Blender."""
+
+    def __init__(self, idname: str, calls: list) -> None:
+        module, name = idname.split(".")
+        self.__dict__["_rna"] = getattr(getattr(bpy.ops, module), name).get_rna_type()
+        self.__dict__["_calls"] = calls
+
+    def __setattr__(self, name: str, value) -> None:
+        assert name in self._rna.properties, f"{self._rna.identifier} has no property '{name}'"
+        self._calls.append(("operator_setting", (name, value), {}, True))
 
 
 def draw(context) -> list:
@@ -83,6 +99,35 @@ progress = [call for call in running if call[0] == "progress"]
 assert progress and progress[0][2]["factor"] == 0.55 and progress[0][2]["text"] == "edit 3/10", progress
 icons = [call for call in running if call[0] == "template_icon"]
 assert icons and icons[0][2]["icon_value"] == operators.preview_of(scene.name).icon_id, "no step preview"
+
+# Track Matte on each region's row and under the active region (not for one already on a strip), greyed
+# while a job runs; Show Mattes once a region has a tracked overlay.
+vg.active_region = 0
+row: list = []
+panel.VIDEOGRAIN_UL_regions.draw_item(None, context, RecordingLayout(row), vg, vg.regions[0], 0, vg, "active_region", 0)
+tracks = [call for call in row if call[0] == "operator" and call[1][0] == "videograin.track_matte"]
+assert tracks and not tracks[0][3] and ("operator_setting", ("region", 0), {}, True) in row, row
+vg.running = False
+idle = draw(context)
+assert any(c[0] == "operator" and c[1][0] == "videograin.track_matte" and c[3] for c in idle), "no Track Matte"
+assert not any(c[0] == "prop" and c[1][1] == "show_mattes" for c in idle)
+vg.regions[0].overlay_key = "tracked"
+assert any(c[0] == "prop" and c[1][1] == "show_mattes" for c in draw(context))
+
+# Attention maps of the last edit, one per region (and the background), for the current frame.
+maps = folder / "result" / "attention"
+for name in ("iron_man", "cherry_blossoms"):
+    (maps / name).mkdir(parents=True)
+    cv2.imwrite(str(maps / name / "00001.png"), np.full((12, 16, 3), 200, np.uint8))
+vg.regions[0].phrase, vg.regions[1].phrase, vg.background_phrase = "iron man", "spider man", "cherry blossoms"
+vg.attention_folder, vg.attention_start = str(folder / "result"), scene.frame_current - 1
+operators._show_attention(scene)
+shown = [call[2]["icon_value"] for call in draw(context) if call[0] == "template_icon"]
+assert operators.attention_of(scene.name, 0) is not None and operators.attention_of(scene.name, 3) is not None
+assert [operators.attention_of(scene.name, i).icon_id for i in (0, 3)] == shown[-2:], shown
+texts = [call[2].get("text") for call in draw(context) if call[0] == "label"]
+assert {"iron man", "spider man", "cherry blossoms (background)"} <= set(texts)
+assert texts.count(f"No map on frame {scene.frame_current}") == 1, texts  # spider man has none
 
 vg.running, vg.error = False, "The engine at tcp://127.0.0.1:5000 does not answer: is it still running? " * 2
 lines = [call for call in draw(context) if call[0] == "label" and call[2]["text"] in vg.error]

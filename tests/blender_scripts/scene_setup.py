@@ -119,3 +119,28 @@ def run_until_done(scene, limit_s: float = 120.0) -> None:
     while operators.tick(scene.name) is not None:
         assert time.monotonic() < deadline, "edit did not finish"
         time.sleep(0.05)
+
+
+def rectangle_mask(name: str, left: float, bottom: float, right: float, top: float):
+    """A mask datablock with one rectangle, in mask space (a square of side max(W, H) centred on the
+    frame, y up, 0..1)."""
+    mask = bpy.data.masks.new(name=name)
+    spline = mask.layers.new(name="matte").splines.new()
+    spline.points.add(3)
+    for point, co in zip(spline.points, [(left, bottom), (right, bottom), (right, top), (left, top)]):
+        point.co = co
+        point.handle_left_type = point.handle_right_type = "VECTOR"
+    return mask
+
+
+def png(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def operator_error(operator, **options) -> str:
+    """The message of an operator that reports an error (scripts see it raised)."""
+    try:
+        operator(**options)
+    except RuntimeError as exc:
+        return str(exc)
+    raise AssertionError(f"{operator} did not fail")
