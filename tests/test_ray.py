@@ -25,6 +25,7 @@ import torch
 
 from videograin.engine.demo import write_demo_inputs
 from videograin.engine.inputs.job import load_job
+from videograin.engine.inputs.mattes import crossing_blobs
 from videograin.engine.method.pipeline import merge_passes, plan_passes
 from videograin.engine.models import device_name
 from videograin.engine.runner import edit_clip, edit_passes, finish_edit, prepare_clip
@@ -249,7 +250,7 @@ def test_two_jobs_run_at_once_on_two_workers(tmp_path, worker):
 def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_path, pool):
     from videograin.engine.serving.server import EngineServer
     from videograin.protocol import wire
-    from videograin.protocol.client import EngineClient
+    from videograin.protocol.client import EngineClient, matte_images
 
     key = wire.new_key()
     server = EngineServer("tcp://127.0.0.1:0", key, None, "tiny", pool.device_label(),
@@ -268,6 +269,11 @@ def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_p
         assert [m.header["index"] for m in messages if m.type == "frame"] == list(range(12))
         edited = {m.header["pass"] for m in messages if m.type == "progress" and m.header["phase"] == "edit"}
         assert edited == {0, 1, 2, 3}
+        # A track job needs no pipeline: it runs in the engine's process, beside the pool.
+        clip, truth = crossing_blobs(6, 96, 64)
+        job = client.track(clip, [{0: truth[0, 0]}])
+        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=120) if m.type == "matte"]
+        assert len(mattes) == 6 and np.array_equal(mattes[0] == 255, truth[0, 0])
     finally:
         client.close()
         server.stop()

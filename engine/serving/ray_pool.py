@@ -60,6 +60,7 @@ from videograin.engine.serving.retention import FrameStore
 from videograin.engine.serving.worker import (
     FINAL_STATES,
     Job,
+    JobWorker,
     PipelineSlot,
     attention_events,
     done_fields,
@@ -262,7 +263,8 @@ class PassesClock:
 
 class RayWorker:
     """worker.py's `JobWorker` interface and events over a `RayPool`: jobs in submission order, each
-    job's passes spread over the free actors, several jobs at once when actors are free.
+    job's passes spread over the free actors, several jobs at once when actors are free. Track jobs
+    (mattes from keyframes) need no pipeline: a `JobWorker` of this process runs them, beside the pool.
 
     `store` keeps streamed frames for `attach` (None: not kept, for batch use); `on_result`, when given,
     receives each finished job's result before its `done` event."""
@@ -281,6 +283,7 @@ class RayWorker:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closing = False
+        self._tracker: JobWorker | None = None  # made on the first track job
         self._events: queue.Queue = queue.Queue()
         self._threads = [
             threading.Thread(target=self._serve, args=(number,), name=f"videograin-ray-{number}", daemon=True)
@@ -294,6 +297,9 @@ class RayWorker:
             thread.start()
 
     def submit(self, job: Job) -> None:
+        if job.kind == "track":
+            self._tracks().submit(job)
+            return
         with self._changed:
             if not self._live:
                 self._events.put(("failed", job, NO_WORKERS))
@@ -304,6 +310,8 @@ class RayWorker:
 
     def position(self, job: Job) -> int:
         """Jobs ahead of this one (those running, then those waiting before it); 0 once it runs."""
+        if job.kind == "track":
+            return self._tracks().position(job)
         if job not in self.waiting:
             return 0
         return self.waiting.index(job) + len(self.running)
@@ -311,6 +319,8 @@ class RayWorker:
     def cancel(self, job: Job) -> bool:
         """Ask the job to stop on every actor that runs a part of it; True when it was still waiting and
         is dropped at once (no events follow)."""
+        if job.kind == "track":
+            return self._tracks().cancel(job)
         with self._changed:
             job.cancel.set()
             if job in self._queue:
@@ -328,7 +338,7 @@ class RayWorker:
             for job in dropped:
                 job.cancel.set()
             self.waiting = [job for job in self.waiting if job not in dropped]
-        return dropped
+        return dropped + (self._tracker.drop_waiting() if self._tracker is not None else [])
 
     def workers(self) -> list[dict[str, str]]:
         """The actors still in the pool: node, device, device name (`welcome`'s **workers**)."""
@@ -336,6 +346,8 @@ class RayWorker:
             return list(self._live.values())
 
     def events(self) -> Iterator[tuple[str, Job, Any]]:
+        if self._tracker is not None:
+            yield from self._tracker.events()
         while True:
             try:
                 kind, job, payload = self._events.get_nowait()
@@ -357,8 +369,18 @@ class RayWorker:
                 self._stop(run)
             self._changed.notify_all()
         deadline = time.monotonic() + timeout_s
+        if self._tracker is not None:
+            self._tracker.close(timeout_s)
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _tracks(self) -> JobWorker:
+        """The worker that runs track jobs here: trackers read the clip on this machine (SAM 2 on its
+        GPU when it has one) and need none of the pool's pipelines."""
+        if self._tracker is None:
+            self._tracker = JobWorker(None, self.store, self.stopping, device=str(resolve_device("auto")))
+            self._tracker.start()
+        return self._tracker
 
     # -- the actors' threads -----------------------------------------------------------------
 

@@ -98,14 +98,13 @@ class JobWorker:
     cache (`cache`, None: none); trackers that use a model (SAM 2) run on `device`.
     """
 
-    def __init__(self, pipeline_for: Callable[[str, str | None], Any], store: FrameStore,
+    def __init__(self, pipeline_for: Callable[[str, str | None], Any] | None, store: FrameStore,
                  stopping: threading.Event, cache: InversionCache | None = None, device: str = "cpu") -> None:
         self.pipeline_for = pipeline_for
         self.device = device
         self.store = store
         self.stopping = stopping
         self.cache = cache
-        self.device = device
         self.waiting: list[Job] = []
         self.running: Job | None = None
         # The job the thread has taken: from then on cancelling only asks it to stop. The lock makes
