@@ -22,7 +22,10 @@ from urllib.parse import urlsplit
 try:  # inside the built extension
     from .protocol.client import EngineClient, EngineError, frame_image
     from .protocol.wire import ProtocolError, read_connection_file
-except ImportError:  # as videograin.blender_addon, beside videograin.protocol
+except ModuleNotFoundError as missing:
+    if missing.name != f"{__package__}.protocol":  # the bundled client is there but cannot load (no pyzmq...)
+        raise
+    # as videograin.blender_addon, beside videograin.protocol
     from ..protocol.client import EngineClient, EngineError, frame_image
     from ..protocol.wire import ProtocolError, read_connection_file
 
@@ -37,10 +40,10 @@ def connect(connection_file: str, timeout_s: float = 5.0) -> EngineClient:
         raise EngineError("no_engine", "No engine configured: start a local engine or choose a connection file.")
     try:
         client = EngineClient(connection_file)
-    except EngineError:
+    except EngineError as exc:  # its message says why (no file, a stale one left by a killed engine...)
         raise EngineError(
-            "no_engine", f"No engine is running for '{connection_file}': start one with 'Start Engine' "
-            "or run `videograin serve` and choose its connection file."
+            "no_engine", f"No engine is running for '{connection_file}' ({exc.message}): start one with "
+            "'Start Engine' or run `videograin serve` and choose its connection file."
         ) from None
     try:
         client.hello(client="videograin-blender", timeout_s=timeout_s)

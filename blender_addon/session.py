@@ -167,13 +167,9 @@ class EditSession(EngineSession):
                                                           attention_maps=attention_maps))
 
     def submit_paths(self, settings: dict[str, Any], attention_maps: bool = False) -> str:
-        """Submit a job whose media the engine reads from the disk we share (paths in `settings`).
-
-        Through `request`: the client's `submit_paths` has no `result_encoding`, and results must come
-        back as PNG files."""
-        header = {"type": "submit", "settings": settings, "inline": False, "result_encoding": "png",
-                  "attention_maps": attention_maps}
-        return self._submitted(lambda: self.client.request(header).header["job"])
+        """Submit a job whose media the engine reads from the disk we share (paths in `settings`)."""
+        return self._submitted(lambda: self.client.submit_paths(settings, result_encoding="png",
+                                                                attention_maps=attention_maps))
 
     @property
     def progress(self) -> float:

@@ -302,8 +302,10 @@ def _check_values(s: EditSettings) -> None:
         raise JobError(f"working size {src.width}x{src.height} must be multiples of 8, at least 64")
     if src.stride < 1 or src.start < 0 or (src.count is not None and src.count < 1):
         raise JobError("source.start must be >= 0, source.stride >= 1 and source.count >= 1")
-    if s.window is not None and s.window < 1:
-        raise JobError("'window' must be at least 1 frame")
+    if s.window is not None and s.window < 2:
+        # Passes share anchor frames, so a pass holds at least one frame of its own and one anchor.
+        raise JobError(f"'window' must be at least 2 frames (passes share anchor frames), got {s.window}: "
+                       "leave it out to fit it to the device")
     m = s.modulation
     if m.until is not None and not 0.0 <= m.until <= 1.0:
         raise JobError("'modulation.until' is a share of the steps, between 0 and 1 (or null: use modulation.steps)")

@@ -170,9 +170,11 @@ class EngineClient:
                   "result_encoding": result_encoding}
         return self._follow(self.request(header).header["job"], 0)
 
-    def submit_paths(self, settings: dict[str, Any]) -> str:
-        """Submit a job whose media the engine reads from a shared disk (absolute paths in settings)."""
-        return self._follow(self.request({"type": "submit", "settings": settings, "inline": False}).header["job"], 0)
+    def submit_paths(self, settings: dict[str, Any], result_encoding: str = "raw", **options: Any) -> str:
+        """Submit a job whose media the engine reads from a shared disk (absolute paths in settings);
+        `result_encoding` and `options` as for `submit`."""
+        header = {"type": "submit", "settings": settings, "inline": False, "result_encoding": result_encoding, **options}
+        return self._follow(self.request(header).header["job"], 0)
 
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request({"type": "cancel", "job": job}).header["jobs"][0]

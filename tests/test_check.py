@@ -200,6 +200,7 @@ BAD_JOBS = {
     "empty matte": ({}, _zero_mattes, "bad_job"),
     "unknown setting": ({"colour": "red"}, None, "bad_job"),
     "more frames asked than exist": ({"source__count": 9}, None, "bad_job"),
+    "window of one frame (passes share anchors)": ({"window": 1}, None, "bad_job"),
     "phrase beyond the text encoder's 77 tokens": (
         {"prompt": "a " * 70 + "an iron man and a spider man are jogging under cherry blossoms"}, None, "bad_job"),
     "model folder without weights": ({"control": {"type": "none"}}, _empty_model_folder, "model_unavailable"),

@@ -177,6 +177,10 @@ def test_a_killed_engine_is_reported_and_its_files_cleaned_up(tmp_path, monkeypa
     with pytest.raises(EngineError, match=rf"engine not running \(stale connection file of pid {process.pid}\)") as caught:
         EngineClient(connection)
     assert caught.value.code == "no_engine"
+    from videograin.blender_addon.engine_link import connect
+
+    with pytest.raises(EngineError, match=rf"stale connection file of pid {process.pid}.*'Start Engine'"):
+        connect(str(connection))  # the add-on says why, and what to do
     monkeypatch.setattr(wire, "DEFAULT_CONNECTION_FILE", connection)  # where a client looks by default
     with pytest.raises(EngineError, match="stale connection file"):
         EngineClient()
