@@ -148,21 +148,33 @@ def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_features(args: argparse.Namespace) -> dict[str, Any]:
-    """What the reference's features cost: the same edit with all of them off, then on (trajectory
-    attention at level 1, injection in the first half of the steps, blending), plus flow time per frame
-    and trajectory attention against the full-frame attention it follows, on the edit's shapes."""
-    from videograin.engine.config import FlowConfig, ModulationConfig
+    """What the reference's features cost: the same edit with all of them off, with each alone, then
+    with all on (trajectory attention at its default levels, injection in the first half of the steps,
+    blending, the reference's conditioning and modulation schedule); plus flow time per frame and
+    trajectory attention against the full-frame attention it follows, on the edit's shapes."""
+    from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, FlowConfig, ModulationConfig
     from videograin.engine.inputs.flow import clip_flow
     from videograin.engine.method.trajectory import Trajectories, trajectory_attention
 
     pipe, device, _ = _load(args)
     clip, mattes = synthetic_clip(args.frames, args.size, args.size)
-    off = _settings(args, flow=FlowConfig(method="none"), inject_step=0, blend=False, phrase_embeddings=False,
-                    negative_prompt="", controlnet_attention="full",
-                    modulation=ModulationConfig(until=0.3, layout="area", size="clip", self_branch="both"))
-    on = _settings(args, inject_step=args.steps // 2)
-    runs = {name: timed_edit(pipe, EditJob(settings, clip, mattes), device)["edit_s"]
-            for name, settings in (("warm-up", off), ("off", off), ("on", on))}
+    off = dict(flow=FlowConfig(method="none"), inject_step=0, blend=False, phrase_embeddings=False, negative_prompt="",
+               controlnet_attention="full",
+               modulation=ModulationConfig(until=0.3, layout="area", size="clip", self_branch="both"))
+    features = {
+        "trajectories": dict(flow=FlowConfig()),
+        "injection": dict(inject_step=args.steps // 2),
+        "blending": dict(blend=True),
+        "conditioning": dict(phrase_embeddings=True, negative_prompt=REFERENCE_NEGATIVE_PROMPT,
+                             controlnet_attention="frame"),
+        "modulation_schedule": dict(modulation=ModulationConfig()),
+    }
+    every = {key: value for change in features.values() for key, value in change.items()}
+    timed = lambda changes: timed_edit(pipe, EditJob(_settings(args, **changes), clip, mattes), device)["edit_s"]  # noqa: E731
+    timed(off)  # warm-up: the first edit in a process pays one-time costs
+    base = timed(off)
+    alone = {name: timed({**off, **change}) / base - 1 for name, change in features.items()}
+    on = timed({**off, **every})
     started = time.perf_counter()
     flow = clip_flow(clip, FlowConfig())
     flow_s = (time.perf_counter() - started) / max(1, args.frames - 1)
@@ -173,12 +185,13 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(2, 8, args.frames * latent * latent, 40, generator=g).to(device, dtype) for _ in range(3))
     return {
-        "model": args.model, "device": str(device), "frames": args.frames, "size": args.size, "steps": args.steps,
-        "edit_features_off_s": runs["off"], "edit_features_on_s": runs["on"],
-        "features_overhead": runs["on"] / runs["off"] - 1,
+        "model": args.model, "device": str(device), "device_name": device_name(device), "frames": args.frames,
+        "size": args.size, "steps": args.steps, "edit_features_off_s": base, "edit_features_on_s": on,
+        "features_overhead": on / base - 1, "overhead_alone": alone,
         "flow_s_per_frame": flow_s,
         "trajectory_attention_s": time_call(lambda: trajectory_attention(q, k, v, plan), device),
         "full_frame_attention_s": time_call(lambda: plain_attention(q, k, v), device),
+        "load_average": os.getloadavg()[0],
     }
 
 

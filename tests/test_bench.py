@@ -36,6 +36,8 @@ def test_features_bench_reports_the_cost_of_the_reference_features(tmp_path):
     report, _ = _bench(tmp_path, "--features", "--device", "cpu", "--frames", "3", "--steps", "2")
     assert report["edit_features_off_s"] > 0 and report["edit_features_on_s"] > 0
     assert report["features_overhead"] == report["edit_features_on_s"] / report["edit_features_off_s"] - 1
+    assert set(report["overhead_alone"]) == {"trajectories", "injection", "blending", "conditioning",
+                                             "modulation_schedule"}
     assert report["flow_s_per_frame"] > 0 and report["trajectory_attention_s"] > 0
 
 
