@@ -292,6 +292,8 @@ def _broken(project: Path, change: str) -> None:
             write_png(path, np.zeros((SIZE, SIZE), np.uint8))
     elif change == "no marker":
         shot_a.markers[0].name = shot_b.markers[0].name = "later"
+    elif change == "keyframe missing":
+        shot_b.markers[0].comment = spider_keyframes_note("nowhere.png")
     if not change.startswith(("offline", "matte", "empty")):
         otio.adapters.write_to_file(timeline, str(project))
 
@@ -312,6 +314,7 @@ def _broken(project: Path, change: str) -> None:
         ("trim past the media", r"clip 'runners' on track 'V1': the clip shows frames 4..21 of .* which has 16"),
         ("empty matte", r"clip 'seq' on track 'V2': region 'spider man': the matte is empty"),
         ("no marker", r"no clip carries a marker named 'videograin'"),
+        ("keyframe missing", r"clip 'seq' on track 'V2': keyframe 0 of region 'spider man': '.*nowhere.png' is not an"),
     ],
 )
 def test_each_bad_input_gives_its_error_and_writes_nothing(project, tmp_path, capsys, change, message):
@@ -325,6 +328,42 @@ def test_each_bad_input_gives_its_error_and_writes_nothing(project, tmp_path, ca
     assert len(error.strip().splitlines()) == 1
     assert re.search(message, error), error
     assert snapshot(out_folder) == before and snapshot(project.parent) == project_before
+
+
+def spider_keyframes_note(key: str) -> str:
+    """Shot b's note with the spider man given by one keyframe matte on the shot's first frame."""
+    job = yaml.safe_load(note(spider_mask="x"))
+    job["regions"][1] = {"phrase": "spider man", "keyframes": [{"frame": 0, "mask": key}]}
+    return yaml.safe_dump(job, sort_keys=False)
+
+
+def test_a_region_given_by_keyframes_is_tracked_through_its_shot(project, tmp_path):
+    folder = project.parent
+    _, mattes = synthetic_clip(16, SIZE, SIZE)
+    write_png(folder / "spider_key.png", mattes[1, 2].astype(np.uint8) * 255)  # the seq shot's first frame
+    otio.adapters.write_to_file(build_timeline(folder, b=spider_keyframes_note("spider_key.png")), str(project))
+    out = tmp_path / "out.otio"
+    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu"]) == 0
+    clip = next(c for c in otio.adapters.read_from_file(str(out)).tracks[3].find_clips()
+                if c.metadata["videograin"]["source_clip"] == "seq")
+    frames_dir = Path(clip.metadata["videograin"]["results"]) / "frames"
+    ours = read_sequence(frames_dir, list(range(3)), "ours")
+    # `videograin edit` with the same keyframe, counted from the first edited frame, gives the same frames.
+    job = {
+        **yaml.safe_load(note(spider_mask="x")),
+        "source": {"path": str(folder / "seq"), "start": 1, "count": 3, "width": SIZE, "height": SIZE},
+        "regions": [
+            {"phrase": "iron man", "mask": str(folder / "mattes_b")},
+            {"phrase": "spider man", "keyframes": [{"frame": 0, "mask": str(folder / "spider_key.png")}]},
+        ],
+    }
+    np.testing.assert_array_equal(ours, edit_reference(tmp_path, job, "ref-keyframes"))
+    # A changed keyframe file is a changed job: the shot is edited again.
+    before = {p.name for p in (tmp_path / "out-videograin").iterdir()}
+    time.sleep(0.01)
+    write_png(folder / "spider_key.png", mattes[1, 3].astype(np.uint8) * 255)
+    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu"]) == 0
+    assert len({p.name for p in (tmp_path / "out-videograin").iterdir()} - before) == 1
 
 
 def test_notes_are_read_where_each_editor_writes_them():

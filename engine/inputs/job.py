@@ -77,7 +77,7 @@ def load_job_mapping(
     settings = parse_settings(data)
     if not settings.source.path:
         raise JobError("the job has no source.path: a folder of frames or a video file")
-    source_path = _resolve(base, settings.source.path)
+    source_path = resolve_path(base, settings.source.path)
     settings.source.path = str(source_path)
     if not source_path.exists():
         raise JobError(f"source: '{source_path}' does not exist")
@@ -86,22 +86,18 @@ def load_job_mapping(
     frames = read_sequence(source_path, indices, "source")
 
     stacks: list[np.ndarray | None] = []
-    tracks: dict[int, RegionTrack] = {}
-    for k, region in enumerate(settings.regions):
-        what = f"mask of region '{region.phrase}'"
+    for region in settings.regions:
         if region.keyframes:
-            tracks[k] = _read_keyframes(region, base, frames.shape[1:3])
-            stacks.append(None)
+            stacks.append(None)  # tracked below
             continue
         if not region.mask:
             raise JobError(f"region '{region.phrase}' has no mask: a folder or video of mattes, or keyframes to track")
-        mask_path = _resolve(base, region.mask)
+        mask_path = resolve_path(base, region.mask)
         region.mask = str(mask_path)
+        what = f"mask of region '{region.phrase}'"
         stacks.append(_read_aligned(mask_path, indices, length, what, grey=True) >= MATTE_THRESHOLD)
-    if tracks:
-        tracked = track_mattes(frames, list(tracks.values()), device, progress)
-        for k, stack in zip(tracks, tracked):
-            stacks[k] = stack
+    for k, stack in tracked_mattes(settings.regions, frames, base, device, progress).items():
+        stacks[k] = stack
     if len({stack.shape for stack in stacks}) != 1:
         sizes = ", ".join(f"'{r.phrase}' {m.shape[2]}x{m.shape[1]}" for r, m in zip(settings.regions, stacks))
         raise JobError(f"region mattes differ in size: {sizes}")
@@ -109,13 +105,13 @@ def load_job_mapping(
 
     control_maps = None
     if settings.control.type == "frames":
-        control_path = _resolve(base, settings.control.path or "")
+        control_path = resolve_path(base, settings.control.path or "")
         settings.control.path = str(control_path)
         control_maps = _read_aligned(control_path, indices, length, "control maps", grey=False)
     elif settings.control.type in ("depth", "pose"):
-        settings.control.path = str(_resolve(base, settings.control.path or ""))
+        settings.control.path = str(resolve_path(base, settings.control.path or ""))
     if settings.flow.path:
-        settings.flow.path = str(_resolve(base, settings.flow.path))
+        settings.flow.path = str(resolve_path(base, settings.flow.path))
         if not Path(settings.flow.path).exists():
             raise JobError(f"flow.path: '{settings.flow.path}' does not exist")
     job = EditJob(settings, frames, masks, control_maps, indices, length)
@@ -123,12 +119,24 @@ def load_job_mapping(
     return job
 
 
-def _read_keyframes(region: RegionConfig, base: Path, size: tuple[int, int]) -> RegionTrack:
-    """A region's keyframe mattes, read and checked against the clip (frame range, size, emptiness:
+def tracked_mattes(
+    regions: list[RegionConfig], frames: np.ndarray, base: Path, device: str = "auto",
+    progress: ProgressCallback = no_progress,
+) -> dict[int, np.ndarray]:
+    """The mattes of the regions given by keyframes (their number → (F, H, W) bool), tracked through
+    `frames`; keyframe paths are relative to `base`. Other regions are left out."""
+    tracks = {k: _read_keyframes(region, base) for k, region in enumerate(regions) if region.keyframes}
+    if not tracks:
+        return {}
+    return dict(zip(tracks, track_mattes(frames, list(tracks.values()), device, progress)))
+
+
+def _read_keyframes(region: RegionConfig, base: Path) -> RegionTrack:
+    """A region's keyframe mattes, read (frame range, size and emptiness are checked against the clip by
     `check_keyframes`, when tracking starts)."""
     keyframes = []
     for key in region.keyframes:
-        path = _resolve(base, key.mask)
+        path = resolve_path(base, key.mask)
         key.mask = str(path)
         what = f"keyframe {key.frame} of region '{region.phrase}'"
         if not path.is_file():
@@ -137,7 +145,7 @@ def _read_keyframes(region: RegionConfig, base: Path, size: tuple[int, int]) -> 
     return RegionTrack(keyframes, region.track, region.tracker_model, region.phrase)
 
 
-def _resolve(base: Path, value: str) -> Path:
+def resolve_path(base: Path, value: str) -> Path:
     candidate = Path(value).expanduser()
     return candidate if candidate.is_absolute() else base / candidate
 

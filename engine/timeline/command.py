@@ -67,9 +67,11 @@ class Plan:
 
 
 def plan(
-    timeline_path: Path, out: Path, results: Path | None = None, model: str | None = None, movie: bool = False
+    timeline_path: Path, out: Path, results: Path | None = None, model: str | None = None, movie: bool = False,
+    device: str = "auto",
 ) -> Plan:
-    """Read and validate everything; raises one VideograinError naming the clip, the track and the fix."""
+    """Read and validate everything, tracking mattes given by keyframes (trackers with a model run on
+    `device`); raises one VideograinError naming the clip, the track and the fix."""
     if out.resolve() == timeline_path.resolve():
         raise JobError(
             f"--out is the input timeline '{timeline_path}': the input is never overwritten, name another file"
@@ -90,7 +92,7 @@ def plan(
         timeline, base = read_timeline(timeline_path, Path(scratch.name))
         shots = find_shots(timeline, base, model)
         for shot in shots:
-            shot.load()  # every pixel-level check (sizes, empty mattes) before the first edit
+            shot.load(device)  # every pixel-level check (sizes, empty mattes) before the first edit
         result = Plan(
             timeline, base, shots, out, results, movie or out.suffix.lower() not in SEQUENCE_SUFFIXES, scratch
         )
@@ -184,7 +186,9 @@ def summary(plan: Plan) -> str:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    the_plan = plan(Path(args.timeline), out, Path(args.results) if args.results else None, args.model, args.movie)
+    the_plan = plan(
+        Path(args.timeline), out, Path(args.results) if args.results else None, args.model, args.movie, args.device
+    )
     try:
         started = time.perf_counter()
         try:

@@ -29,8 +29,7 @@ from opentimelineio.opentime import RationalTime, TimeRange
 
 from videograin.engine.config import EditSettings, parse_settings
 from videograin.engine.errors import JobError
-from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, validate_job
-from videograin.engine.inputs.job import _resolve as resolve_path  # the job file's rule for relative paths
+from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, resolve_path, tracked_mattes, validate_job
 from videograin.engine.inputs.media import list_frames, read_sequence, sequence_length
 
 MARKER_NAME = "videograin"
@@ -48,12 +47,12 @@ class Footage:
     def identity(self) -> list:
         """What a result depends on: the frames and the files they come from (size, modification time)."""
         files = [self.path] if self.path.is_file() else [list_frames(self.path)[i] for i in self.indices]
-        return [
-            str(self.path),
-            self.indices[0],
-            len(self.indices),
-            [(f.stat().st_size, f.stat().st_mtime_ns) for f in files],
-        ]
+        return [str(self.path), self.indices[0], len(self.indices), [_file_identity(f) for f in files]]
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """A file's size and modification time: a changed file gives a changed job."""
+    return path.stat().st_size, path.stat().st_mtime_ns
 
 
 @dataclass
@@ -66,9 +65,10 @@ class Shot:
     rate: float  # frame rate of the clip's media: the edited frames have the same
     settings: EditSettings  # parsed from the note; source.path/start/count filled from the clip
     source: Footage
-    mattes: list[Footage]  # one per region, in the note's order
+    mattes: list[Footage | None]  # one per region, in the note's order; None: tracked from its keyframes
     control: Footage | None = None
     job_hash: str = field(init=False)
+    _tracked: dict[int, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.job_hash = self._hash()
@@ -78,16 +78,23 @@ class Shot:
         return f"clip '{self.clip}' on track '{self.track}'"
 
     def _hash(self) -> str:
-        footage = [self.source, *self.mattes, *([self.control] if self.control else [])]
-        key = {"settings": self.settings.to_dict(), "media": [f.identity() for f in footage]}
+        footage = [self.source, *filter(None, self.mattes), *([self.control] if self.control else [])]
+        keyframes = [_file_identity(Path(key.mask)) for region in self.settings.regions for key in region.keyframes]
+        key = {"settings": self.settings.to_dict(), "media": [f.identity() for f in footage], "keyframes": keyframes}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def load(self) -> EditJob:
-        """Read the pixels and validate the job; errors name the clip and its track."""
+    def load(self, device: str = "auto") -> EditJob:
+        """Read the pixels and validate the job; errors name the clip and its track. Regions given by
+        keyframes are tracked through the shot on the first load (trackers with a model on `device`)."""
         with _about(self.name):
             frames = read_sequence(self.source.path, self.source.indices, "source")
+            if self._tracked is None:
+                self._tracked = tracked_mattes(self.settings.regions, frames, Path("/"), device)
             stacks = []
-            for region, matte in zip(self.settings.regions, self.mattes, strict=True):
+            for k, (region, matte) in enumerate(zip(self.settings.regions, self.mattes, strict=True)):
+                if matte is None:
+                    stacks.append(self._tracked[k])
+                    continue
                 stack = read_sequence(matte.path, matte.indices, f"matte of '{region.phrase}'", grey=True)
                 if stack.shape[1:] != frames.shape[1:3]:
                     raise JobError(
@@ -223,7 +230,15 @@ def _shot(clip, track, job: dict, timeline, video: list, base: Path, model: str 
     media_length = sequence_length(footage.path)
     mattes = []
     for region in settings.regions:
-        if region.mask:
+        if region.keyframes:  # frames counted from the shot's first, as in a job file's edited clip
+            for key in region.keyframes:
+                key.mask = str(resolve_path(base, key.mask))
+                if not Path(key.mask).is_file():
+                    raise JobError(
+                        f"keyframe {key.frame} of region '{region.phrase}': '{key.mask}' is not an image file"
+                    )
+            mattes.append(None)
+        elif region.mask:
             region.mask = str(resolve_path(base, region.mask))
             mattes.append(aligned(Path(region.mask), footage, media_length, f"the matte of '{region.phrase}'"))
         else:
@@ -310,8 +325,9 @@ def _matte_track(phrase: str, shot_range: TimeRange, source: Footage, timeline, 
     tracks = [t for t in video if t.name.strip().lower() == phrase.strip().lower()]
     if not tracks:
         raise JobError(
-            f"region '{phrase}' has no matte: give it `mask:` (a folder or movie of mattes) in the note, "
-            f"or put its matte clip on a video track named '{phrase}', lined up with the clip"
+            f"region '{phrase}' has no matte: give it `mask:` (a folder or movie of mattes) or `keyframes:` (mattes "
+            f"on a few frames, tracked) in the note, or put its matte clip on a video track named '{phrase}', "
+            "lined up with the clip"
         )
     for item in tracks[0]:
         if not isinstance(item, otio.schema.Clip):
