@@ -50,7 +50,7 @@ from videograin.engine.progress import (
     ProgressEvent,
     no_progress,
 )
-from videograin.protocol.client import EngineClient, frame_image
+from videograin.protocol.client import EngineClient, EngineError, frame_image
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"
 
@@ -276,31 +276,52 @@ def edit_in_process(
             "inversion_cached": result.cached_passes > 0}
 
 
+class EngineEdit:
+    """A job submitted to a running engine (protocol v1): `take` gathers its stream, `finish` writes the
+    results as an in-process edit would. Several can share one client (`client.poll` routes by job)."""
+
+    def __init__(self, client: EngineClient, engine: dict, job: EditJob, out: Path,
+                 bars: ProgressBars | None = None) -> None:
+        self.client, self.engine, self.job, self.out, self.bars = client, engine, job, out, bars
+        self.frames: dict[int, np.ndarray] = {}
+        self.done: dict | None = None
+        self.id = client.submit(job.settings.to_dict(), job.frames, job.masks, job.control_maps)
+
+    def take(self, message) -> None:
+        """One message of the job's stream; an `error` raises EngineError."""
+        h = message.header
+        if message.type == "error":
+            raise EngineError(h["code"], h["message"])
+        if message.type == "progress" and self.bars is not None:
+            preview = frame_image(message, "preview") if "preview" in h else None
+            self.bars(ProgressEvent(h["phase"], h["step"], h["total"], preview))
+        elif message.type == "frame":
+            self.frames[h["index"]] = frame_image(message)
+        elif message.type == "done":
+            self.done = h
+
+    def finish(self) -> dict:
+        done = self.done
+        result = EditResult(np.stack([self.frames[i] for i in sorted(self.frames)]), done["leakage"])
+        write_results(self.out, self.job, result, done["random_weights"],
+                      {"device": self.engine["device"], "seconds": done["seconds"], "engine": self.client.address})
+        return {"random_weights": done["random_weights"], "leakage": done["leakage"]}
+
+
 def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:
     """The same edit through a running engine (protocol v1), results written as in-process."""
     client = EngineClient(connection_file)
     bars = ProgressBars(preview_path(out))
     try:
-        engine = client.hello(client="videograin-cli")
-        job_id = client.submit(job.settings.to_dict(), job.frames, job.masks, job.control_maps)
-        frames: dict[int, np.ndarray] = {}
+        run = EngineEdit(client, client.hello(client="videograin-cli"), job, out, bars)
         try:
-            for message in client.events(job_id):
-                h = message.header
-                if message.type == "progress":
-                    preview = frame_image(message, "preview") if "preview" in h else None
-                    bars(ProgressEvent(h["phase"], h["step"], h["total"], preview))
-                elif message.type == "frame":
-                    frames[h["index"]] = frame_image(message)
-                elif message.type == "done":
-                    done = h
+            for message in client.events(run.id):
+                run.take(message)
         except KeyboardInterrupt:
-            client.cancel(job_id)  # Ctrl-C stops the engine's work too, not only this process
+            client.cancel(run.id)  # Ctrl-C stops the engine's work too, not only this process
             raise
     finally:
         bars.close()
         bars.preview_path.unlink(missing_ok=True)
         client.close()
-    result = EditResult(np.stack([frames[i] for i in sorted(frames)]), done["leakage"])
-    write_results(out, job, result, done["random_weights"], {"device": engine["device"], "seconds": done["seconds"], "engine": client.address})
-    return {"random_weights": done["random_weights"], "leakage": done["leakage"]}
+    return run.finish()

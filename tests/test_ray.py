@@ -278,3 +278,43 @@ def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_p
         client.close()
         server.stop()
         serving.join(timeout=60)
+
+
+def test_a_timeline_on_a_ray_engine_edits_its_shots_side_by_side(tmp_path, pool):
+    pytest.importorskip("opentimelineio")
+    from test_timeline import build_media, build_timeline, otio
+
+    from videograin.engine.cli import main
+    from videograin.engine.serving.server import EngineServer
+    from videograin.protocol import wire
+    from videograin.protocol.client import EngineClient
+
+    build_media(tmp_path / "project")
+    project = tmp_path / "project" / "cut.otio"
+    otio.adapters.write_to_file(build_timeline(tmp_path / "project"), str(project))
+    connection = tmp_path / "engine.json"
+    server = EngineServer("tcp://127.0.0.1:0", wire.new_key(), None, "tiny", pool.device_label(),
+                          connection_file=connection, worker=lambda store, stopping: RayWorker(pool, store, stopping))
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    watcher, most, stop = EngineClient(connection), [0], threading.Event()
+
+    def watch():  # the most shots the engine ran at one time
+        while not stop.is_set():
+            most[0] = max(most[0], sum(job["state"] == "running" for job in watcher.status()))
+            time.sleep(0.02)
+
+    watching = threading.Thread(target=watch, daemon=True)
+    watching.start()
+    try:
+        out = tmp_path / "out.otio"
+        assert main(["timeline", str(project), "--out", str(out), "--engine", str(connection)]) == 0
+        clips = list(otio.adapters.read_from_file(str(out)).tracks[3].find_clips())
+        assert sorted(c.metadata["videograin"]["source_clip"] for c in clips) == ["runners", "seq"]
+        assert most[0] == 2
+    finally:
+        stop.set()
+        watching.join(timeout=10)
+        watcher.close()
+        server.stop()
+        serving.join(timeout=60)

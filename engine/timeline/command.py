@@ -4,7 +4,8 @@ Three stages, timed apart by `videograin bench --timeline`:
 1. `plan`: read the timeline, find the shots, read and validate every shot's pixels and check that the
    output can be written: any error stops here, before anything is edited or written.
 2. `edit_shots`: each shot not already in the results folder for the same job is edited, in this process
-   (one loaded pipeline for all shots) or on a running engine (one `submit` per shot); each result
+   (one loaded pipeline for all shots) or on a running engine (one `submit` per shot, side by side when
+   the engine has several workers); each result
    folder appears atomically, so an interrupted run leaves finished shots for the next one to reuse.
 3. `finish`: the timeline with its `videograin` track, written atomically.
 """
@@ -27,7 +28,7 @@ from videograin.engine.cache import InversionCache, cache_from_args
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.media import read_sequence, write_mp4
 from videograin.engine.models import get_pipeline, resolve_device
-from videograin.engine.runner import edit_in_process, edit_on_engine
+from videograin.engine.runner import EngineEdit, edit_in_process, edit_on_engine
 from videograin.engine.timeline.conform import (
     BUNDLE,
     SEQUENCE_SUFFIXES,
@@ -39,6 +40,7 @@ from videograin.engine.timeline.conform import (
     write_timeline,
 )
 from videograin.engine.timeline.shots import Shot, find_shots
+from videograin.protocol.client import EngineClient
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Plan:
     movies: bool  # edited shots as movies rather than image sequences
     scratch: tempfile.TemporaryDirectory  # an unpacked .otioz, removed by close()
     edited: list[Edited] = field(default_factory=list)  # in shot order, filled by edit_shots
+    finished: dict[Path, float] = field(default_factory=dict)  # results folder -> seconds, shots edited this run
 
     def folder(self, shot: Shot) -> Path:
         """A shot's results folder: named after its clip and its job's hash, so a changed job gets a new one."""
@@ -114,36 +117,81 @@ def plan(
 
 def edit_shots(plan: Plan, engine: str | None = None, device: str = "auto", force: bool = False,
                cache: InversionCache | None = None) -> None:
-    """Edit the shots whose result is missing (all of them with `force`); fills `plan.edited`."""
-    pipelines: dict = {}
-    bar = tqdm(total=len(plan.shots), desc="  shots", unit="shot")
+    """Edit the shots whose result is missing (all of them with `force`), then fill `plan.edited` in shot
+    order. On an engine with several workers (`serve --ray`) as many shots as it has workers run side by
+    side; otherwise one after another."""
+    fresh = [shot for shot in plan.shots if force or not (plan.folder(shot) / "result.json").is_file()]
+    bar = tqdm(total=len(fresh), desc="  shots", unit="shot")
     try:
-        for shot in plan.shots:
-            folder = plan.folder(shot)
-            fresh = force or not (folder / "result.json").is_file()
-            started = time.perf_counter()
-            if fresh:
+        workers = _engine_workers(engine) if engine else 1
+        if workers > 1:
+            _edit_side_by_side(plan, fresh, engine, workers, bar)
+        else:
+            pipelines: dict = {}
+            for shot in fresh:
                 bar.set_postfix_str(shot.clip)
-                _edit(shot, folder, engine, device, pipelines, cache)
-            seconds = time.perf_counter() - started if fresh else 0.0
-            report = json.loads((folder / "result.json").read_text())
-            movie = plan.movie(shot)
-            if movie is not None and (fresh or not movie.is_file()):
-                frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
-                write_mp4(movie, frames, fps=shot.rate)
-            plan.edited.append(Edited(shot, folder, report, movie, seconds, reused=not fresh))
-            bar.update()
+                started = time.perf_counter()
+                _edit(shot, plan.folder(shot), engine, device, pipelines, cache)
+                plan.finished[plan.folder(shot)] = time.perf_counter() - started
+                bar.update()
     finally:
         bar.close()
+    for shot in plan.shots:
+        folder = plan.folder(shot)
+        report = json.loads((folder / "result.json").read_text())
+        movie = plan.movie(shot)
+        if movie is not None and (folder in plan.finished or not movie.is_file()):
+            frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
+            write_mp4(movie, frames, fps=shot.rate)
+        plan.edited.append(Edited(shot, folder, report, movie, plan.finished.get(folder, 0.0),
+                                  reused=folder not in plan.finished))
+
+
+def _engine_workers(engine: str) -> int:
+    """How many jobs the engine runs at once: its `welcome`'s workers (older engines: one)."""
+    client = EngineClient(engine)
+    try:
+        return max(1, len(client.hello(client="videograin-timeline").get("workers", [])))
+    finally:
+        client.close()
+
+
+def _edit_side_by_side(plan: Plan, shots: list[Shot], engine: str, workers: int, bar) -> None:
+    """Keep `workers` shots on the engine at once, over one client; Ctrl-C cancels every running shot."""
+    client = EngineClient(engine)
+    running: dict[str, tuple[Shot, EngineEdit, Path, float]] = {}
+    todo = list(shots)
+    try:
+        info = client.hello(client="videograin-timeline")
+        while todo or running:
+            while todo and len(running) < workers:
+                shot = todo.pop(0)
+                target = _fresh_target(plan.folder(shot))
+                run = EngineEdit(client, info, shot.load(), target)
+                running[run.id] = (shot, run, target, time.perf_counter())
+            for message in client.poll(timeout_s=0.5):
+                if message.header.get("job") not in running:
+                    continue
+                shot, run, target, started = running[message.header["job"]]
+                run.take(message)
+                if run.done is not None:
+                    del running[run.id]
+                    run.finish()
+                    _swap_in(target, plan.folder(shot))
+                    plan.finished[plan.folder(shot)] = time.perf_counter() - started
+                    bar.update()
+    except BaseException:
+        for job in running:
+            client.cancel(job)  # Ctrl-C or a failed shot stops the engine's work on the others too
+        raise
+    finally:
+        client.close()
 
 
 def _edit(shot: Shot, folder: Path, engine: str | None, device: str, pipelines: dict,
           cache: InversionCache | None) -> None:
     job = shot.load()
-    # A re-edit goes to a new folder, swapped in once complete: the old result stays until then.
-    target = folder.with_name(f".{folder.name}.new") if folder.exists() else folder
-    if target != folder:
-        shutil.rmtree(target, ignore_errors=True)  # left by an interrupted re-edit
+    target = _fresh_target(folder)
     if engine:
         edit_on_engine(engine, job, target)
     else:
@@ -152,6 +200,20 @@ def _edit(shot: Shot, folder: Path, engine: str | None, device: str, pipelines: 
         if key not in pipelines:
             pipelines[key] = get_pipeline(s.model, s.controlnet_id, resolve_device(device))
         edit_in_process(job, target, device, cache, pipe=pipelines[key])
+    _swap_in(target, folder)
+
+
+def _fresh_target(folder: Path) -> Path:
+    """Where a shot's edit writes: a re-edit goes to a new folder, swapped in once complete, so the old
+    result stays until then."""
+    if not folder.exists():
+        return folder
+    target = folder.with_name(f".{folder.name}.new")
+    shutil.rmtree(target, ignore_errors=True)  # left by an interrupted re-edit
+    return target
+
+
+def _swap_in(target: Path, folder: Path) -> None:
     if target != folder:
         old = folder.with_name(f".{folder.name}.old")
         os.replace(folder, old)
@@ -194,7 +256,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         try:
             edit_shots(the_plan, args.engine, args.device, args.force, cache_from_args(args))
         except KeyboardInterrupt:
-            done = len(the_plan.edited)
+            done = len(the_plan.finished)
             print(
                 f"interrupted: {out} not written; {done} finished shot(s) stay in {the_plan.results} for the next run"
             )
