@@ -62,7 +62,22 @@ CHANGES = {
     "controlnet attention": lambda job: setattr(job.settings, "controlnet_attention", "full"),
     "injection steps": lambda job: setattr(job.settings, "inject_step", 2),
     "pass layout": lambda job: setattr(job.settings, "window", 2),
+    "flow method": lambda job: setattr(job.settings.flow, "method", "farneback"),
+    "flow preset": lambda job: setattr(job.settings.flow, "preset", "fast"),
+    "trajectory levels": lambda job: setattr(job.settings.flow, "levels", [1, 2]),
+    "trajectories off": lambda job: setattr(job.settings.flow, "method", "none"),
 }
+
+
+def test_the_pipelines_precision_is_part_of_the_key(small_job, tmp_path):
+    from videograin.engine.models import tiny_pipeline
+
+    cache = InversionCache(tmp_path / "cache")
+    pipe = tiny_pipeline()
+    assert _hits(small_job, pipe, cache) == 0
+    pipe.to(torch.float64)  # same weights, another precision: its inversion is not this one's
+    assert _hits(small_job, pipe, cache) == 0
+    assert _hits(small_job, pipe, cache) == 1
 
 
 @pytest.mark.parametrize("change", CHANGES, ids=list(CHANGES))
