@@ -154,7 +154,14 @@ class InversionCache:
         tensors = _flatten(inversion)
         channels_last = [n for n, t in tensors.items() if t.dim() == 4 and not t.is_contiguous() and
                          t.is_contiguous(memory_format=torch.channels_last)]
-        cpu = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+        cpu: dict[str, torch.Tensor] = {}
+        storages: set[int] = set()
+        for name, tensor in tensors.items():
+            tensor = tensor.detach().cpu().contiguous()
+            if tensor.untyped_storage().data_ptr() in storages:  # safetensors refuses shared memory
+                tensor = tensor.clone()  # e.g. the last step's source latents are the inverted latents
+            storages.add(tensor.untyped_storage().data_ptr())
+            cpu[name] = tensor
         metadata = {"format": FORMAT, "checksum": _checksum(cpu), "channels_last": json.dumps(channels_last)}
         data = save_tensors(cpu, metadata)
         if len(data) > self.max_bytes:

@@ -110,6 +110,15 @@ def _inversion(seed: int, size: int = 4096) -> PassInversion:
     return PassInversion(torch.randn(size, generator=g), {0: torch.randn(size, generator=g)})
 
 
+def test_an_inversion_whose_tensors_share_memory_is_kept_and_read_back(tmp_path):
+    cache = InversionCache(tmp_path / "cache")
+    inversion = _inversion(0)
+    inversion.source[501] = inversion.latents  # the last step's source latents are the inverted latents
+    cache.put("shared", inversion)
+    back = cache.get("shared", torch.device("cpu"))
+    assert torch.equal(back.latents, inversion.latents) and torch.equal(back.source[501], inversion.latents)
+
+
 def test_the_size_cap_evicts_the_least_recently_used(tmp_path):
     cache = InversionCache(tmp_path / "cache", max_bytes=3 * 2 * 4096 * 4 + 3 * 1024)  # room for three
     for n in range(3):

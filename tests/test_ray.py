@@ -106,6 +106,23 @@ def test_without_ray_the_ray_option_says_how_to_install_it(tmp_path, demo_job, m
     assert "pip install 'videograin[ray]'" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
+def test_edit_with_ray_runs_the_passes_on_a_local_cluster(tmp_path, tiny_pipe, one_thread):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'videograin[ray]'")
+    from videograin.engine.inputs.media import list_frames, read_sequence
+
+    job_file = write_demo_inputs(tmp_path / "input", frames=8, size=64, steps=2)
+    job_file.write_text(job_file.read_text() + "window: 4\n")  # passes of 4 frames: 3 passes
+    out = tmp_path / "out"
+    # A process of its own: `--ray` alone starts (and stops) a local cluster, apart from this module's.
+    done = subprocess.run([sys.executable, "-m", "videograin", "edit", str(job_file), "--out", str(out), "--ray",
+                           "--workers", "2"], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames = read_sequence(out / "frames", list(range(len(list_frames(out / "frames")))), "ray")
+    _assert_same_frames(frames, edit_clip(load_job(job_file), tiny_pipe).frames)
+    assert json.loads((out / "result.json").read_text())["frames"] == 8
+
+
 def test_an_engine_in_one_process_lists_itself_as_its_worker():
     worker = JobWorker(lambda model, controlnet: None, None, threading.Event(), device="cpu")
     assert worker.workers() == [{"node": socket.gethostname(), "device": "cpu", "name": device_name("cpu")}]
