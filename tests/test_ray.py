@@ -123,6 +123,28 @@ def test_edit_with_ray_runs_the_passes_on_a_local_cluster(tmp_path, tiny_pipe, o
     assert json.loads((out / "result.json").read_text())["frames"] == 8
 
 
+def test_serve_with_ray_lists_its_workers_and_stops_on_sigterm(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'videograin[ray]'")
+    import signal
+
+    from conformance import start_engine
+
+    from videograin.protocol.client import EngineClient
+
+    process, _, connection = start_engine(tmp_path, "--ray", "--workers", "2")
+    try:
+        client = EngineClient(connection)
+        assert [w["device"] for w in client.hello(timeout_s=60)["workers"]] == ["cpu", "cpu"]
+        client.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        assert not connection.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_an_engine_in_one_process_lists_itself_as_its_worker():
     worker = JobWorker(lambda model, controlnet: None, None, threading.Event(), device="cpu")
     assert worker.workers() == [{"node": socket.gethostname(), "device": "cpu", "name": device_name("cpu")}]
