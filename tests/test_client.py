@@ -133,7 +133,7 @@ def test_ctrl_c_on_a_remote_edit_cancels_the_engine_job(tiny_engine, tmp_path):
             assert time.monotonic() < deadline and edit.poll() is None, edit.stderr.read() if edit.poll() is not None else ""
             time.sleep(0.1)
         edit.send_signal(signal.SIGINT)
-        assert edit.wait(timeout=30) == 130
+        assert edit.wait(timeout=120) == 130  # a cancel takes a step; steps are slow on a loaded machine
         deadline = time.monotonic() + 30
         while client.status(ours[0]["job"])[0]["state"] != "cancelled":
             assert time.monotonic() < deadline, client.status(ours[0]["job"])
@@ -208,7 +208,7 @@ def test_the_client_attaches_again_after_its_own_silence(tiny_engine):
         job = client.submit(SETTINGS, clip, mattes)  # queued behind the blocker
         time.sleep(3.5)  # the client is blocked: no poll, no heartbeat
         other.cancel(blocker)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while other.status(job)[0]["frames_ready"] < 1:  # the engine streamed, or tried to, meanwhile
             assert time.monotonic() < deadline
             time.sleep(0.05)

@@ -487,7 +487,7 @@ def test_on_an_engine_ctrl_c_cancels_the_running_shot(project, tmp_path, tiny_en
             time.sleep(0.2)
         running = _running(client)
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
+        output = process.communicate(timeout=180)[0]
         assert process.returncode == 130, output
         assert "not written" in output and not out.exists()
         assert [p.name.split("-")[0] for p in results.iterdir()] == ["runners"]  # nothing for the cancelled shot
