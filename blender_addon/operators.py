@@ -18,7 +18,7 @@ import bpy
 import bpy.utils.previews
 import numpy as np
 
-from . import export, jobspec, keyframes, timeline
+from . import check_report, export, jobspec, keyframes, timeline
 from .engine_link import ABSENT, SILENT, EngineError, EngineWatch, LocalEngine, connect, shares_disk
 from .properties import preferences, referenced_strip, region_key
 from .session import DONE, EditSession, EngineSession, TrackSession, attention_map
@@ -136,16 +136,10 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         vg = scene.videograin
-        source = _free_to_start(self, scene)
-        if source is None:
+        job = _job_to_send(self, scene)
+        if job is None:
             return {"CANCELLED"}
-        request = request_of(vg)
-        problems = jobspec.problems(request)
-        if problems:
-            return _fail(self, vg, problems[0])
-        for region in vg.regions:
-            if not _matte_ready(region):
-                return _fail(self, vg, f"Region '{region.phrase}' has no matte: choose its {region.matte_source.lower()}.")
+        source, request = job
         try:
             folder = results_folder(scene, source)
         except EngineError as exc:
@@ -167,6 +161,25 @@ class VIDEOGRAIN_OT_edit(bpy.types.Operator):
             return _fail(self, vg, f"Exporting the frames failed: {exc}")
         session.source = (timeline.stamp(source), source.name)
         return _launch(self, scene, session, self.wait)
+
+
+def _job_to_send(operator, scene):
+    """The source strip and the request of the panel's job, when it can be sent (no job runs in the scene,
+    the settings are complete, every region has a matte); None after reporting why not."""
+    vg = scene.videograin
+    source = _free_to_start(operator, scene)
+    if source is None:
+        return None
+    request = request_of(vg)
+    problems = jobspec.problems(request)
+    if problems:
+        _fail(operator, vg, problems[0])
+        return None
+    for region in vg.regions:
+        if not _matte_ready(region):
+            _fail(operator, vg, f"Region '{region.phrase}' has no matte: choose its {region.matte_source.lower()}.")
+            return None
+    return source, request
 
 
 def _free_to_start(operator, scene):
@@ -214,9 +227,27 @@ def _matte_ready(region) -> bool:
 
 
 def _start(scene, vg, source, request: jobspec.EditRequest, client, folder: Path) -> EditSession:
-    """Export and submit: by path when the engine shares this disk and the source strip is plain, else
-    with rendered pixels. A path submit the engine refuses as a bad job (it may not see our disk after
-    all: a forwarded port looks local) is sent again with pixels, whose answer is the one that counts."""
+    """Export and submit the job (`_send`); the session follows it."""
+
+    def by_path(settings, scratch):
+        session = EditSession(client, folder, vg.keep_partial, scratch)  # removes `scratch` when the edit ends
+        session.submit_paths(settings, vg.attention_maps)
+        return session
+
+    def inline(settings, pixels, mattes):
+        session = EditSession(client, folder, vg.keep_partial)
+        session.submit(settings, pixels, mattes, vg.attention_maps)
+        return session
+
+    return _send(scene, vg, source, request, client, by_path, inline)
+
+
+def _send(scene, vg, source, request: jobspec.EditRequest, client, by_path, inline):
+    """Export the job and send it: by path when the engine shares this disk and the source strip is plain
+    (`by_path(settings, scratch)`, which takes over the folder of rendered mattes), else with rendered
+    pixels (`inline(settings, frames, mattes)`). A path request the engine refuses as a bad job (it may
+    not see our disk after all: a forwarded port looks local) is sent again with pixels, whose answer is
+    the one that counts. Returns what the send returned."""
     frames = export.frame_range(source)
     settings = jobspec.settings(request, scene.render.resolution_x, scene.render.resolution_y)
     prefs = preferences(bpy.context)
@@ -229,22 +260,18 @@ def _start(scene, vg, source, request: jobspec.EditRequest, client, folder: Path
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        session = EditSession(client, folder, vg.keep_partial, scratch)  # removes `scratch` when the edit ends
         try:
-            session.submit_paths(jobspec.with_files(settings, run, mattes), vg.attention_maps)
-            return session
+            return by_path(jobspec.with_files(settings, run, mattes), scratch)
         except EngineError as exc:
             if exc.code != "bad_job":
                 raise
-    # The renders are read back into memory for the submit: their folder goes at once.
+    # The renders are read back into memory for the request: their folder goes at once.
     with tempfile.TemporaryDirectory(prefix="videograin-export-") as work:
         work = Path(work)
         pixels = [export.read_bmp(p) for p in export.render_strip(scene, source, frames, work / "frames")]
         mattes = [[export.read_bmp(p) for p in _render_matte(scene, region, frames, work / f"matte-{i}")]
                   for i, region in enumerate(vg.regions)]
-    session = EditSession(client, folder, vg.keep_partial)
-    session.submit(settings, pixels, mattes, vg.attention_maps)
-    return session
+    return inline(settings, pixels, mattes)
 
 
 def _matte_run(scene, region, frames: range, source: jobspec.FileRun, folder: Path) -> jobspec.FileRun:
@@ -311,6 +338,85 @@ def _finish(scene, session: EditSession) -> None:
         vg.attention_folder = bpy.path.relpath(str(folder)) if bpy.data.filepath else str(folder)
         vg.attention_start = source.frame_final_start
         _show_attention(scene)
+
+
+# -- checking the job -------------------------------------------------------------------------
+
+class VIDEOGRAIN_OT_check(bpy.types.Operator):
+    """Check the job Edit would send, in seconds and without starting it: the engine's warnings and errors,
+    and the picture of the region layout the model will see at the playhead's frame"""
+
+    bl_idname = "videograin.check"
+    bl_label = "Check"
+
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                                 description="Wait for an engine that has not answered yet (scripts)")
+
+    def execute(self, context):
+        scene = context.scene
+        vg = scene.videograin
+        _clear_check(vg)
+        job = _job_to_send(self, scene)
+        if job is None:
+            return {"CANCELLED"}
+        source, request = job
+        client = _ready_engine(self, vg, self.wait)
+        if client is None:
+            return {"CANCELLED"}
+        frames = export.frame_range(source)
+        shown = check_report.clip_frame(scene.frame_current, frames)
+        vg.error, vg.status = "", "Checking the job"
+        # The engine answers a check at once (SPEC.md §3.8): waiting here costs what the export costs.
+        try:
+            reply, layout = _send(
+                scene, vg, source, request, client,
+                by_path=lambda settings, scratch: _check_paths(client, settings, scratch, shown),
+                inline=lambda settings, pixels, mattes: client.check(settings, pixels, mattes, layout_frames=[shown]),
+            )
+        except EngineError as exc:
+            return _fail(self, vg, exc.message)
+        except RuntimeError as exc:  # Blender could not render the frames or mattes
+            return _fail(self, vg, f"Exporting the frames failed: {exc}")
+        finally:
+            client.close()
+        view = check_report.read_reply(reply)
+        vg.check_status, vg.check_ok, vg.check_estimate = view.headline, view.ok, view.estimate
+        vg.check_frame = frames.start + shown
+        for finding in view.findings:
+            item = vg.check_findings.add()
+            item.code, item.message, item.error = finding.code, finding.message, finding.error
+        _show_layout(context, layout)
+        vg.status = f"Checked: the layout of frame {vg.check_frame} is in the image '{check_report.LAYOUT_IMAGE}'"
+        self.report({"INFO"} if view.ok else {"WARNING"}, view.headline)
+        return {"FINISHED"}
+
+
+def _check_paths(client, settings, scratch: Path, shown: int):
+    """A check of media the engine reads from our disk; the mattes rendered for it go once it answers."""
+    try:
+        return client.check(settings, layout_frames=[shown])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _clear_check(vg) -> None:
+    vg.check_status, vg.check_ok, vg.check_estimate = "", False, ""
+    vg.check_findings.clear()
+
+
+def _show_layout(context, png: bytes) -> None:
+    """The layout picture in its image datablock, packed into the .blend (no file is written), and in
+    every Image Editor of the screen."""
+    image = bpy.data.images.get(check_report.LAYOUT_IMAGE) or bpy.data.images.new(check_report.LAYOUT_IMAGE, 1, 1)
+    # New packed data is read when the source turns to FILE; `reload()` on data packed from memory would
+    # look for a file and complain.
+    image.source = "GENERATED"
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
+    for area in context.screen.areas if context.screen is not None else ():
+        if area.type == "IMAGE_EDITOR":
+            area.spaces.active.image = image
+            area.tag_redraw()
 
 
 # -- tracking a region's matte ----------------------------------------------------------------
@@ -698,6 +804,7 @@ class VIDEOGRAIN_OT_mask_new(bpy.types.Operator):
 
 classes = (
     VIDEOGRAIN_OT_edit,
+    VIDEOGRAIN_OT_check,
     VIDEOGRAIN_OT_track_matte,
     VIDEOGRAIN_OT_cancel,
     VIDEOGRAIN_OT_start_engine,

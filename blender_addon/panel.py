@@ -8,7 +8,7 @@ import time
 
 import bpy
 
-from . import operators
+from . import check_report, operators
 from .engine_link import ABSENT, ALIVE, CONNECTING, SILENT
 
 STATE_ICONS = {ALIVE: "CHECKMARK", CONNECTING: "TIME", SILENT: "ERROR", ABSENT: "UNLINKED"}
@@ -98,6 +98,7 @@ def draw_run(context, layout, vg) -> None:
     row.scale_y = 1.4
     row.enabled = not vg.running
     row.operator("videograin.edit", icon="SHADERFX")
+    row.operator("videograin.check", icon="VIEWZOOM")
     if vg.running:
         layout.progress(factor=vg.progress / 100.0, text=f"{vg.phase} {vg.step}/{vg.total}")
         layout.operator("videograin.cancel", icon="CANCEL")
@@ -108,6 +109,22 @@ def draw_run(context, layout, vg) -> None:
         wrapped(layout, vg.status, "INFO")
     if vg.error:
         wrapped(layout, vg.error, "ERROR")
+    if vg.check_status:
+        draw_check(context, layout.box(), vg)
+
+
+def draw_check(context, box, vg) -> None:
+    """The last Check: its verdict, each error and warning as the engine words it, the estimate, and
+    where the layout picture is."""
+    box.label(text="Check", icon="CHECKMARK" if vg.check_ok else "CANCEL")
+    wrapped(box, vg.check_status)
+    for finding in vg.check_findings:
+        wrapped(box, finding.message, "CANCEL" if finding.error else "ERROR")
+    if vg.check_estimate:
+        wrapped(box, vg.check_estimate, "TIME")
+    shown = context.screen is not None and any(area.type == "IMAGE_EDITOR" for area in context.screen.areas)
+    where = "shown in the Image Editor" if shown else "open it in an Image Editor"
+    wrapped(box, f"Layout of frame {vg.check_frame}: '{check_report.LAYOUT_IMAGE}', {where}", "IMAGE_DATA")
 
 
 class VIDEOGRAIN_PT_edit(VideograinPanel, bpy.types.Panel):

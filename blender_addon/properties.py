@@ -81,6 +81,14 @@ class VIDEOGRAIN_PG_region(bpy.types.PropertyGroup):
     overlay_name: StringProperty(options={"HIDDEN"})
 
 
+class VIDEOGRAIN_PG_finding(bpy.types.PropertyGroup):
+    """A warning or error of the last Check (SPEC.md §3.8)."""
+
+    code: StringProperty(name="Code")
+    message: StringProperty(name="Message")
+    error: BoolProperty(name="Error", description="The edit would fail on it (else a warning)")
+
+
 def region_key(region) -> str:
     """The region's key, given the first time it is asked for."""
     if not region.key:
@@ -146,6 +154,13 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     total: IntProperty(name="Total", default=0)
     progress: FloatProperty(name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, default=0.0)
     result_strip: StringProperty(name="Result Strip", default="", description="Name of the strip the last edit added")
+    # The last Check: its verdict, findings and estimate, and the timeline frame its layout picture shows
+    # (empty check_status: no check yet, or the last one failed).
+    check_status: StringProperty(name="Check", default="")
+    check_ok: BoolProperty(name="Check OK", default=False)
+    check_estimate: StringProperty(name="Estimate", default="")
+    check_frame: IntProperty(name="Checked Frame", default=0)
+    check_findings: CollectionProperty(type=VIDEOGRAIN_PG_finding)
     # The last edit's attention maps: its result folder (relative to the .blend when saved) and the
     # timeline frame of its first frame.
     attention_folder: StringProperty(options={"HIDDEN"})
@@ -173,7 +188,7 @@ def preferences(context) -> VIDEOGRAIN_AP_preferences | None:
     return addon.preferences if addon is not None else None
 
 
-classes = (VIDEOGRAIN_PG_region, VIDEOGRAIN_PG_settings, VIDEOGRAIN_AP_preferences)
+classes = (VIDEOGRAIN_PG_region, VIDEOGRAIN_PG_finding, VIDEOGRAIN_PG_settings, VIDEOGRAIN_AP_preferences)
 
 
 def register() -> None:

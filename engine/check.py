@@ -149,9 +149,12 @@ def run_check(path: str | Path, model: str | None = None, device: str = "auto") 
     return check_job(job, resolve_device(device))
 
 
-def check_job(job: EditJob, device: torch.device) -> CheckReport:
-    """Everything `edit` would find wrong with a loaded job, and what the model will see of it."""
+def check_job(job: EditJob, device: torch.device, layout_frames: list[int] | None = None) -> CheckReport:
+    """Everything `edit` would find wrong with a loaded job, and what the model will see of it.
+    `layout_frames`: the clip frames layout.png shows (default: `picture_frames`); JobError when one is
+    not a frame of the clip."""
     s = job.settings
+    picks = picture_frames(len(job.frames)) if layout_frames is None else chosen_frames(layout_frames, len(job.frames))
     report = CheckReport({})
     frames = len(job.frames)
     latent_w, latent_h = s.source.width // VAE_SCALE, s.source.height // VAE_SCALE
@@ -198,7 +201,7 @@ def check_job(job: EditJob, device: torch.device) -> CheckReport:
         "layout": m.layout, "size": m.size, "self_branch": m.self_branch,
     }
     report.summary["estimate"] = _estimate(s, passes, device).as_dict()
-    report.layout = layout_picture(job, maps)
+    report.layout = layout_picture(job, maps, picks)
     return report
 
 
@@ -434,13 +437,24 @@ def picture_frames(frames: int) -> list[int]:
     return sorted(set(np.linspace(0, frames - 1, min(PICTURE_FRAMES, frames)).round().astype(int).tolist()))
 
 
-def layout_picture(job: EditJob, maps: dict) -> np.ndarray:
-    """A few frames spread over the clip: the source with each region in its colour, and below it the
-    region sets of every attention resolution (`maps`: (h, w) -> LayoutLevel), one cell per block."""
+def chosen_frames(frames: list[int], length: int) -> list[int]:
+    """The clip frames a caller asked layout.png to show, as its columns: in clip order, each once.
+    JobError when one is not a frame of the clip, or there are none or too many."""
+    if not 1 <= len(frames) <= PICTURE_FRAMES:
+        raise JobError(f"'layout_frames' names {len(frames)} frames: give 1 to {PICTURE_FRAMES} (or none, for "
+                       "frames spread over the clip)")
+    outside = [f for f in frames if not 0 <= f < length]
+    if outside:
+        raise JobError(f"'layout_frames' {outside} are not frames of the clip: its frames are 0 to {length - 1}")
+    return sorted(set(frames))
+
+
+def layout_picture(job: EditJob, maps: dict, picks: list[int]) -> np.ndarray:
+    """Frames `picks` of the clip: the source with each region in its colour, and below it the region
+    sets of every attention resolution (`maps`: (h, w) -> LayoutLevel), one cell per block."""
     s = job.settings
     width, height = job.source_size
     cell_w, cell_h = CELL, max(1, round(CELL * height / width))
-    picks = picture_frames(len(job.frames))
     regions = len(s.regions)
     full_width = MARGIN + (cell_w + GAP) * len(picks)
 

@@ -125,14 +125,18 @@ class EngineClient:
         masks: Sequence[Sequence[Image]] | None = None,
         control_maps: Sequence[Image] | None = None,
         timeout_s: float = 60.0,
+        layout_frames: Sequence[int] | None = None,
     ) -> tuple[dict[str, Any], bytes]:
         """Check a job before submitting it (SPEC.md §3.8): pixels inline as for `submit`, or none to have
         the engine read the paths in `settings`. Returns the reply (ok, errors, warnings, summary) and
-        layout.png's bytes. Settings or pixels a submit would refuse raise EngineError."""
+        layout.png's bytes. `layout_frames`: the clip frames (from 0) the picture shows, by default up to
+        four spread over the clip. Settings or pixels a submit would refuse raise EngineError."""
         if frames is None:
             header, parts = {"type": "check", "settings": settings, "inline": False}, []
         else:
             header, parts = _inline("check", settings, frames, [] if masks is None else masks, control_maps)
+        if layout_frames is not None:
+            header["layout_frames"] = list(layout_frames)
         reply = self.request(header, parts, timeout_s=timeout_s)
         return reply.header, bytes(reply.parts[reply.header["layout"]["part"]])
 

@@ -216,7 +216,7 @@ REQUESTS: dict[str, dict[str, tuple[type, bool]]] = {
                "masks": (_LIST, False), "control_maps": (_LIST, False), "result_encoding": (_STR, False),
                "preview": (_BOOL, False), "preview_every": (_INT, False), "attention_maps": (_BOOL, False)},
     "check": {"settings": (_MAP, True), "inline": (_BOOL, True), "frames": (_LIST, False), "masks": (_LIST, False),
-              "control_maps": (_LIST, False)},
+              "control_maps": (_LIST, False), "layout_frames": (_LIST, False)},
     "cancel": {"job": (_STR, True)},
     "status": {"job": (_STR, False)},
     "attach": {"job": (_STR, True), "from_frame": (_INT, True)},

@@ -99,6 +99,10 @@ class RawPeer:
         return header, body[1:]
 
     def request(self, header: dict, parts: list[bytes] = (), timeout: float = 10.0) -> dict:
+        return self.request_parts(header, parts, timeout)[0]
+
+    def request_parts(self, header: dict, parts: list[bytes] = (), timeout: float = 10.0) -> tuple[dict, list[bytes]]:
+        """The reply's header and parts; stream messages that arrive meanwhile are dropped."""
         msg_id = self.send(header, parts)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -106,7 +110,7 @@ class RawPeer:
             if got is None:
                 break
             if got[0].get("ref") == msg_id:
-                return got[0]
+                return got
         raise AssertionError(f"no reply to {header.get('type')} within {timeout} s")
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from videograin.blender_addon import jobspec, keyframes
+from videograin.blender_addon import check_report, jobspec, keyframes
 from videograin.blender_addon.engine_link import (
     ABSENT,
     ALIVE,
@@ -35,6 +35,26 @@ def test_problems_in_plain_words():
     assert jobspec.problems(request) == ["The phrase 'spider man' is not in the prompt: each phrase must be words of the prompt."]
     assert jobspec.problems(jobspec.EditRequest(prompt="", source_prompt="", phrases=[]))[:2] == [
         "Write the target prompt: it names every region.", "Add at least one region with its phrase and matte."]
+
+
+def test_a_check_reply_becomes_a_headline_the_estimate_and_findings_errors_first():
+    reply = {"type": "check", "ok": False, "summary": {"estimate": {"text": "about 4 min on cuda (an estimate)"}},
+             "warnings": [{"code": "region_vanishes", "message": "region 'wire' vanishes"},
+                          {"code": "some_new_code", "message": "a warning this add-on does not know"}],
+             "errors": [{"code": "model_unavailable", "message": "weights are nowhere"}]}
+    view = check_report.read_reply(reply)
+    assert not view.ok and view.headline == "The edit would fail: 1 error." and view.estimate == "about 4 min on cuda (an estimate)"
+    assert [(f.code, f.error) for f in view.findings] == [
+        ("model_unavailable", True), ("region_vanishes", False), ("some_new_code", False)]
+    warned = check_report.read_reply({**reply, "ok": True, "errors": [], "warnings": reply["warnings"][:1]})
+    assert warned.ok and warned.headline == "Ready to edit, with 1 warning." and len(warned.findings) == 1
+    clean = check_report.read_reply({"ok": True, "errors": [], "warnings": [], "summary": {}})
+    assert clean.headline == "Ready to edit: no warnings." and clean.estimate == "" and clean.findings == []
+
+
+@pytest.mark.parametrize("playhead, shown", [(10, 0), (12, 2), (13, 3), (9, 0), (40, 3)])
+def test_the_layout_shows_the_playhead_frame_clamped_into_the_strip(playhead, shown):
+    assert check_report.clip_frame(playhead, range(10, 14)) == shown
 
 
 def test_settings_keep_the_aspect_at_the_working_size():

@@ -76,6 +76,12 @@ def test_track_matte_keyframes_refusals_and_cancel(run_in_blender, tiny_engine):
     run_in_blender("track_errors.py", tiny_engine)
 
 
+def test_check_shows_the_layout_of_the_playhead_frame_and_the_warnings(run_in_blender, tiny_engine):
+    from videograin.engine.check import CELL, GAP, MARGIN
+
+    run_in_blender("check_layout.py", tiny_engine, str(MARGIN + CELL + GAP))
+
+
 def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
     run_in_blender("renamed.py", tiny_engine)
 

@@ -182,6 +182,28 @@ def test_a_clip_longer_than_one_pass_is_reported(demo_job):
     assert "need 2 passes of at most 3 frames" in message
 
 
+def test_the_picture_shows_the_frames_asked_for(demo_job):
+    from videograin.engine.errors import JobError
+
+    job = load_job(demo_job)  # 4 frames of 64²: every frame is a column by default
+    spread = check.check_job(job, CPU).layout
+    assert spread.shape[1] == check.MARGIN + 4 * (check.CELL + check.GAP)
+    legend_top = 18 + check.GAP + (check.CELL + check.GAP) * (1 + len(check.ATTENTION_LEVELS))
+
+    def column(picture: np.ndarray, index: int) -> np.ndarray:
+        left = check.MARGIN + index * (check.CELL + check.GAP)
+        return picture[:legend_top, left:left + check.CELL]
+
+    report = check.check_job(job, CPU, layout_frames=[3, 1])
+    assert report.layout.shape[1] == check.MARGIN + 2 * (check.CELL + check.GAP)
+    assert np.array_equal(column(report.layout, 0), column(spread, 1))  # in clip order
+    assert np.array_equal(column(report.layout, 1), column(spread, 3))
+    for frames, words in [([4], r"\[4\] are not frames of the clip: its frames are 0 to 3"),
+                          ([], "names 0 frames: give 1 to 4"), ([0] * 5, "names 5 frames")]:
+        with pytest.raises(JobError, match=words):
+            check.check_job(job, CPU, layout_frames=frames)
+
+
 # -- one table of bad jobs for check and edit ----------------------------------------------------------
 
 def _zero_mattes(job_path: Path) -> None:
@@ -289,6 +311,10 @@ def test_the_reference_client_checks_a_job_inline_and_by_paths(tiny_engine, demo
         reply, png = client.check(settings, clip, mattes)
         assert reply["ok"] and reply["summary"]["clip"]["frames"] == 3 and reply["summary"]["model"]["name"] == "tiny"
         assert decode_png(png).shape[1] == check.MARGIN + 3 * (check.CELL + check.GAP)
+        _, png = client.check(settings, clip, mattes, layout_frames=[2])
+        assert decode_png(png).shape[1] == check.MARGIN + check.CELL + check.GAP
+        with pytest.raises(EngineError, match=r"bad_job.*its frames are 0 to 2"):
+            client.check(settings, clip, mattes, layout_frames=[3])
         job = load_job(demo_job)  # the same job by paths, read by the engine
         by_paths = {**settings, "source": {"path": job.settings.source.path, "width": 64, "height": 64},
                     "regions": [{"phrase": r.phrase, "mask": r.mask} for r in job.settings.regions]}

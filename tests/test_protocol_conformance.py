@@ -238,6 +238,37 @@ def test_check_is_answered_at_once_beside_a_running_job(peer, engine):
     assert refused["type"] == "error" and refused["code"] == "bad_job" and "does not occur in the prompt" in refused["message"]
 
 
+def test_check_pictures_the_frames_asked_for_and_refuses_others(peer, engine):
+    header, parts = inline_job(frames=3)
+    header["type"] = "check"
+
+    def picture(reply: dict, body: list[bytes]) -> np.ndarray:
+        assert reply["type"] == "check", reply
+        return cv2.imdecode(np.frombuffer(body[reply["layout"]["part"]], np.uint8), cv2.IMREAD_COLOR)
+
+    spread = picture(*peer.request_parts(header, parts))
+    one = picture(*peer.request_parts({**header, "layout_frames": [1]}, parts))
+    # One column, frame 1's: the same pixels as the middle column of the default picture (all three
+    # frames), above the legend, whose layout follows the picture's width.
+    assert one.shape[1] == check.MARGIN + check.CELL + check.GAP and one.shape[0] == spread.shape[0]
+    legend_top = 18 + check.GAP + (check.CELL + check.GAP) * (1 + len(check.ATTENTION_LEVELS))
+    column = slice(check.MARGIN + check.CELL + check.GAP, check.MARGIN + 2 * check.CELL + check.GAP)
+    assert np.array_equal(one[:legend_top, check.MARGIN:check.MARGIN + check.CELL], spread[:legend_top, column])
+    assert not np.array_equal(one[:legend_top, check.MARGIN:check.MARGIN + check.CELL],
+                              spread[:legend_top, check.MARGIN:check.MARGIN + check.CELL])  # not frame 0's
+    two = picture(*peer.request_parts({**header, "layout_frames": [2, 0, 2]}, parts))  # clip order, once each
+    assert two.shape[1] == check.MARGIN + 2 * (check.CELL + check.GAP)
+    assert np.array_equal(two[:legend_top, check.MARGIN:check.MARGIN + check.CELL],
+                          spread[:legend_top, check.MARGIN:check.MARGIN + check.CELL])
+    for frames, code, words in [([3], "bad_job", "its frames are 0 to 2"), ([-1], "bad_job", "its frames are 0 to 2"),
+                                ([], "bad_job", "give 1 to 4"), ([0, 1, 2, 0, 1], "bad_job", "give 1 to 4"),
+                                (["0"], "bad_header", "list of integers"), ([True], "bad_header", "list of integers"),
+                                (2, "bad_header", "'check.layout_frames' must be a list")]:
+        refused = peer.request({**header, "layout_frames": frames}, parts)
+        assert refused["type"] == "error" and refused["code"] == code and words in refused["message"], (frames, refused)
+    assert_still_serving(peer, engine)
+
+
 def test_wrong_part_size_and_empty_matte(peer, engine):
     header, parts = inline_job(frames=2)
     parts[0] = parts[0][:-1]

@@ -237,7 +237,11 @@ class EngineServer:
     def _on_check(self, peer: bytes, message: Message) -> None:
         """The job a `submit` would make, checked and described (check.py) here on the loop: nothing is
         queued, no model is loaded; the tokenizer is kept once read."""
-        report = check_job(self._edit_job(message), torch.device(self.device))
+        picks = message.header.get("layout_frames")
+        if picks is not None and not all(isinstance(f, int) and not isinstance(f, bool) for f in picks):
+            raise ProtocolError("bad_header", f"'check.layout_frames' must be a list of integers (clip frame "
+                                              f"indices from 0), got {picks!r}")
+        report = check_job(self._edit_job(message), torch.device(self.device), picks)
         self._reply(peer, message, {"type": "check", **report.as_dict(), "layout": {"part": 0, "encoding": "png"}},
                     [encode_png(report.layout)])
 
