@@ -219,20 +219,28 @@ class EngineServer:
 
     def _on_submit(self, peer: bytes, message: Message) -> None:
         h = message.header
-        if len(self.worker.waiting) >= self.limits.max_queue:
-            raise ProtocolError("queue_full", f"{len(self.worker.waiting)} jobs are waiting; try again later")
-        encoding = h.get("result_encoding", "raw")
-        if encoding not in ("raw", "png"):
-            raise ProtocolError("bad_header", "'submit.result_encoding' must be 'raw' or 'png'")
+        encoding = self._room_for(message)
         edit = self._edit_job(message)
         preview_every = h.get("preview_every", 5)
         if preview_every < 1:
             raise ProtocolError("bad_header", "'submit.preview_every' must be at least 1 (edit steps)")
-        job = Job(f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}", edit, len(edit.frames), peer, encoding,
+        job = Job(self._new_job_id(), edit, len(edit.frames), peer, encoding,
                   h.get("preview", True), preview_every, h.get("attention_maps", False))
         self.jobs[job.id] = job
         self.worker.submit(job)
         self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
+
+    def _room_for(self, message: Message) -> str:
+        """Before a job is read: room in the queue, and its result encoding (returned) one we send."""
+        if len(self.worker.waiting) >= self.limits.max_queue:
+            raise ProtocolError("queue_full", f"{len(self.worker.waiting)} jobs are waiting; try again later")
+        encoding = message.header.get("result_encoding", "raw")
+        if encoding not in ("raw", "png"):
+            raise ProtocolError("bad_header", f"'{message.type}.result_encoding' must be 'raw' or 'png'")
+        return encoding
+
+    def _new_job_id(self) -> str:
+        return f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}"
 
     def _on_check(self, peer: bytes, message: Message) -> None:
         """The job a `submit` would make, checked and described (check.py) here on the loop: nothing is
@@ -249,17 +257,13 @@ class EngineServer:
         """A tracking job (SPEC.md §3.11): queued, cancelled and attached like a submit; its stream carries
         `matte` messages where an edit's carries `frame`s."""
         h = message.header
-        if len(self.worker.waiting) >= self.limits.max_queue:
-            raise ProtocolError("queue_full", f"{len(self.worker.waiting)} jobs are waiting; try again later")
-        encoding = h.get("result_encoding", "raw")
-        if encoding not in ("raw", "png"):
-            raise ProtocolError("bad_header", "'track.result_encoding' must be 'raw' or 'png'")
+        encoding = self._room_for(message)
         if h["inline"]:
             read = lambda descriptor, grey: self._images([descriptor], message.parts, grey)[0]  # noqa: E731
             track = inline_track(h, read, self.limits.max_frames)
         else:
             track = paths_track(h, self.limits.max_frames)
-        job = Job(f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}", None, len(track.frames), peer, encoding,
+        job = Job(self._new_job_id(), None, len(track.frames), peer, encoding,
                   preview=False, kind="track", track=track)
         self.jobs[job.id] = job
         self.worker.submit(job)
