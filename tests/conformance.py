@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +116,13 @@ class RawPeer:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child that a test interrupts with SIGINT: the default action back, as a shell
+    in the foreground gives it. A shell running the tests in the background ignores SIGINT, children
+    inherit that, and Python then never turns SIGINT into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_engine(folder: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, dict, Path]:

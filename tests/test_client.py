@@ -119,6 +119,8 @@ def test_ctrl_c_on_a_remote_edit_cancels_the_engine_job(tiny_engine, tmp_path):
     import subprocess
     import sys
 
+    from conformance import interruptible
+
     from videograin.engine.demo import write_demo_inputs
 
     job_file = write_demo_inputs(tmp_path / "input", frames=2, size=64, steps=400)
@@ -126,7 +128,8 @@ def test_ctrl_c_on_a_remote_edit_cancels_the_engine_job(tiny_engine, tmp_path):
     client.hello()
     known = {j["job"] for j in client.status()}
     edit = subprocess.Popen([sys.executable, "-m", "videograin", "edit", str(job_file), "--out", str(tmp_path / "out"),
-                             "--engine", str(tiny_engine)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--engine", str(tiny_engine)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 60
         while not (ours := [j for j in client.status() if j["job"] not in known and j["phase"] == "invert"]):

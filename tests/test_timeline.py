@@ -23,6 +23,8 @@ import yaml
 otio = pytest.importorskip("opentimelineio")
 from opentimelineio.opentime import RationalTime, TimeRange  # noqa: E402
 
+from conformance import interruptible  # noqa: E402
+
 from videograin.engine.cli import main  # noqa: E402
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip  # noqa: E402
 from videograin.engine.inputs.media import list_frames, read_sequence, write_png  # noqa: E402
@@ -476,6 +478,7 @@ def test_on_an_engine_ctrl_c_cancels_the_running_shot(project, tmp_path, tiny_en
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=interruptible,  # Ctrl-C reaches it even when the tests run in a background shell
     )
     client = EngineClient(tiny_engine)
     client.hello()

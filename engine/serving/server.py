@@ -293,9 +293,13 @@ class EngineServer:
         }
 
     def _job(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
+        job = self.jobs.get(job_id)
+        if job is not None and self._expired(job, time.monotonic()):  # the purge runs once a second
+            self._forget(job_id)
+            job = None
+        if job is None:
             raise ProtocolError("unknown_job", f"no job '{job_id}' (never submitted, or no longer retained)")
-        return self.jobs[job_id]
+        return job
 
     def _describe(self, job: Job) -> dict[str, Any]:
         return {"job": job.id, "state": job.state, "position": self.worker.position(job), "phase": job.phase,
@@ -424,14 +428,20 @@ class EngineServer:
         job.error = final.get("code") if state != "done" else None
         job.final = final
 
+    def _expired(self, job: Job, now: float) -> bool:
+        return bool(job.finished_at) and now - job.finished_at > self.retention_s
+
+    def _forget(self, job_id: str) -> None:
+        del self.jobs[job_id]
+        self.store.drop(job_id)
+
     def _purge_expired(self) -> None:
         now = time.monotonic()
         if now - self._purged_at < 1.0:
             return
         self._purged_at = now
-        for job_id in [j.id for j in self.jobs.values() if j.finished_at and now - j.finished_at > self.retention_s]:
-            del self.jobs[job_id]
-            self.store.drop(job_id)
+        for job_id in [j.id for j in self.jobs.values() if self._expired(j, now)]:
+            self._forget(job_id)
         streaming = {job.peer for job in self.jobs.values()}
         for peer in [p for p, seen in self.peers_seen.items() if now - seen > self.retention_s and p not in streaming]:
             del self.peers_seen[peer]
