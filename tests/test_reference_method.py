@@ -18,7 +18,7 @@ from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.method import injection as injection_module
 from videograin.engine.method.attention import plain_attention
-from videograin.engine.method.layout import RegionLayout, phrase_token_indices
+from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, phrase_token_indices
 from videograin.engine.method.processors import AttentionContext, STLayoutAttnProcessor, install_processors
 from videograin.engine.runner import edit_clip
 
@@ -186,9 +186,11 @@ def test_injected_features_reach_the_up_blocks_only_for_the_first_inject_steps(d
     assert not events and not np.array_equal(plain, injected)
 
 
-def test_blending_keeps_the_source_outside_every_region(demo_job, tiny_pipe, monkeypatch):
+@pytest.mark.parametrize("rules", ["reference", "area"])
+def test_blending_keeps_the_source_outside_every_region(rules, demo_job, tiny_pipe, monkeypatch):
     job = load_job(demo_job)
     job.settings.background_phrase = None  # no background phrase: the background is not a region
+    job.settings.modulation.layout = rules  # `area` labels the background too: it must still be kept
     job.settings.prompt = "an iron man and a spider man are jogging"
     inversions, step_inputs, decoded = [], [], []
     invert, predict, decode = tiny_pipe.invert_pass, tiny_pipe._predict_noise, tiny_pipe.decode_latents
@@ -211,8 +213,9 @@ def test_blending_keeps_the_source_outside_every_region(demo_job, tiny_pipe, mon
     monkeypatch.setattr(tiny_pipe, "decode_latents", spy_decode)
     blended = edit_clip(job, tiny_pipe).frames
     source = inversions[0].source
-    layout = RegionLayout(job.masks, 8, 8, background_is_region=False)
-    outside = (layout.level(64, torch.device("cpu")).regions == 0).reshape(4, 1, 8, 8).expand(-1, 4, -1, -1)
+    layout = RegionLayout(job.masks, 8, 8, background_is_region=False, rules=rules)
+    regions = layout.level(64, torch.device("cpu")).regions & ~BACKGROUND_BIT
+    outside = (regions == 0).reshape(4, 1, 8, 8).expand(-1, 4, -1, -1)
     assert outside.any() and not outside.all()
     assert len(step_inputs) == job.settings.steps
     for timestep, latents in step_inputs[1:]:  # every step after the first starts from blended latents

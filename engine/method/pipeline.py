@@ -40,7 +40,7 @@ from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.errors import CancelledError
 from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.method.injection import FeatureInjection, Features
-from videograin.engine.method.layout import RegionLayout, phrase_token_indices, token_regions
+from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, phrase_token_indices, token_regions
 from videograin.engine.method.processors import AttentionContext, install_processors
 from videograin.engine.method.trajectory import Trajectories, level_size
 from videograin.engine.metrics.attention_maps import LEVELS as MAP_LEVELS
@@ -432,9 +432,11 @@ class VideoGrainPipeline(DiffusionPipeline):
             return encoded[0]
 
         keep = None
-        if blend:
+        if blend and not background_phrase:  # a background with a phrase is edited, not kept
             finest = layout.level(latent_w * latent_h, self.device)
-            keep = (finest.regions != 0).to(self.unet.dtype).reshape(len(frames), 1, latent_h, latent_w)
+            # Cells in some matte; the background's bit is set on the rest under `area` rules.
+            keep = ((finest.regions & ~BACKGROUND_BIT) != 0).to(self.unet.dtype)
+            keep = keep.reshape(len(frames), 1, latent_h, latent_w)
 
         decoded = _InOrderDecoder(self, indices, on_frame, progress)
         cached_passes = 0
@@ -459,7 +461,7 @@ class VideoGrainPipeline(DiffusionPipeline):
                 check_cancel()
                 compute = lambda: self.invert_pass(  # noqa: E731
                     ctx, latents()[frame_ids], texts, pass_control, control_scale, steps, record,
-                    blend or inversions is not None, inverted,  # a cached inversion serves edits with or without blending
+                    keep is not None or inversions is not None, inverted,  # a cached inversion serves every edit
                 )
                 if inversions is None:
                     inversion = compute()
