@@ -19,6 +19,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from videograin.engine.progress import ProgressBars
     from videograin.engine.runner import check_output_folder, edit_in_process, edit_on_engine
 
+    if args.engine and args.ray is not None:
+        raise VideograinError("--engine and --ray are two ways to run the edit: pass one of them", code="bad_config")
+    if args.engine and args.attention_maps:
+        raise VideograinError("--attention-maps writes maps from an edit in this process or on --ray; an engine "
+                              "streams them to clients that ask (SPEC.md §3.2 attention_maps)", code="bad_config")
     bars = ProgressBars()  # regions given by keyframes are tracked while the job loads
     try:
         job = load_job(args.job, args.device, bars)
@@ -28,8 +33,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
         job.settings.model = args.model
     out = Path(args.out)
     check_output_folder(out, job)
-    if args.engine and args.ray is not None:
-        raise VideograinError("--engine and --ray are two ways to run the edit: pass one of them", code="bad_config")
     if args.engine:
         summary = edit_on_engine(args.engine, job, out)
     elif args.ray is not None:

@@ -301,11 +301,15 @@ class EngineEdit:
             self.done = h
 
     def finish(self) -> dict:
+        """Write the results; returns the summary `edit_in_process` returns."""
         done = self.done
-        result = EditResult(np.stack([self.frames[i] for i in sorted(self.frames)]), done["leakage"])
+        frames = np.stack([self.frames[i] for i in sorted(self.frames)])
+        # `done` says whether any pass came from the cache, not how many: one stands for "some".
+        result = EditResult(frames, done["leakage"], int(done.get("inversion_cached", False)), done.get("warp_error"))
         write_results(self.out, self.job, result, done["random_weights"],
                       {"device": self.engine["device"], "seconds": done["seconds"], "engine": self.client.address})
-        return {"random_weights": done["random_weights"], "leakage": done["leakage"]}
+        return {"random_weights": done["random_weights"], "leakage": result.leakage, "warp_error": result.warp_error,
+                "inversion_cached": result.cached_passes > 0}
 
 
 def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:

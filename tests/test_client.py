@@ -78,6 +78,14 @@ def test_no_engine_is_a_clear_error(tmp_path):
         client.close()
 
 
+def test_attention_maps_on_an_engine_are_refused_before_anything_runs(tiny_engine, demo_job, tmp_path, capsys):
+    from videograin.engine.cli import main
+
+    out = tmp_path / "out"
+    assert main(["edit", str(demo_job), "--out", str(out), "--engine", tiny_engine, "--attention-maps"]) == 2
+    assert "--attention-maps" in capsys.readouterr().err and not out.exists()
+
+
 def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, tmp_path):
     import subprocess
     import sys
@@ -90,10 +98,12 @@ def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, t
         return np.stack([cv2.imread(str(p)) for p in sorted((out / "frames").iterdir())]).astype(int), out
 
     remote, remote_out = run("--engine", str(tiny_engine))
-    local, _ = run()
+    local, local_out = run()
     assert remote.shape == local.shape == (4, 64, 64, 3)
     assert np.array_equal(remote, local)
-    assert json.loads((remote_out / "result.json").read_text())["engine"].startswith("tcp://127.0.0.1:")
+    remote_report, local_report = (json.loads((out / "result.json").read_text()) for out in (remote_out, local_out))
+    assert remote_report["engine"].startswith("tcp://127.0.0.1:")
+    assert remote_report["warp_error"] == local_report["warp_error"] is not None  # what `done` carries, kept
 
 
 def test_client_notices_a_dead_engine(tmp_path):
