@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +29,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.media import write_atomic
 from videograin.engine.method.pipeline import PassInversion
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,7 @@ class InversionCache:
         data = save_tensors(cpu, metadata)
         if len(data) > self.max_bytes:
             return  # larger than the whole cache: keeping it would evict everything else for nothing
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(key), data)  # readable by every engine sharing the folder, never torn
         self.evict()
 
     def evict(self) -> None:

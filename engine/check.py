@@ -29,6 +29,7 @@ from videograin.engine.errors import JobError, ModelUnavailableError
 from videograin.engine.estimate import LONG_EDIT_S, Estimate, estimate_edit
 from videograin.engine.inputs.flow import read_flow
 from videograin.engine.inputs.job import EditJob, load_job
+from videograin.engine.inputs.mattes import iou
 from videograin.engine.inputs.media import VIDEO_SUFFIXES, encode_png, write_atomic
 from videograin.engine.method.layout import RegionLayout, label_map, phrase_token_indices, region_bit
 from videograin.engine.method.pipeline import longest_pass, plan_passes
@@ -349,9 +350,9 @@ def _flicker(matte: np.ndarray) -> list[tuple[int, float]]:
     for a in range(len(matte) - 1):
         first, second = matte[a], matte[a + 1]
         if first.any() and second.any():  # an empty frame is reported as such
-            iou = float((first & second).sum() / (first | second).sum())
-            if iou < FLICKER_IOU:
-                low.append((a, iou))
+            overlap = iou(first, second)
+            if overlap < FLICKER_IOU:
+                low.append((a, overlap))
     return low
 
 

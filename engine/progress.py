@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # What a phase's `step` counts; any other phase (load) is one piece of work, shown without a count.
-UNITS = {"invert": "step", "edit": "step", "encode": "frame", "decode": "frame"}
+UNITS = {"invert": "step", "edit": "step", "encode": "frame", "decode": "frame", "track": "frame"}
 # tqdm's own rate and ETA are left out: `ProgressBars` puts its own in the postfix.
 COUNTED_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s{postfix}"
 

@@ -135,6 +135,9 @@ def test_serve_with_ray_lists_its_workers_and_stops_on_sigterm(tmp_path):
     try:
         client = EngineClient(connection)
         assert [w["device"] for w in client.hello(timeout_s=60)["workers"]] == ["cpu", "cpu"]
+        edit = _job(tmp_path / "input", frames=4, steps=2)
+        reply, layout = client.check(edit.settings.to_dict(), list(edit.frames), [list(m) for m in edit.masks])
+        assert reply["summary"]["clip"]["frames"] == 4 and layout.startswith(b"\x89PNG")  # fitted in this process
         client.close()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0

@@ -59,13 +59,17 @@ class EngineServer:
         connection_file: Path | None = None,
         cache: InversionCache | None = None,
         worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
+        check_device: str | None = None,
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
-        runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py)."""
+        runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
+        `check_device`: a device of this process that `check` fits passes to (default `device`; an engine
+        on Ray names its workers' kind as `device`, which this process may not have)."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.default_model = default_model
         self.device = device
+        self.check_device = torch.device(check_device or device)
         self.retention_s = retention_s
         self.heartbeat_s = heartbeat_s
         self.connection_file = connection_file
@@ -249,7 +253,7 @@ class EngineServer:
         if picks is not None and not all(isinstance(f, int) and not isinstance(f, bool) for f in picks):
             raise ProtocolError("bad_header", f"'check.layout_frames' must be a list of integers (clip frame "
                                               f"indices from 0), got {picks!r}")
-        report = check_job(self._edit_job(message), torch.device(self.device), picks)
+        report = check_job(self._edit_job(message), self.check_device, picks)
         self._reply(peer, message, {"type": "check", **report.as_dict(), "layout": {"part": 0, "encoding": "png"}},
                     [encode_png(report.layout)])
 
@@ -408,11 +412,8 @@ class EngineServer:
     def _frame_message(self, job: Job, index: int, image: np.ndarray) -> tuple[dict[str, Any], list]:
         if job.kind == "track":
             return self._matte_message(job, index, image)
-        if job.result_encoding == "png":
-            descriptor, part = {"part": 0, "encoding": "png"}, encode_png(image)
-        else:
-            descriptor, part = wire.raw_image(image, 0)
-        return {"type": "frame", "job": job.id, "index": index, "image": descriptor}, [part]
+        descriptors, parts = self._image_parts(job, image[None])
+        return {"type": "frame", "job": job.id, "index": index, "image": descriptors[0]}, parts
 
     def _matte_message(self, job: Job, index: int, mattes: np.ndarray) -> tuple[dict[str, Any], list]:
         """One frame of a track job: (K, H, W) uint8 mattes, one grey part per region."""
@@ -520,16 +521,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray is None:
         device = resolve_device(args.device)
         pipeline_for, worker, device_label = PipelineSlot(device), None, str(device)
+        check_device = device_label
     else:
         from videograin.engine.serving.ray_pool import RayPool, RayWorker, connect
 
         connect(args.ray or None)
         pool = RayPool(args.workers, cache)
-        pipeline_for, device_label = None, pool.device_label()
+        pipeline_for, device_label, check_device = None, pool.device_label(), str(resolve_device(args.device))
         worker = lambda store, stopping: RayWorker(pool, store, stopping)  # noqa: E731
     server = EngineServer(
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
+        check_device=check_device,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())

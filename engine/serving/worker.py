@@ -245,11 +245,11 @@ class JobWorker:
 
 def attention_events(job: Job, result: EditResult) -> list[tuple[str, Job, Any]]:
     """The ("attention", job, (phrase, overlays)) events of a finished edit, when it has maps."""
-    events = []
-    for phrase, (modulated, _) in (result.attention_maps or {}).items():
-        small = resize(job.edit.frames, *attention_size(job.edit.source_size))
-        events.append(("attention", job, (phrase, heatmap_overlays(small, modulated))))
-    return events
+    if not result.attention_maps:
+        return []
+    small = resize(job.edit.frames, *attention_size(job.edit.source_size))
+    return [("attention", job, (phrase, heatmap_overlays(small, modulated)))
+            for phrase, (modulated, _) in result.attention_maps.items()]
 
 
 def done_fields(job: Job, result: EditResult, seconds: float) -> dict[str, Any]:
