@@ -46,6 +46,10 @@ class BuildError(RuntimeError):
     """The extension cannot be built; the message says what to fix."""
 
 
+class DownloadError(BuildError):
+    """The package index could not be reached for the wheels the extension bundles."""
+
+
 def extension_command(subcommand: str, *args: str) -> list[str]:
     """Blender's `extension` command line: the copy inside the installed bpy wheel, else `blender` on PATH."""
     spec = importlib.util.find_spec("bpy")  # finds the package without loading Blender
@@ -83,7 +87,7 @@ def download_wheels(platform: str, cache: Path) -> list[Path]:
                 command += ["--platform", tag]
             done = subprocess.run(command + pinned, capture_output=True, text=True)
             if done.returncode != 0:
-                raise BuildError(f"could not download {', '.join(pinned)} for {platform}, Python {python} "
+                raise DownloadError(f"could not download {', '.join(pinned)} for {platform}, Python {python} "
                                  f"(the first build needs the package index):\n{done.stderr.strip()}")
         wheels += [wheel for name, version in WHEELS.items() for wheel in folder.glob(f"{name}-{version}-*.whl")]
     return wheels
