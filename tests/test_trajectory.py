@@ -8,9 +8,9 @@ from test_flow import translated_clip
 
 from videograin.engine.inputs.flow import FlowConfig, clip_flow
 from videograin.engine.method import trajectory as trajectory_module
+from videograin.engine.method.layout import level_size
 from videograin.engine.method.trajectory import (
     Trajectories,
-    level_size,
     plan_groups,
     trajectory_attention,
     trajectory_attention_reference,

@@ -15,8 +15,7 @@ import yaml
 from videograin.engine.config import EditSettings, RegionConfig, SourceConfig, parse_settings
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.mattes import Keyframe, RegionTrack, track_mattes
-from videograin.engine.inputs.media import _read_image as read_image
-from videograin.engine.inputs.media import read_sequence, sequence_length
+from videograin.engine.inputs.media import read_image, read_sequence, sequence_length
 from videograin.engine.progress import ProgressCallback, no_progress
 
 MATTE_THRESHOLD = 128  # grey level at and above which a matte pixel is inside its region

@@ -44,7 +44,7 @@ def read_sequence(path: Path, indices: list[int], what: str, grey: bool = False)
     if not path.exists():
         raise JobError(f"{what}: '{path}' does not exist")
     if path.is_dir():
-        frames = [_read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
+        frames = [read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
     elif path.suffix.lower() in VIDEO_SUFFIXES:
         frames = _read_video(path, indices, what, grey)
     else:
@@ -63,7 +63,7 @@ def _pick(files: list[Path], indices: list[int], folder: Path, what: str) -> lis
     return [files[i] for i in indices]
 
 
-def _read_image(path: Path, what: str, grey: bool) -> np.ndarray:
+def read_image(path: Path, what: str, grey: bool) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:

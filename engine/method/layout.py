@@ -113,6 +113,14 @@ def _counts_sharing(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return per_frame.gather(1, inverse), per_clip.expand_as(per_frame).gather(1, inverse)
 
 
+def level_size(latent_height: int, latent_width: int, level: int) -> tuple[int, int]:
+    """(h, w) of the UNet resolution `level` (1, 2, 4, 8): each halving rounds up, as stride-2 convs do."""
+    height, width = latent_height, latent_width
+    for _ in range(level.bit_length() - 1):
+        height, width = -(-height // 2), -(-width // 2)
+    return height, width
+
+
 class RegionLayout:
     """Region sets per frame at the latent resolution and every coarser UNet resolution."""
 
@@ -134,13 +142,11 @@ class RegionLayout:
 
     def level_size(self, tokens_per_frame: int) -> tuple[int, int]:
         """(height, width) of the UNet resolution with this many tokens per frame."""
-        height, width = self.height, self.width
-        # UNet downsampling halves each side, rounding up (stride-2 convs with padding).
-        while height * width > tokens_per_frame and height > 1 and width > 1:
-            height, width = -(-height // 2), -(-width // 2)
-        if height * width != tokens_per_frame:
-            raise ValueError(f"no UNet resolution of a {self.width}x{self.height} latent has {tokens_per_frame} tokens")
-        return height, width
+        for level in (1, 2, 4, 8):
+            height, width = level_size(self.height, self.width, level)
+            if height * width == tokens_per_frame:
+                return height, width
+        raise ValueError(f"no UNet resolution of a {self.width}x{self.height} latent has {tokens_per_frame} tokens")
 
     def level(self, tokens_per_frame: int, device: torch.device) -> LayoutLevel:
         key = (tokens_per_frame, str(device))

@@ -40,9 +40,15 @@ from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.errors import CancelledError
 from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.method.injection import FeatureInjection, Features
-from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, phrase_token_indices, token_regions
+from videograin.engine.method.layout import (
+    BACKGROUND_BIT,
+    RegionLayout,
+    level_size,
+    phrase_token_indices,
+    token_regions,
+)
 from videograin.engine.method.processors import AttentionContext, install_processors
-from videograin.engine.method.trajectory import Trajectories, level_size
+from videograin.engine.method.trajectory import Trajectories
 from videograin.engine.metrics.attention_maps import LEVELS as MAP_LEVELS
 from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter

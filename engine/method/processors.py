@@ -119,11 +119,12 @@ class STLayoutAttnProcessor:
             out = self._full_frame(q, k, v, None, None)
         elif len(modulated) == groups:
             out = self._full_frame(q, k, v, regions, strength)
-        else:  # one guidance branch modulated, the other plain
-            plain = [g for g in range(groups) if g not in modulated]
-            out = torch.empty_like(q)
-            out[plain] = self._full_frame(q[plain], k[plain], v[plain], None, None)
-            out[modulated] = self._full_frame(q[modulated], k[modulated], v[modulated], regions, strength)
+        else:  # one guidance branch modulated, the other plain; slices are views, not copies
+            out = torch.cat([
+                self._full_frame(q[g : g + 1], k[g : g + 1], v[g : g + 1],
+                                 *((regions, strength) if g in modulated else (None, None)))
+                for g in range(groups)
+            ])
         # FLATTEN, as the reference runs it: the layer's own queries and keys (injected ones included),
         # the full-frame output as values, along the flow trajectories.
         plan = ctx.trajectory_plan(tokens, query.device) if self.modulate else None

@@ -33,14 +33,7 @@ import torch.nn.functional as F
 
 from videograin.engine.config import FLOW_LEVELS as LEVELS
 from videograin.engine.method.attention import CHUNK_BYTES
-
-
-def level_size(latent_height: int, latent_width: int, level: int) -> tuple[int, int]:
-    """(h, w) of the UNet resolution `level` (1, 2, 4, 8): each halving rounds up, as stride-2 convs do."""
-    height, width = latent_height, latent_width
-    for _ in range(level.bit_length() - 1):
-        height, width = -(-height // 2), -(-width // 2)
-    return height, width
+from videograin.engine.method.layout import level_size
 
 
 def trajectory_ids(forward: torch.Tensor, occluded: torch.Tensor | None, height: int, width: int) -> torch.Tensor:

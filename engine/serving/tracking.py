@@ -19,8 +19,7 @@ from videograin.engine.config import MAX_REGIONS, EditSettings, SourceConfig
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, frame_indices
 from videograin.engine.inputs.mattes import Keyframe, RegionTrack, check_keyframes
-from videograin.engine.inputs.media import _read_image as read_image
-from videograin.engine.inputs.media import read_sequence, sequence_length
+from videograin.engine.inputs.media import read_image, read_sequence, sequence_length
 from videograin.protocol.wire import ProtocolError
 
 SOURCE_KEYS = ("path", "start", "count", "stride")
