@@ -20,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.inputs.media import current_umask, write_atomic, write_png
 from videograin.engine.progress import ProgressBars
@@ -100,11 +99,10 @@ def write_mattes(out: Path, job: EditJob) -> None:
 
 
 def cmd_mattes(args: argparse.Namespace) -> int:
-    from videograin.engine.runner import check_output_folder
+    from videograin.engine.runner import check_empty_folder, check_output_folder
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before tracking, which takes a while
-        raise JobError(f"output folder '{out}' is not empty: choose a new folder, results never overwrite files")
+    check_empty_folder(out)  # before tracking, which takes a while
     bars = ProgressBars()
     try:
         job = load_job(args.job, args.device, bars)

@@ -190,10 +190,15 @@ def source_flow(job: EditJob, frames: np.ndarray, device) -> ClipFlow:
     return clip_flow(frames, config, job.indices, job.source_length, str(device))
 
 
-def check_output_folder(out: Path, job: EditJob) -> None:
-    """Refuse a destination that holds anything, or that is the user's source media."""
+def check_empty_folder(out: Path) -> None:
+    """Refuse a destination that holds anything: results never overwrite files."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise JobError(f"output folder '{out}' is not empty: choose a new folder, results never overwrite files")
+
+
+def check_output_folder(out: Path, job: EditJob) -> None:
+    """Refuse a destination that holds anything, or that is the user's source media."""
+    check_empty_folder(out)
     media = [Path(job.settings.source.path)] + [Path(r.mask) for r in job.settings.regions if r.mask]
     for path in media:
         if path.exists() and path.resolve() in (out.resolve(), *out.resolve().parents):
