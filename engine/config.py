@@ -97,6 +97,10 @@ class FlowConfig:
     def trajectories(self) -> bool:
         return self.method != "none" and bool(self.levels)
 
+    def for_metrics(self) -> FlowConfig:
+        """The flow the warp-error metric follows: this one, or DIS when the job asks for none."""
+        return self if self.method != "none" else FlowConfig(method="dis")
+
     def check(self) -> None:
         """Raise one JobError naming the setting to fix."""
         for key, value, allowed in (("flow.method", self.method, FLOW_METHODS), ("flow.preset", self.preset, FLOW_PRESETS)):

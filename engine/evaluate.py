@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from videograin.engine.config import FlowConfig, parse_settings
+from videograin.engine.config import parse_settings
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.flow import clip_flow
 from videograin.engine.inputs.job import frame_indices
@@ -59,8 +59,7 @@ def source_warp_error(report: dict[str, Any], frames: np.ndarray) -> float | Non
                        "the source changed since the edit")
     size = settings.source.width, settings.source.height
     clip = resize(read_sequence(source, indices, "source"), *size)
-    config = settings.flow if settings.flow.method != "none" else FlowConfig(method="dis")
-    return warp_error(resize(frames, *size), clip_flow(clip, config, indices, length))
+    return warp_error(resize(frames, *size), clip_flow(clip, settings.flow.for_metrics(), indices, length))
 
 
 def measure(folder: Path, scorer=None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from videograin.engine.cache import InversionCache, job_key
-from videograin.engine.config import EditSettings, FlowConfig
+from videograin.engine.config import EditSettings
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.control import control_maps
 from videograin.engine.inputs.flow import ClipFlow, clip_flow
@@ -186,8 +186,7 @@ def finish_edit(clip: PreparedClip, result: EditResult) -> EditResult:
 def source_flow(job: EditJob, frames: np.ndarray, device) -> ClipFlow:
     """The source clip's optical flow at the working size: for trajectory attention and the warp-error
     metric (DIS when the job asks for no flow: the metric still needs one)."""
-    config = job.settings.flow if job.settings.flow.method != "none" else FlowConfig(method="dis")
-    return clip_flow(frames, config, job.indices, job.source_length, str(device))
+    return clip_flow(frames, job.settings.flow.for_metrics(), job.indices, job.source_length, str(device))
 
 
 def check_empty_folder(out: Path) -> None:
