@@ -41,7 +41,7 @@ from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
-from videograin.engine.method.pipeline import plan_passes
+from videograin.engine.method.passes import plan_passes
 from videograin.engine.models import default_dtype, device_name, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip
@@ -154,7 +154,7 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     trajectory attention against the full-frame attention it follows, on the edit's shapes."""
     from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, FlowConfig, ModulationConfig
     from videograin.engine.inputs.flow import clip_flow
-    from videograin.engine.method.trajectory import Trajectories, trajectory_attention
+    from videograin.engine.method.families.sd15.trajectory import Trajectories, trajectory_attention
 
     pipe, device, _ = _load(args)
     clip, mattes = synthetic_clip(args.frames, args.size, args.size)

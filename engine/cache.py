@@ -30,7 +30,7 @@ from safetensors.torch import save as save_tensors
 
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.media import write_atomic
-from videograin.engine.method.pipeline import PassInversion
+from videograin.engine.method.passes import PassInversion
 
 log = logging.getLogger(__name__)
 

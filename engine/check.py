@@ -32,7 +32,8 @@ from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.inputs.mattes import iou
 from videograin.engine.inputs.media import VIDEO_SUFFIXES, encode_png, write_atomic
 from videograin.engine.method.layout import RegionLayout, label_map, level_size, phrase_token_indices, region_bit
-from videograin.engine.method.pipeline import longest_pass, plan_passes
+from videograin.engine.method.families.sd15.pipeline import longest_pass
+from videograin.engine.method.passes import plan_passes
 from videograin.engine.models import (
     EDIT_WEIGHTS_HINT,
     RANDOM_MODELS,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from videograin.engine.method.attention import CHUNK_BYTES
-from videograin.engine.method.pipeline import BYTES_PER_LATENT_PIXEL
+from videograin.engine.method.families.sd15.pipeline import BYTES_PER_LATENT_PIXEL
 
 GIB = 2**30
 # SD-1.5's UNet (860 M) + ControlNet (361 M) + VAE (84 M) + CLIP text tower (123 M) parameters.

@@ -19,7 +19,7 @@ from diffusers.models.attention_processor import Attention
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from videograin.engine.errors import ModelUnavailableError
-from videograin.engine.method.pipeline import VideoGrainPipeline
+from videograin.engine.method.families.sd15.pipeline import VideoGrainPipeline
 
 RANDOM_MODELS = ("tiny", "sd15-random")
 

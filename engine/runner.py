@@ -36,12 +36,9 @@ from videograin.engine.inputs.media import (
     write_mp4,
     write_png,
 )
-from videograin.engine.method.pipeline import (
-    EditResult,
-    FrameCallback,
-    VideoGrainPipeline,
-)
-from videograin.engine.method.trajectory import Trajectories
+from videograin.engine.method.families.sd15.pipeline import VideoGrainPipeline
+from videograin.engine.method.passes import EditResult, FrameCallback
+from videograin.engine.method.families.sd15.trajectory import Trajectories
 from videograin.engine.metrics.warp import warp_error
 from videograin.engine.models import RANDOM_MODELS, get_pipeline, resolve_device
 from videograin.engine.progress import (

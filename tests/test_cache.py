@@ -15,7 +15,7 @@ import torch
 from videograin.engine.cache import InversionCache, job_key, parse_size
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import load_job
-from videograin.engine.method.pipeline import PassInversion
+from videograin.engine.method.passes import PassInversion
 from videograin.engine.runner import edit_clip
 
 
@@ -144,7 +144,7 @@ SHARED_WRITER = """
 import sys, torch
 from pathlib import Path
 from videograin.engine.cache import InversionCache
-from videograin.engine.method.pipeline import PassInversion
+from videograin.engine.method.passes import PassInversion
 cache = InversionCache(Path(sys.argv[1]), max_bytes=6 * 70_000)
 for n in range(60):
     key = f"entry{n % 9}"

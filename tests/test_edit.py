@@ -87,7 +87,7 @@ def test_modulation_lowers_cross_attention_leakage(demo_job, tiny_pipe):
 
 
 def test_windowed_long_clip_edits_every_frame(demo_job, tiny_pipe):
-    from videograin.engine.method.pipeline import plan_passes
+    from videograin.engine.method.passes import plan_passes
 
     passes, anchors = plan_passes(10, 4)
     covered = sorted({f for p in passes for f in p})

@@ -10,7 +10,7 @@ import torch
 
 from videograin.engine.demo import synthetic_clip
 from videograin.engine.errors import ModelUnavailableError
-from videograin.engine.method.pipeline import VideoGrainPipeline
+from videograin.engine.method.families.sd15.pipeline import VideoGrainPipeline
 from videograin.engine.models import get_pipeline, load_pipeline, tiny_pipeline
 
 

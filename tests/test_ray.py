@@ -26,7 +26,7 @@ import torch
 from videograin.engine.demo import write_demo_inputs
 from videograin.engine.inputs.job import load_job
 from videograin.engine.inputs.mattes import crossing_blobs
-from videograin.engine.method.pipeline import merge_passes, plan_passes
+from videograin.engine.method.passes import merge_passes, plan_passes
 from videograin.engine.models import device_name
 from videograin.engine.runner import edit_clip, edit_passes, finish_edit, prepare_clip
 from videograin.engine.serving.ray_pool import RayPool, RayWorker

@@ -16,10 +16,10 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.inputs.job import EditJob, load_job
-from videograin.engine.method import injection as injection_module
+from videograin.engine.method.families.sd15 import injection as injection_module
 from videograin.engine.method.attention import plain_attention
 from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, phrase_token_indices
-from videograin.engine.method.processors import AttentionContext, STLayoutAttnProcessor, install_processors
+from videograin.engine.method.families.sd15.processors import AttentionContext, STLayoutAttnProcessor, install_processors
 from videograin.engine.runner import edit_clip
 
 GOLDEN = Path(__file__).parent / "data" / "pre-reference-fidelity.npz"
@@ -229,7 +229,7 @@ def test_blending_keeps_the_source_outside_every_region(rules, demo_job, tiny_pi
 
 
 def test_trajectory_attention_runs_while_inverting_and_editing(demo_job, tiny_pipe, monkeypatch):
-    from videograin.engine.method import processors
+    from videograin.engine.method.families.sd15 import processors
 
     calls = []
     real = processors.trajectory_attention

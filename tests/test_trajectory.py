@@ -7,9 +7,9 @@ import torch
 from test_flow import translated_clip
 
 from videograin.engine.inputs.flow import FlowConfig, clip_flow
-from videograin.engine.method import trajectory as trajectory_module
+from videograin.engine.method.families.sd15 import trajectory as trajectory_module
 from videograin.engine.method.layout import level_size
-from videograin.engine.method.trajectory import (
+from videograin.engine.method.families.sd15.trajectory import (
     Trajectories,
     plan_groups,
     trajectory_attention,

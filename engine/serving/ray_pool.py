@@ -44,7 +44,8 @@ import numpy as np
 from videograin.engine.cache import InversionCache
 from videograin.engine.errors import CancelledError, VideograinError
 from videograin.engine.inputs.job import EditJob
-from videograin.engine.method.pipeline import EditResult, PassTotals, longest_pass, merge_passes, plan_passes
+from videograin.engine.method.families.sd15.pipeline import longest_pass
+from videograin.engine.method.passes import EditResult, PassTotals, merge_passes, plan_passes
 from videograin.engine.models import device_name, resolve_device
 from videograin.engine.progress import ProgressBars, ProgressEvent
 from videograin.engine.runner import (

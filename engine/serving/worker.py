@@ -24,7 +24,7 @@ from videograin.engine.errors import CancelledError, VideograinError
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.inputs.mattes import track_mattes
 from videograin.engine.inputs.media import heatmap_overlays, resize
-from videograin.engine.method.pipeline import EditResult
+from videograin.engine.method.passes import EditResult
 from videograin.engine.models import RANDOM_MODELS, device_name, get_pipeline
 from videograin.engine.progress import ProgressEvent
 from videograin.engine.runner import edit_clip

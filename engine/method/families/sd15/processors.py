@@ -19,9 +19,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from videograin.engine.method.attention import layout_attention, modulated_probs, plain_attention
-from videograin.engine.method.injection import FeatureInjection
+from videograin.engine.method.families.sd15.injection import FeatureInjection
 from videograin.engine.method.layout import RegionLayout
-from videograin.engine.method.trajectory import Trajectories, TrajectoryPlan, trajectory_attention
+from videograin.engine.method.families.sd15.trajectory import Trajectories, TrajectoryPlan, trajectory_attention
 from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
 

@@ -1,0 +1,1 @@
+"""Stable Diffusion 1.5 + ControlNet: the UNet family the paper and its reference code use."""
