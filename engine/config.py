@@ -12,7 +12,7 @@ from typing import Any
 
 from videograin.engine.errors import JobError
 
-CONTROL_TYPES = ("canny", "frames", "depth", "pose", "none")
+CONTROL_TYPES = ("auto", "canny", "frames", "depth", "pose", "none")
 
 # ControlNet 1.1 checkpoints matching each control type; used when the job names none.
 DEFAULT_CONTROLNETS = {
@@ -114,12 +114,20 @@ class FlowConfig:
 
 @dataclass
 class ControlConfig:
-    type: str = "canny"
+    # auto: the model family's own default: a canny ControlNet on SD-1.5; none on Wan (VACE already keeps
+    # the clip outside the mattes, and a text-to-video checkpoint takes no control).
+    type: str = "auto"
     scale: float = 1.0
     # `frames`: folder/video of maps; `depth` / `pose`: local folder of estimator weights.
     path: str | None = None
     low_threshold: int = 100
     high_threshold: int = 200
+
+    def for_family(self, family: str) -> ControlConfig:
+        """This control with `auto` made the family's default (family: "sd15" or "wan")."""
+        if self.type != "auto":
+            return self
+        return dataclasses.replace(self, type="canny" if family == "sd15" else "none")
 
 
 @dataclass
@@ -182,9 +190,11 @@ class EditSettings:
 
     @property
     def controlnet_id(self) -> str | None:
-        if self.control.type == "none":
+        """The ControlNet an SD-1.5 model loads for this job (Wan models take none)."""
+        kind = self.control.for_family("sd15").type
+        if kind == "none":
             return None
-        return self.controlnet or DEFAULT_CONTROLNETS[self.control.type]
+        return self.controlnet or DEFAULT_CONTROLNETS[kind]
 
     @property
     def phrases(self) -> list[str]:

@@ -1,10 +1,11 @@
 """Getting the diffusers components: real weights by hub id or local folder, or random ones.
 
-- `load_pipeline`: SD-1.5-layout weights via `from_pretrained` (safetensors, fp16 on GPU); fails fast
-  with a message that says how to get weights when they are missing.
-- `tiny_pipeline`: tiny random components (tests, `videograin demo`): a step takes milliseconds on CPU.
-- `sd15_random_pipeline`: full-size SD-1.5 + ControlNet shapes with random weights (benchmarks).
-Random weights produce noise-like pictures: their output is never an edit.
+- `get_pipeline`: the pipeline of the job's model family (families.py reads it from model_index.json).
+- `load_pipeline` / `load_wan_pipeline`: SD-1.5-layout or Wan weights via `from_pretrained` (safetensors;
+  fp16 for SD and bf16 for Wan on GPU); fails fast with a message that says how to get weights.
+- `tiny_pipeline` / `wan_tiny_pipeline`: tiny random components (tests, `videograin demo`), milliseconds
+  a step on CPU; `sd15_random_pipeline` / `wan_random_pipeline`: full-size shapes with random weights
+  (benchmarks). Random weights produce noise-like pictures: their output is never an edit.
 """
 
 from __future__ import annotations
@@ -14,14 +15,23 @@ import platform
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLWan,
+    ControlNetModel,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UNet2DConditionModel,
+    WanTransformer3DModel,
+    WanVACETransformer3DModel,
+)
 from diffusers.models.attention_processor import Attention
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5TokenizerFast, UMT5Config, UMT5EncoderModel
 
 from videograin.engine.errors import ModelUnavailableError
+from videograin.engine.families import RANDOM_MODELS, WAN, model_family
 from videograin.engine.method.families.sd15.pipeline import VideoGrainPipeline
-
-RANDOM_MODELS = ("tiny", "sd15-random")
+from videograin.engine.method.families.wan.pipeline import WanVideoGrainPipeline
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,12 +47,18 @@ def device_name(device: torch.device | str) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
+def default_dtype(device: torch.device, family: str = "sd15") -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if family == WAN else torch.float16  # Wan is trained and shipped in bf16
 
 
 def get_pipeline(model: str, controlnet: str | None, device: torch.device, dtype: torch.dtype | None = None):
-    """The pipeline a job asks for: a random-weight model by name, or real weights."""
+    """The pipeline a job asks for: a random-weight model by name, or real weights, of the model's family.
+    `controlnet` is SD-1.5's (a Wan model takes control through VACE and ignores it)."""
+    family = model_family(model)
+    if family.name == WAN:
+        return _wan_pipeline(model, device, dtype or default_dtype(device, WAN))
     dtype = dtype or default_dtype(device)
     if model in RANDOM_MODELS:
         build = tiny_pipeline if model == "tiny" else sd15_random_pipeline
@@ -55,6 +71,34 @@ def get_pipeline(model: str, controlnet: str | None, device: torch.device, dtype
     # large working size costs no more VAE memory than 512² does; at or below it tiling changes nothing.
     pipe.vae.enable_tiling()
     return pipe
+
+
+# Fraction of a GPU's memory a Wan model's weights may take before its parts are offloaded to the CPU
+# between uses (diffusers' model CPU offload): a 14B model on a 24 GB card.
+OFFLOAD_ABOVE = 0.6
+
+
+def _wan_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> WanVideoGrainPipeline:
+    if model in RANDOM_MODELS:
+        pipe = wan_tiny_pipeline(vace=model == "wan-vace-tiny") if "tiny" in model else wan_random_pipeline()
+        if dtype != torch.float32:  # built in fp32; the VAE stays there, as with real weights
+            pipe.transformer.to(dtype)
+            pipe.text_encoder.to(dtype)
+    else:
+        pipe = load_wan_pipeline(model, dtype)
+    if device.type == "cuda":
+        weights = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
+        if weights > OFFLOAD_ABOVE * torch.cuda.get_device_properties(device).total_memory:
+            pipe.enable_model_cpu_offload(device=device)
+            return pipe
+    return pipe.to(device)
+
+
+def load_wan_pipeline(model: str, dtype: torch.dtype) -> WanVideoGrainPipeline:
+    """Load a Wan 2.1 / 2.2 text-to-video or VACE model folder (diffusers layout). The VAE stays in fp32,
+    as diffusers' Wan examples load it: its decoder is where reduced precision shows."""
+    vae = from_pretrained(AutoencoderKLWan, model, "Wan VAE", subfolder="vae", torch_dtype=torch.float32)
+    return from_pretrained(WanVideoGrainPipeline, model, "Wan", vae=vae, torch_dtype=dtype)
 
 
 def load_pipeline(model: str, controlnet: str | None, dtype: torch.dtype) -> VideoGrainPipeline:
@@ -200,3 +244,65 @@ def sd15_random_pipeline(with_controlnet: bool = True, seed: int = 0) -> VideoGr
         unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768), scheduler=_ddim(),
         controlnet=ControlNetModel(cross_attention_dim=768) if with_controlnet else None,
     )
+
+
+def _piece_tokenizer(max_length: int = 512) -> T5TokenizerFast:
+    """A SentencePiece-style (Unigram, `▁` word marks) tokenizer over letters, digits and a few marks, built
+    here: it splits words the way umT5's does (a word's first piece carries its space), with no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    symbols = "abcdefghijklmnopqrstuvwxyz0123456789.,'-!?"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in symbols] + [("▁" + c, -2.5) for c in symbols]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0, model_max_length=max_length)
+
+
+def _flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler(shift=3.0)  # Wan's flow shift at 480p
+
+
+def wan_tiny_pipeline(vace: bool = False, seed: int = 0, attention_gain: float = 3.0) -> WanVideoGrainPipeline:
+    """Tiny random Wan components (text-to-video, or VACE with `vace`): runs on CPU in fractions of a second.
+
+    Wan normalises queries and keys (RMS norm) before attending, so fresh random weights attend almost
+    uniformly; scaling the norms' gains by `attention_gain` widens the score ranges by its square, so that
+    the modulation acts on the tiny model as on a trained one (as tiny_pipeline does for the UNet).
+    """
+    torch.manual_seed(seed)
+    shape = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+                 text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                 qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    transformer = (WanVACETransformer3DModel(vace_layers=[0, 1], vace_in_channels=96, **shape) if vace
+                   else WanTransformer3DModel(**shape))
+    with torch.no_grad():
+        for block in transformer.blocks:
+            for attn in (block.attn1, block.attn2):
+                attn.norm_q.weight.mul_(attention_gain)
+                attn.norm_k.weight.mul_(attention_gain)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                               relative_attention_num_buckets=8))
+    return WanVideoGrainPipeline(tokenizer=_piece_tokenizer(), text_encoder=text_encoder.eval(), vae=vae,
+                                 scheduler=_flow_scheduler(), transformer=transformer)
+
+
+def wan_random_pipeline(seed: int = 0) -> WanVideoGrainPipeline:
+    """Wan 2.1 T2V 1.3B's transformer and VAE shapes with random weights (benchmarks). The text encoder is
+    a two-layer stand-in of umT5-XXL's width (it runs once per prompt; its 5.7 B parameters would only
+    cost memory)."""
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6,
+    )
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=1000, d_model=4096, d_kv=64, d_ff=10240, num_layers=2,
+                                               num_heads=64))
+    return WanVideoGrainPipeline(tokenizer=_piece_tokenizer(), text_encoder=text_encoder.eval(), vae=AutoencoderKLWan(),
+                                 scheduler=_flow_scheduler(), transformer=transformer)

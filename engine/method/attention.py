@@ -148,6 +148,30 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
+def anchored_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    split: int,
+    regions: torch.Tensor | None = None,
+    strength: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Self-attention over one sequence (B, H, N, d) whose tokens from `split` on are a long clip's
+    anchors: the tokens before `split` attend to every token, anchors only to anchors, so anchors come out
+    the same in every pass. With `regions` (N,) and per-query `strength` (N,): ST-Layout modulated."""
+
+    def attend(rows: slice, keys: slice) -> torch.Tensor:
+        if regions is None:
+            return plain_attention(query[:, :, rows], key[:, :, keys], value[:, :, keys])
+        return layout_attention(query[:, :, rows], key[:, :, keys], value[:, :, keys], regions[rows], regions[keys],
+                                strength[rows], backend=backend)
+
+    if 0 < split < query.shape[2]:
+        return torch.cat([attend(slice(0, split), slice(None)), attend(slice(split, None), slice(split, None))], dim=2)
+    return attend(slice(None), slice(None))
+
+
 def plain_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Unmodulated attention, the ablation baseline (fused SDPA kernels where the device has them)."""
     return F.scaled_dot_product_attention(query, key, value)

@@ -36,32 +36,45 @@ def region_bit(region: int) -> int:
     return 1 << (region + 1)
 
 
-def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
-    """Positions of the phrase's tokens in the encoded prompt (position 0 is the start token)."""
+def phrase_token_indices(tokenizer, prompt: str, phrase: str, max_length: int | None = None) -> list[int]:
+    """Positions of the phrase's tokens in the encoded prompt, for any tokenizer: CLIP's (a start token at
+    position 0) and umT5's SentencePiece (no start token; a word's first piece carries the space)."""
     start, end = find_phrase(prompt, phrase)
+    max_length = max_length or tokenizer.model_max_length
 
     def ids(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False).input_ids
 
-    before, span = len(ids(prompt[:start])), ids(prompt[start:end])
+    # The text before the phrase without its trailing space: SentencePiece would make that space a piece
+    # of its own, which inside the prompt belongs to the phrase's first word.
+    before, span = len(ids(prompt[:start].rstrip())), ids(prompt[start:end])
     if ids(prompt)[before : before + len(span)] != span:
         raise JobError(f"phrase '{phrase}' tokenizes differently inside the prompt; rephrase around it")
-    first = before + 1
-    if first + len(span) > tokenizer.model_max_length - 1:
+    first = before + _special_tokens_before_text(tokenizer)
+    if first + len(span) > max_length - 1:
         raise JobError(
-            f"phrase '{phrase}' lies beyond the {tokenizer.model_max_length} tokens the text encoder reads; "
-            "shorten the prompt"
+            f"phrase '{phrase}' lies beyond the {max_length} tokens the text encoder reads; shorten the prompt"
         )
     return list(range(first, first + len(span)))
 
 
-def token_regions(tokenizer, prompt: str, phrases: list[str], background_phrase: str | None) -> torch.Tensor:
+def _special_tokens_before_text(tokenizer) -> int:
+    """How many special tokens the tokenizer puts before the text (CLIP: 1, its start token; T5: 0)."""
+    text = tokenizer("a", add_special_tokens=False).input_ids
+    full = tokenizer("a").input_ids
+    return next(i for i in range(len(full)) if full[i : i + len(text)] == text)
+
+
+def token_regions(
+    tokenizer, prompt: str, phrases: list[str], background_phrase: str | None, max_length: int | None = None
+) -> torch.Tensor:
     """Region set (bit mask) of every prompt token: region k's phrase gets bit k + 1, the background's bit 0."""
-    regions = torch.zeros(tokenizer.model_max_length, dtype=torch.long)
+    max_length = max_length or tokenizer.model_max_length
+    regions = torch.zeros(max_length, dtype=torch.long)
     marked = [(background_phrase, BACKGROUND_BIT)] + [(p, region_bit(k)) for k, p in enumerate(phrases)]
     for phrase, bit in marked:
         if phrase:
-            regions[phrase_token_indices(tokenizer, prompt, phrase)] |= bit
+            regions[phrase_token_indices(tokenizer, prompt, phrase, max_length)] |= bit
     return regions
 
 
@@ -122,14 +135,19 @@ def level_size(latent_height: int, latent_width: int, level: int) -> tuple[int, 
 
 
 class RegionLayout:
-    """Region sets per frame at the latent resolution and every coarser UNet resolution."""
+    """Region sets per frame at the latent resolution and every coarser UNet resolution (or, for a
+    transformer, on its one token grid: `levels=(1,)`, `modulate_finest=True`)."""
 
     def __init__(
         self, masks: np.ndarray, latent_width: int, latent_height: int, background_is_region: bool,
-        rules: str = "reference", size: str = "reference",
+        rules: str = "reference", size: str = "reference", levels: tuple[int, ...] = (1, 2, 4, 8),
+        modulate_finest: bool = False,
     ) -> None:
-        """`masks` (K, F, H, W) bool at any size; `background_is_region`: the background has a phrase."""
+        """`masks` (K, F, H, W) bool at any size; `background_is_region`: the background has a phrase.
+        `levels`: the attention resolutions, as divisors of the latent size; `modulate_finest`: modulate the
+        latent size itself too (the reference leaves the UNet's finest level alone)."""
         self.rules, self.size_rule = rules, size
+        self.levels, self.modulate_finest = levels, modulate_finest
         self.width, self.height = latent_width, latent_height
         self.num_regions = masks.shape[0]
         self.background_is_region = background_is_region or rules == "area"
@@ -142,11 +160,11 @@ class RegionLayout:
 
     def level_size(self, tokens_per_frame: int) -> tuple[int, int]:
         """(height, width) of the UNet resolution with this many tokens per frame."""
-        for level in (1, 2, 4, 8):
+        for level in self.levels:
             height, width = level_size(self.height, self.width, level)
             if height * width == tokens_per_frame:
                 return height, width
-        raise ValueError(f"no UNet resolution of a {self.width}x{self.height} latent has {tokens_per_frame} tokens")
+        raise ValueError(f"no attention resolution of a {self.width}x{self.height} latent has {tokens_per_frame} tokens")
 
     def level(self, tokens_per_frame: int, device: torch.device) -> LayoutLevel:
         key = (tokens_per_frame, str(device))
@@ -181,4 +199,5 @@ class RegionLayout:
             self_size = 1.0 - per_clip.float() / (tokens * frames**2)
             cross_size = 1.0 - per_frame.float() / tokens
         finest = (height, width) == (self.height, self.width)
-        return LayoutLevel(regions, self_size, cross_size, modulated=self.rules == "area" or not finest)
+        modulated = self.rules == "area" or self.modulate_finest or not finest
+        return LayoutLevel(regions, self_size, cross_size, modulated=modulated)

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from videograin.engine.method.attention import layout_attention, modulated_probs, plain_attention
+from videograin.engine.method.attention import (
+    anchored_attention,
+    layout_attention,
+    modulated_probs,
+    plain_attention,
+)
 from videograin.engine.method.families.sd15.injection import FeatureInjection
 from videograin.engine.method.layout import RegionLayout
 from videograin.engine.method.families.sd15.trajectory import Trajectories, TrajectoryPlan, trajectory_attention
@@ -135,22 +140,7 @@ class STLayoutAttnProcessor:
     def _full_frame(self, q, k, v, regions, strength):
         """Full-frame attention of folded blocks; with anchors, anchors attend only among themselves."""
         split = (self.context.frames - self.context.anchors) * q.shape[2] // self.context.frames
-        if self.context.anchors and split > 0:
-            everything, window, anchors = slice(None), slice(0, split), slice(split, None)
-            return torch.cat(
-                [
-                    self._attend(q[:, :, window], k, v, regions, strength, window, everything),
-                    self._attend(q[:, :, anchors], k[:, :, anchors], v[:, :, anchors], regions, strength, anchors, anchors),
-                ],
-                dim=2,
-            )
-        return self._attend(q, k, v, regions, strength, slice(None), slice(None))
-
-    def _attend(self, q, k, v, regions, strength, rows: slice, keys: slice):
-        """Self-attention of query `rows` over `keys` (slices of the folded sequence)."""
-        if regions is None:
-            return plain_attention(q, k, v)
-        return layout_attention(q, k, v, regions[rows], regions[keys], strength[rows], backend=self.context.backend)
+        return anchored_attention(q, k, v, split, regions, strength, backend=self.context.backend)
 
     def _cross(self, query, key, value, heads):
         ctx = self.context
