@@ -9,6 +9,7 @@ three stages stand alone for a pool that spreads passes over processes (serving/
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,7 +37,10 @@ from videograin.engine.inputs.media import (
     write_mp4,
     write_png,
 )
+from videograin.engine.families import SD15, WAN, family_warnings, model_family
 from videograin.engine.method.families.sd15.pipeline import VideoGrainPipeline
+from videograin.engine.method.families.wan.grid import pad_clip
+from videograin.engine.method.families.wan.pipeline import WanVideoGrainPipeline
 from videograin.engine.method.passes import EditResult, FrameCallback
 from videograin.engine.method.families.sd15.trajectory import Trajectories
 from videograin.engine.metrics.warp import warp_error
@@ -50,6 +54,8 @@ from videograin.engine.progress import (
 from videograin.protocol.client import EngineClient, EngineError, frame_image
 
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS - NOT AN EDIT"
+log = logging.getLogger(__name__)
+Pipeline = VideoGrainPipeline | WanVideoGrainPipeline
 
 
 @dataclass
@@ -64,30 +70,40 @@ class PreparedClip:
     control: np.ndarray | None
     flow: ClipFlow
     trajectories: Trajectories | None
+    family: str = "sd15"
+    length: int | None = None  # the clip's own frame count when `frames` are padded (Wan: to 4k + 1)
 
 
-def prepare_clip(job: EditJob, pipe: VideoGrainPipeline) -> PreparedClip:
-    """Working-size frames, control maps, the source's flow and its trajectories."""
+def prepare_clip(job: EditJob, pipe: Pipeline) -> PreparedClip:
+    """Working-size frames, control maps, the source's flow and (SD-1.5) its trajectories; for Wan, every
+    per-frame input padded to the 4k + 1 frames its VAE takes."""
     s = job.settings
+    family = pipe.family
+    for warning in family_warnings(s, model_family(s.model), len(job.frames)):
+        log.warning(warning)
     width, height = s.source.width, s.source.height
     frames = resize(job.frames, width, height)
     # Mattes stay at source size: the layout resizes them straight to each attention resolution.
     masks_small = resize(job.masks.reshape(-1, *job.masks.shape[2:]).astype(np.uint8), width, height, nearest=True)
     supplied = None if job.control_maps is None else resize(job.control_maps, width, height)
-    control = control_maps(s.control, frames, masks_small.reshape(len(job.masks), -1, height, width) > 0, supplied)
+    control = control_maps(s.control.for_family(family), frames,
+                           masks_small.reshape(len(job.masks), -1, height, width) > 0, supplied)
     flow = source_flow(job, frames, pipe.device)
     trajectories = None
-    if s.flow.trajectories:
+    if family == SD15 and s.flow.trajectories:
         trajectories = Trajectories(
             torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward),
             height // pipe.vae_scale_factor, width // pipe.vae_scale_factor, tuple(s.flow.levels),
         )
-    return PreparedClip(s, job.masks, job.source_size, frames, control, flow, trajectories)
+    if family == WAN:
+        return PreparedClip(s, pad_clip(job.masks, axis=1), job.source_size, pad_clip(frames),
+                            None if control is None else pad_clip(control), flow, None, family, len(frames))
+    return PreparedClip(s, job.masks, job.source_size, frames, control, flow, trajectories, family)
 
 
 def edit_clip(
     job: EditJob,
-    pipe: VideoGrainPipeline,
+    pipe: Pipeline,
     progress: ProgressCallback = no_progress,
     cancelled: Callable[[], bool] = lambda: False,
     measure_leakage: bool = False,
@@ -109,7 +125,7 @@ def edit_clip(
 
 def edit_passes(
     clip: PreparedClip,
-    pipe: VideoGrainPipeline,
+    pipe: Pipeline,
     passes: Collection[int] | None = None,
     window: int | None = None,
     progress: ProgressCallback = no_progress,
@@ -128,16 +144,25 @@ def edit_passes(
     if cache is not None:
         # Exactly what inversion depends on (cache.py); the pipeline adds the pass's frames and anchors.
         material = {
-            "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.unet.dtype), "device": pipe.device.type,
+            "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.dtype), "device": pipe.device.type,
             "frames": clip.frames, "control": clip.control, "control_scale": s.control.scale,
             "source_prompt": s.source_prompt, "steps": s.steps, "controlnet_attention": s.controlnet_attention,
             "inject_step": s.inject_step, "guided": s.guidance > 1.0, "trajectories": None if clip.trajectories is None
             else {"forward": clip.flow.forward, "occluded": clip.flow.occluded_forward, "levels": s.flow.levels},
         }
+        if clip.family != SD15:  # keys of SD-1.5 entries stay what they were
+            material = {**material, "family": clip.family, "controlnet": None, "controlnet_attention": None,
+                        "inject_step": None, "masks": clip.masks if pipe.is_vace else None}
 
         def inversions(pass_material: dict, compute):
             return cache.fetch(job_key({**material, **pass_material}), pipe.device, compute)
-    return pipe(
+    family_options = {}
+    if clip.family == SD15:
+        family_options = {"controlnet_attention": s.controlnet_attention, "inject_step": s.inject_step,
+                          "trajectories": clip.trajectories, "attention_maps": attention_maps}
+    elif attention_maps:
+        raise JobError("attention maps are drawn for SD-1.5 models only so far; leave out --attention-maps on Wan")
+    result = pipe(
         clip.frames,
         clip.masks,
         prompt=s.prompt,
@@ -153,19 +178,20 @@ def edit_passes(
         window=window or s.window,
         negative_prompt=s.negative_prompt,
         phrase_embeddings=s.phrase_embeddings,
-        controlnet_attention=s.controlnet_attention,
-        inject_step=s.inject_step,
         blend=s.blend,
-        trajectories=clip.trajectories,
         inversions=inversions,
         passes=passes,
-        attention_maps=attention_maps,
         preview_every=preview_every,
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
-        on_frame=on_frame,
+        on_frame=on_frame if on_frame is None or clip.length is None
+        else lambda index, image: on_frame(index, image) if index < clip.length else None,
+        **family_options,
     )
+    if clip.length is not None:  # the padding frames are dropped
+        result.frames = result.frames[: clip.length]
+    return result
 
 
 def to_source(clip: PreparedClip, images: np.ndarray) -> np.ndarray:
@@ -253,7 +279,7 @@ def preview_path(out: Path) -> Path:
 
 def edit_in_process(
     job: EditJob, out: Path, device_name: str, cache: InversionCache | None = None, attention_maps: bool = False,
-    show_plain_maps: bool = False, pipe: VideoGrainPipeline | None = None,
+    show_plain_maps: bool = False, pipe: Pipeline | None = None,
 ) -> dict:
     """Edit with progress bars and write the results to `out`; returns a summary. The job's model is
     loaded unless `pipe` is given: callers that edit many jobs (`videograin timeline`) load it once."""
@@ -262,6 +288,7 @@ def edit_in_process(
     bars = ProgressBars(preview_path(out))
     started = time.perf_counter()
     if pipe is None:
+        family_warnings(s, model_family(s.model), len(job.frames))  # refuse before the model loads
         bars(ProgressEvent("load", 0, 1))
         pipe = get_pipeline(s.model, s.controlnet_id, device)
         bars(ProgressEvent("load", 1, 1))

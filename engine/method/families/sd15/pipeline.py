@@ -96,6 +96,7 @@ def longest_pass(num_frames: int, latent_pixels: int, device: torch.device) -> i
 class VideoGrainPipeline(DiffusionPipeline):
     """Components passed in, as in diffusers; ST-Layout behaviour comes from attention processors."""
 
+    family = "sd15"
     _optional_components = ["controlnet"]
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
 
