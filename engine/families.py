@@ -86,7 +86,7 @@ def family_warnings(settings: EditSettings, family: ModelFamily, frames: int | N
     width, height = s.source.width, s.source.height
     multiple = family.size_multiple
     if width % multiple or height % multiple:
-        near = tuple(max(multiple, round(side / multiple) * multiple) for side in (width, height))
+        near = tuple(max(multiple, int(side / multiple + 0.5) * multiple) for side in (width, height))
         raise JobError(f"working size {width}x{height} is not a multiple of {multiple} on this model: "
                        f"use {near[0]}x{near[1]} (source.width / source.height)")
     if family.name != WAN:

@@ -383,3 +383,28 @@ def test_edit_session_keeps_attention_maps_beside_its_frames(tiny_engine, tmp_pa
         assert [p.name for p in maps] == ["00000.png", "00001.png", "00002.png"]
         assert decode_png(maps[0].read_bytes()).shape == (64, 64, 3)
     session.close()
+
+
+def test_plain_modules_need_no_bpy_and_the_bpy_layer_has_no_import_cycle():
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    plain = ("check_report", "engine_link", "jobspec", "keyframes", "legacy", "session", "shots", "watches")
+    blocked = "import sys; sys.modules['bpy'] = None; " + "; ".join(f"import videograin.blender_addon.{m}" for m in plain)
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    folder = Path(jobspec.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
+                              and not node.module for alias in node.names} | \
+                             {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                              and node.level == 1 and node.module}
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in imports.get(start, ()))
+
+    assert not [m for m in imports if m != "__init__" and reaches(m, m, set())], imports

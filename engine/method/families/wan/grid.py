@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 TIME_COMPRESSION = 4
-SIZE_MULTIPLE = 16  # VAE 8× times the transformer's 2× patch
 
 
 def padded_length(frames: int) -> int:
@@ -55,7 +54,3 @@ def union_per_latent_frame(masks: np.ndarray) -> np.ndarray:
     count = latent_frames(masks.shape[1])
     return np.stack([masks[:, frames_of_latent(j)].any(1) for j in range(count)], axis=1)
 
-
-def nearest_valid_size(width: int, height: int) -> tuple[int, int]:
-    """The working size nearest to (width, height) whose sides are multiples of 16."""
-    return tuple(max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in (width, height))

@@ -59,7 +59,7 @@ class WanVideoGrainPipeline(DiffusionPipeline):
     straight into it); ST-Layout behaviour comes from attention processors."""
 
     family = "wan"
-    _optional_components = ["transformer_2"]
+    _optional_components = ["transformer", "transformer_2"]  # as in WanPipeline: Wan 2.2 may ship either
     model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
 
     def __init__(self, tokenizer, text_encoder, vae: AutoencoderKLWan, scheduler,
@@ -132,9 +132,10 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         video = frames if control_maps is None else np.where(regenerate[..., None], control_maps, frames)
         video = torch.from_numpy(video).permute(3, 0, 1, 2)[None].to(device, torch.float32) / 127.5 - 1.0
         mask = torch.from_numpy(regenerate).to(device, torch.float32)[None, None].expand(1, 3, -1, -1, -1)
-        # diffusers' own builders of VACE's inactive/reactive latents and the mask folded into channels.
-        latents = WanVACEPipeline.prepare_video_latents(self, video, mask, None, None, device)
-        masks = WanVACEPipeline.prepare_masks(self, mask, None, None)
+        # diffusers' own builders of VACE's inactive/reactive latents and the mask folded into channels
+        # ([[]]: no reference images, as its preprocessing hands them on).
+        latents = WanVACEPipeline.prepare_video_latents(self, video, mask, [[]], None, device)
+        masks = WanVACEPipeline.prepare_masks(self, mask, [[]], None)
         return torch.cat([latents, masks.to(latents.dtype)], dim=1).to(self.transformer.dtype)
 
     def _sampler(self, steps: int) -> FlowMatchEulerDiscreteScheduler:
