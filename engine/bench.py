@@ -41,6 +41,8 @@ from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
+from videograin.engine.families import RANDOM_MODELS
+from videograin.engine.method.families.wan.grid import latent_frames, padded_length
 from videograin.engine.method.passes import plan_passes
 from videograin.engine.models import default_dtype, device_name, get_pipeline, resolve_device
 from videograin.engine.progress import ProgressEvent
@@ -69,12 +71,23 @@ def time_call(fn, device: torch.device, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
-def attention_ratio(frames: int, size: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """Modulated vs plain full-frame self-attention at the UNet's finest level (SD-1.5: 8 heads of 40)."""
-    tokens = frames * (size // 8) ** 2
+def attention_shape(pipe, frames: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(tokens, heads, head size, row length) of the largest full-frame self-attention of an edit: SD-1.5's
+    finest UNet level (8 heads of 40), or Wan's whole-clip token grid."""
+    if pipe.family == "wan":
+        config = pipe.transformer.config
+        columns = width // pipe.size_multiple
+        rows = latent_frames(padded_length(frames)) * (height // pipe.size_multiple)
+        return rows * columns, config.num_attention_heads, config.attention_head_dim, columns
+    return frames * (width // 8) * (height // 8), 8, 40, width // 8
+
+
+def attention_ratio(shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Modulated vs plain self-attention on `shape` (attention_shape), both guidance branches."""
+    tokens, heads, dim, row = shape
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(2, 8, tokens, 40, generator=g).to(device, dtype) for _ in range(3))
-    labels = (torch.arange(tokens) % (size // 8) > (size // 16)).long().to(device)  # two half-frame regions
+    q, k, v = (torch.randn(2, heads, tokens, dim, generator=g).to(device, dtype) for _ in range(3))
+    labels = (torch.arange(tokens) % row > row // 2).long().to(device)  # two half-frame regions
     strength = torch.full((tokens,), 0.3, device=device)
     plain = time_call(lambda: plain_attention(q, k, v), device)
     modulated = time_call(lambda: layout_attention(q, k, v, labels, labels, strength), device)
@@ -85,7 +98,7 @@ def _settings(args: argparse.Namespace, **changes) -> EditSettings:
     settings = EditSettings(
         source_prompt="two men are jogging", prompt=DEMO_PROMPT, background_phrase="cherry blossoms",
         regions=[RegionConfig("iron man"), RegionConfig("spider man")],
-        source=SourceConfig(width=args.size, height=args.size), steps=args.steps, model=args.model, window=args.window,
+        source=SourceConfig(width=args.size[0], height=args.size[1]), steps=args.steps, model=args.model, window=args.window,
     )
     for key, value in changes.items():
         setattr(settings, key, value)
@@ -128,23 +141,36 @@ def _load(args: argparse.Namespace) -> tuple[Any, torch.device, float]:
 
 def bench_edit(args: argparse.Namespace) -> dict[str, Any]:
     pipe, device, load_s = _load(args)
-    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    clip, mattes = synthetic_clip(args.frames, *args.size)
     timed = timed_edit(pipe, EditJob(_settings(args), clip, mattes), device)
     phases = {"load": load_s, **timed["phases_s"]}
     report = {
         "model": args.model, "device": str(device), "device_name": device_name(device),
-        "dtype": str(default_dtype(device)), "frames": args.frames, "size": args.size, "steps": args.steps,
+        "dtype": str(pipe.denoiser.dtype), "frames": args.frames, "size": args.size, "steps": args.steps,
         "window": args.window, "edit_s": timed["edit_s"], "phases_s": phases,
         "step_s": {phase: phases[phase] / args.steps for phase in ("invert", "edit")},
         "first_preview_s": timed["first_preview_s"],
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "peak_ram_mib": _peak_ram_mib(),
-        "attention": attention_ratio(args.frames, args.size, device, default_dtype(device)),
+        "attention": attention_ratio(attention_shape(pipe, args.frames, *args.size), device, pipe.denoiser.dtype),
         "torch": torch.__version__, "python": platform.python_version(),
     }
-    if args.model != "sd15-random":
-        report["note"] = "tiny model: pipeline overheads, not SD-1.5 speed; use --model sd15-random for that"
+    if pipe.family == "wan":
+        report["transformer_pass_tflop"] = wan_pass_tflop(pipe, attention_shape(pipe, args.frames, *args.size)[0])
+    if "tiny" in args.model:
+        report["note"] = "tiny model: pipeline overheads, not a real model's speed; use sd15-random or wan-1.3b-random"
     return report
+
+
+def wan_pass_tflop(pipe, tokens: int, text_tokens: int = 512) -> float:
+    """Tera floating-point operations of one transformer pass (one guidance branch) on `tokens` tokens:
+    2 per weight and token in the linear layers, plus QKᵀ and attention × V (2 · 2 · N · M · width per
+    layer) for the self- (M = N) and cross-attention (M = text tokens)."""
+    config = pipe.transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+    linear = 2 * tokens * sum(p.numel() for name, p in pipe.transformer.blocks.named_parameters() if p.ndim == 2)
+    attention = 4 * tokens * (tokens + text_tokens) * width * config.num_layers
+    return (linear + attention) / 1e12
 
 
 def bench_features(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,7 +183,7 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     from videograin.engine.method.families.sd15.trajectory import Trajectories, trajectory_attention
 
     pipe, device, _ = _load(args)
-    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    clip, mattes = synthetic_clip(args.frames, *args.size)
     off = dict(flow=FlowConfig(method="none"), inject_step=0, blend=False, phrase_embeddings=False, negative_prompt="",
                controlnet_attention="full",
                modulation=ModulationConfig(until=0.3, layout="area", size="clip", self_branch="both"))
@@ -178,12 +204,13 @@ def bench_features(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     flow = clip_flow(clip, FlowConfig())
     flow_s = (time.perf_counter() - started) / max(1, args.frames - 1)
-    latent = args.size // 8
-    trajectories = Trajectories(torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward), latent, latent)
-    plan = trajectories.plan(latent * latent, torch.arange(args.frames), device)
+    latent_w, latent_h = args.size[0] // 8, args.size[1] // 8
+    trajectories = Trajectories(torch.from_numpy(flow.forward), torch.from_numpy(flow.occluded_forward), latent_h,
+                                latent_w)
+    plan = trajectories.plan(latent_w * latent_h, torch.arange(args.frames), device)
     dtype = default_dtype(device)
     g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(2, 8, args.frames * latent * latent, 40, generator=g).to(device, dtype) for _ in range(3))
+    q, k, v = (torch.randn(2, 8, args.frames * latent_w * latent_h, 40, generator=g).to(device, dtype) for _ in range(3))
     return {
         "model": args.model, "device": str(device), "device_name": device_name(device), "frames": args.frames,
         "size": args.size, "steps": args.steps, "edit_features_off_s": base, "edit_features_on_s": on,
@@ -200,7 +227,7 @@ def bench_reedit(args: argparse.Namespace) -> dict[str, Any]:
     from videograin.engine.cache import InversionCache
 
     pipe, device, _ = _load(args)
-    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    clip, mattes = synthetic_clip(args.frames, *args.size)
     # A warm-up edit of one step first: the first run in a process pays one-time costs (kernel selection,
     # allocations) that would flatter the re-edit.
     timed_edit(pipe, EditJob(_settings(args, steps=1), clip, mattes), device)
@@ -304,7 +331,7 @@ def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     from videograin.engine.timeline import command
 
     frames = args.frames
-    clip, mattes = synthetic_clip(TIMELINE_SHOTS * frames, args.size, args.size)
+    clip, mattes = synthetic_clip(TIMELINE_SHOTS * frames, *args.size)
     for index in range(len(clip)):
         write_png(folder / "frames" / f"f.{index:04d}.png", clip[index])
         write_png(folder / "iron" / f"i.{index:04d}.png", mattes[0, index].astype(np.uint8) * 255)
@@ -329,7 +356,7 @@ def _bench_timeline(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         job = {
             "source_prompt": "two men are jogging", "prompt": DEMO_PROMPT, "background": {"phrase": "cherry blossoms"},
             "regions": [{"phrase": "iron man"}, {"phrase": "spider man", "mask": "spider"}],
-            "source": {"width": args.size, "height": args.size}, "steps": args.steps, "seed": shot, "model": args.model,
+            "source": {"width": args.size[0], "height": args.size[1]}, "steps": args.steps, "seed": shot, "model": args.model,
         }
         edited = otio.schema.Clip(f"shot{shot:02d}", sequence("frames", "f."), trim)
         edited.markers.append(otio.schema.Marker("videograin", trim, comment=yaml.safe_dump(job)))
@@ -389,7 +416,7 @@ def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
     from videograin.engine.serving.worker import Job
 
     require_ray()
-    clip, mattes = synthetic_clip(args.frames, args.size, args.size)
+    clip, mattes = synthetic_clip(args.frames, *args.size)
     window = args.window or 4
     settings = _settings(args, window=window)
     job = EditJob(settings, clip, mattes)
@@ -471,12 +498,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def working_size(text: str) -> tuple[int, int]:
+    """`512` or `832x480` → (width, height)."""
+    try:
+        width, _, height = text.lower().partition("x")
+        return int(width), int(height or width)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give N or WIDTHxHEIGHT, e.g. 832x480") from None
+
+
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="time and memory of an edit (or of frame streaming)")
-    bench.add_argument("--model", default="tiny", choices=["tiny", "sd15-random"])
+    bench.add_argument("--model", default="tiny", choices=sorted(RANDOM_MODELS))
     bench.add_argument("--device", default="auto")
     bench.add_argument("--frames", type=int, default=4)
-    bench.add_argument("--size", type=int, default=64, help="working size (square), multiple of 8")
+    bench.add_argument("--size", type=working_size, default=(64, 64),
+                       help="working size: N (square) or WIDTHxHEIGHT, multiples of 8 (16 for Wan)")
     bench.add_argument("--steps", type=int, default=5, help="inversion steps = edit steps")
     bench.add_argument("--window", type=int, default=None, help="frames per pass (default: the engine picks)")
     bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")

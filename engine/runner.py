@@ -144,7 +144,7 @@ def edit_passes(
     if cache is not None:
         # Exactly what inversion depends on (cache.py); the pipeline adds the pass's frames and anchors.
         material = {
-            "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.dtype), "device": pipe.device.type,
+            "model": s.model, "controlnet": s.controlnet_id, "dtype": str(pipe.denoiser.dtype), "device": pipe.device.type,
             "frames": clip.frames, "control": clip.control, "control_scale": s.control.scale,
             "source_prompt": s.source_prompt, "steps": s.steps, "controlnet_attention": s.controlnet_attention,
             "inject_step": s.inject_step, "guided": s.guidance > 1.0, "trajectories": None if clip.trajectories is None

@@ -115,6 +115,11 @@ class VideoGrainPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
+    @property
+    def denoiser(self) -> UNet2DConditionModel:
+        """The network that denoises (every family has one): its dtype is the edit's precision."""
+        return self.unet
+
     # -- building blocks -------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -74,6 +74,11 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         self.vae_scale_factor_spatial = 2 ** len(vae.temperal_downsample)
 
     @property
+    def denoiser(self) -> WanTransformer3DModel:
+        """The network that denoises (every family has one): its dtype is the edit's precision."""
+        return self.transformer
+
+    @property
     def is_vace(self) -> bool:
         return "vace_layers" in self.transformer.config
 
