@@ -78,6 +78,14 @@ def _model_index(model: str) -> dict | None:
         raise ModelUnavailableError(f"'{path}' cannot be read: {exc}") from None
 
 
+def capabilities(model: str) -> dict:
+    """What a model's family accepts, for the protocol's `welcome`: its family, whether it is VACE (control
+    maps), the clip lengths it takes as they are (others are padded) and the working-size multiple."""
+    family = model_family(model)
+    return {"name": family.name, "vace": family.vace, "frames": "4k+1" if family.name == WAN else "any",
+            "size_multiple": family.size_multiple}
+
+
 def family_warnings(settings: EditSettings, family: ModelFamily, frames: int | None = None) -> list[str]:
     """Raise one JobError for what the family refuses; return warnings for what it ignores or changes.
     `frames`: the clip's length, when known (Wan pads it to 4k + 1)."""

@@ -234,3 +234,59 @@ def test_edit_command_runs_end_to_end_on_a_wan_folder(wan_folder, demo_job, tmp_
     frames = sorted((tmp_path / "out" / "frames").iterdir())
     assert report["frames"] == len(frames) == 4  # 4 source frames: padded to 5 for Wan, padding dropped
     assert set(report["leakage"]) == {"iron man", "spider man", "cherry blossoms"}
+
+
+def _wan_job(demo_job: Path, model: str) -> Path:
+    data = yaml.safe_load(demo_job.read_text())
+    data.pop("control")
+    data.update(model=model, guidance=5.0, steps=2)
+    job = demo_job.with_name(f"wan-{Path(model).name}.yaml")
+    job.write_text(yaml.safe_dump(data))
+    return job
+
+
+def test_edit_on_a_wan_engine_matches_the_in_process_frames(demo_job, tmp_path):
+    from conformance import start_engine
+
+    from videograin.engine.cli import main
+    from videograin.protocol.client import EngineClient
+
+    process, _, connection = start_engine(tmp_path / "engine", "--model", "wan-tiny")
+    try:
+        client = EngineClient(str(connection))
+        try:
+            welcome = client.hello(client="test")
+        finally:
+            client.close()
+        assert welcome["family"] == {"name": "wan", "vace": False, "frames": "4k+1", "size_multiple": 16}
+        job = _wan_job(demo_job, "wan-tiny")
+        assert main(["edit", str(job), "--out", str(tmp_path / "engine-out"), "--engine", str(connection)]) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert main(["edit", str(job), "--out", str(tmp_path / "here"), "--device", "cpu"]) == 0
+    for name in ("00000.png", "00003.png"):
+        ours, theirs = (tmp_path / folder / "frames" / name for folder in ("here", "engine-out"))
+        assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_timeline_round_trip_on_wan(tmp_path):
+    pytest.importorskip("opentimelineio")
+    import opentimelineio as otio
+    from test_timeline import build_media, build_timeline
+
+    from videograin.engine.cli import main
+
+    build_media(tmp_path / "project")
+    path = tmp_path / "project" / "cut.otio"
+    otio.adapters.write_to_file(build_timeline(tmp_path / "project"), str(path))
+    out = tmp_path / "out" / "cut_edited.otio"
+    assert main(["timeline", str(path), "--out", str(out), "--device", "cpu", "--model", "wan-tiny"]) == 0
+    timeline = otio.adapters.read_from_file(str(out))
+    edited = [track for track in timeline.tracks if track.name == "videograin"]
+    assert len(edited) == 1 and len(list(edited[0].find_clips())) == 2
+    for clip in edited[0].find_clips():
+        frames = Path(clip.media_reference.target_url_base.removeprefix("file:"))
+        report = json.loads((frames.parent / "result.json").read_text())
+        assert report["settings"]["model"] == "wan-tiny"
+        assert report["frames"] == clip.media_reference.end_frame() - clip.media_reference.start_frame + 1

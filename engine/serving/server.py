@@ -29,6 +29,7 @@ from videograin.engine.cache import InversionCache, add_cache_arguments, cache_f
 from videograin.engine.check import check_job
 from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
 from videograin.engine.errors import JobError, VideograinError
+from videograin.engine.families import capabilities
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
@@ -293,7 +294,7 @@ class EngineServer:
             "name": "videograin", "version": __version__, "device": self.device, "models": [self.default_model],
             "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
-            "trackers": list(OFFERED_TRACKERS),
+            "trackers": list(OFFERED_TRACKERS), "family": capabilities(self.default_model),
         }
 
     def _job(self, job_id: str) -> Job:
