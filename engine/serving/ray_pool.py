@@ -131,6 +131,8 @@ class PassWorker:
         holds) that every worker then uses."""
         pipe = self.pipeline_for(job.settings.model, job.settings.controlnet_id)
         clip = prepare_clip(job, pipe)
+        if pipe.family != "sd15":  # a Wan clip is one pass on one worker: its VAE decodes the clip whole
+            return clip, len(clip.frames)
         height, width = clip.frames.shape[1:3]
         latent_pixels = (height // pipe.vae_scale_factor) * (width // pipe.vae_scale_factor)
         return clip, clip.settings.window or longest_pass(len(clip.frames), latent_pixels, self.device)

@@ -239,8 +239,6 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         """Edit `frames` (F, H, W, 3) uint8 at the working size, F = 4k + 1 (grid.pad_clip pads a clip);
         `masks` (K, F, H, W) bool, one per phrase. `window`: clip frames per pass (passes hold whole latent
         frames). The flow sampler is deterministic: `seed` changes nothing."""
-        if passes is not None:
-            raise ValueError("a Wan edit decodes its whole clip at once: its passes run in one process")
         if control_maps is not None and not self.is_vace:
             raise ValueError("control maps need a VACE checkpoint (WanVACEPipeline); this Wan model takes none")
         modulation = modulation or ModulationConfig()
@@ -255,6 +253,8 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         )
         install_processors((self.transformer, self.transformer_2), ctx)
         plan, anchors = plan_passes(count, count if window is None else max(2, latent_frames(window)))
+        if passes is not None and set(passes) != set(range(len(plan))):
+            raise ValueError("a Wan edit decodes its whole clip at once: its passes run in one process")
         kept = [ids if number == 0 else ids[: len(ids) - anchors] for number, ids in enumerate(plan)]
         target = self.encode_target(prompt, [*phrases, *([background_phrase] if background_phrase else [])],
                                     phrase_embeddings)
