@@ -290,3 +290,21 @@ def test_timeline_round_trip_on_wan(tmp_path):
         report = json.loads((frames.parent / "result.json").read_text())
         assert report["settings"]["model"] == "wan-tiny"
         assert report["frames"] == clip.media_reference.end_frame() - clip.media_reference.start_frame + 1
+
+
+def test_wan22_two_experts_split_the_steps_at_the_boundary():
+    # Wan 2.2 A14B: a high-noise expert above boundary_ratio · 1000 and a low-noise one below it.
+    high = wan_tiny_pipeline()
+    low = wan_tiny_pipeline(seed=1)
+    pipe = WanVideoGrainPipeline(tokenizer=high.tokenizer, text_encoder=high.text_encoder, vae=high.vae,
+                                 scheduler=high.scheduler, transformer=high.transformer,
+                                 transformer_2=low.transformer, boundary_ratio=0.9)
+    calls = []
+    for name, expert in (("high", pipe.transformer), ("low", pipe.transformer_2)):
+        expert.register_forward_pre_hook(lambda module, args, kwargs, name=name: calls.append(name) and None,
+                                         with_kwargs=True)
+    video, masks = _clip()
+    pipe(video, masks[:2], PROMPT, "two men jog", PHRASES[:2], steps=4, guidance=1.0, blend=False)
+    assert "high" in calls and "low" in calls
+    edit = calls[4:]  # after the 4 inversion steps
+    assert edit == sorted(edit, key=["high", "low"].index)  # the high-noise expert first, then the other
