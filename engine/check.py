@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -31,14 +31,18 @@ from videograin.engine.inputs.flow import read_flow
 from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.inputs.mattes import iou
 from videograin.engine.inputs.media import VIDEO_SUFFIXES, encode_png, write_atomic
-from videograin.engine.method.layout import RegionLayout, label_map, level_size, phrase_token_indices, region_bit
+from videograin.engine.families import SD15, WAN, ModelFamily, family_warnings, model_family
 from videograin.engine.method.families.sd15.pipeline import longest_pass
+from videograin.engine.method.families.wan.grid import latent_frames, latent_of_frame, pad_clip, union_per_latent_frame
+from videograin.engine.method.families.wan.pipeline import TEXT_LENGTH
+from videograin.engine.method.layout import RegionLayout, label_map, level_size, phrase_token_indices, region_bit
 from videograin.engine.method.passes import plan_passes
 from videograin.engine.models import (
     EDIT_WEIGHTS_HINT,
     RANDOM_MODELS,
     _byte_level_tokenizer,
     _how_to_get,
+    _piece_tokenizer,
     resolve_device,
 )
 
@@ -51,7 +55,10 @@ CELL = 256  # width of one frame in layout.png
 MARGIN = 120  # row labels
 GAP = 4  # between frames and rows
 CHECK_FILES = ("layout.png", "check.json")
-PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PIPELINE_PARTS = {SD15: ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                  WAN: ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}
+# Files a tokenizer folder needs: CLIP's BPE, or umT5's SentencePiece (either form).
+TOKENIZER_FILES = {SD15: (("vocab.json", "merges.txt"),), WAN: (("spiece.model",), ("tokenizer.json",))}
 
 
 @dataclass
@@ -123,20 +130,21 @@ def _cached_folder(name: str, file: str) -> Path | None:
 _TOKENIZERS: dict[str, Any] = {}
 
 
-def load_tokenizer(model: str):
+def load_tokenizer(model: str, family: str = SD15):
     """The model's tokenizer alone (its `tokenizer/` folder, local or cached), or None when it is not on
     this machine. Kept once found: the engine answers `check` requests on its protocol loop."""
     if model in RANDOM_MODELS:
-        return _byte_level_tokenizer()
+        return _piece_tokenizer() if family == WAN else _byte_level_tokenizer()
     if model not in _TOKENIZERS:
-        from transformers import CLIPTokenizer
+        from transformers import AutoTokenizer
 
         local = Path(model).expanduser()
-        folder = local / "tokenizer" if local.exists() else _cached_folder(model, "tokenizer/vocab.json")
+        forms = TOKENIZER_FILES[family]
+        folder = local / "tokenizer" if local.exists() else _cached_folder(model, f"tokenizer/{forms[0][0]}")
         # Without its files, transformers builds an empty tokenizer instead of failing: look first.
-        if folder is None or not all((folder / name).is_file() for name in ("vocab.json", "merges.txt")):
+        if folder is None or not any(all((folder / name).is_file() for name in form) for form in forms):
             return None
-        _TOKENIZERS[model] = CLIPTokenizer.from_pretrained(str(folder))
+        _TOKENIZERS[model] = AutoTokenizer.from_pretrained(str(folder))
     return _TOKENIZERS[model]
 
 
@@ -158,16 +166,21 @@ def check_job(job: EditJob, device: torch.device, layout_frames: list[int] | Non
     picks = picture_frames(len(job.frames)) if layout_frames is None else chosen_frames(layout_frames, len(job.frames))
     report = CheckReport({})
     frames = len(job.frames)
+    family = model_family(s.model)
+    for warning in family_warnings(s, family, frames):  # refusals raise JobError, as `edit` does
+        report.warnings.append(Finding("model_family", warning))
     latent_w, latent_h = s.source.width // VAE_SCALE, s.source.height // VAE_SCALE
     report.summary["clip"] = {
         "frames": frames, "source_size": list(job.source_size), "working_size": [s.source.width, s.source.height],
         "latent_size": [latent_w, latent_h], "fps": _fps(s.source.path),
     }
-    report.summary["model"] = _check_models(s, report)
+    if family.name == WAN:
+        report.summary["clip"]["latent_frames"] = latent_frames(pad_clip(np.arange(frames)).size)
+    report.summary["model"] = _check_models(s, family, report)
     _check_inputs(job, report)
-    tokens = _check_tokens(s, report)
+    tokens = _check_tokens(s, family, report)
 
-    window = _window(s, frames, device)
+    window = _window(s, frames, device) if family.name == SD15 else s.window or frames
     try:
         passes, anchors = plan_passes(frames, window)
     except ValueError as exc:  # the edit fails the same way, once its model is loaded
@@ -183,13 +196,12 @@ def check_job(job: EditJob, device: torch.device, layout_frames: list[int] | Non
             "passes. Use a larger 'window' where the device's memory allows, or edit a shorter clip."
         )))
 
-    layout = RegionLayout(job.masks, latent_w, latent_h, background_is_region=bool(s.background_phrase),
-                          rules=s.modulation.layout, size=s.modulation.size)
-    sizes = [level_size(latent_h, latent_w, level) for level in ATTENTION_LEVELS]
+    layout, sizes, layout_masks = _layout(job, family)
     maps = {size: layout.level(size[0] * size[1], torch.device("cpu")) for size in sizes}
     report.summary["resolutions"] = [{"size": [w, h], "modulated": maps[h, w].modulated} for h, w in sizes]
     report.summary["regions"] = [
-        _region_summary(job, k, tokens.get(region.phrase), maps, report) for k, region in enumerate(s.regions)
+        _region_summary(job, k, tokens.get(region.phrase), maps, report, layout_masks[k], family)
+        for k, region in enumerate(s.regions)
     ]
     report.summary["background"] = {
         "phrase": s.background_phrase, "tokens": tokens.get(s.background_phrase),
@@ -202,17 +214,37 @@ def check_job(job: EditJob, device: torch.device, layout_frames: list[int] | Non
         "layout": m.layout, "size": m.size, "self_branch": m.self_branch,
     }
     report.summary["estimate"] = _estimate(s, passes, device).as_dict()
-    report.layout = layout_picture(job, maps, picks)
+    report.layout = layout_picture(job, maps, picks, latent_of_frame if family.name == WAN else int)
     return report
 
 
-def _check_models(s: EditSettings, report: CheckReport) -> dict[str, Any]:
+def _layout(job: EditJob, family: ModelFamily) -> tuple[RegionLayout, list[tuple[int, int]], np.ndarray]:
+    """The layout the edit builds, the (h, w) of its attention grids and the mattes at its frames: the
+    UNet's four resolutions over clip frames (SD-1.5), or Wan's one token grid over latent frames, each the
+    union of its frames' mattes (the clip padded to 4k + 1 as the edit pads it)."""
+    s = job.settings
+    background = bool(s.background_phrase)
+    if family.name == WAN:
+        masks = union_per_latent_frame(pad_clip(job.masks, axis=1))
+        grid_w, grid_h = s.source.width // family.size_multiple, s.source.height // family.size_multiple
+        layout = RegionLayout(masks, grid_w, grid_h, background, rules=s.modulation.layout, size=s.modulation.size,
+                              levels=(1,), modulate_finest=True)
+        return layout, [(grid_h, grid_w)], masks
+    latent_w, latent_h = s.source.width // VAE_SCALE, s.source.height // VAE_SCALE
+    layout = RegionLayout(job.masks, latent_w, latent_h, background, rules=s.modulation.layout, size=s.modulation.size)
+    return layout, [level_size(latent_h, latent_w, level) for level in ATTENTION_LEVELS], job.masks
+
+
+def _check_models(s: EditSettings, family: ModelFamily, report: CheckReport) -> dict[str, Any]:
     """Model and ControlNet where the loader would find them; random models need nothing."""
+    controlnet = s.controlnet_id if family.name == SD15 else None
+    kind = {"family": family.name, "vace": family.vace}
     if s.model in RANDOM_MODELS:
-        return {"name": s.model, "weights": "random weights", "controlnet": None, "controlnet_weights": None}
-    found = {"name": s.model, "weights": None, "controlnet": s.controlnet_id, "controlnet_weights": None}
-    checks = [("weights", s.model, "Stable Diffusion", "model_index.json", PIPELINE_PARTS)]
-    if s.controlnet_id is not None:
+        return {"name": s.model, **kind, "weights": "random weights", "controlnet": None, "controlnet_weights": None}
+    found = {"name": s.model, **kind, "weights": None, "controlnet": controlnet, "controlnet_weights": None}
+    what = "Wan" if family.name == WAN else "Stable Diffusion"
+    checks = [("weights", s.model, what, "model_index.json", PIPELINE_PARTS[family.name])]
+    if controlnet is not None:
         checks.append(("controlnet_weights", s.controlnet_id, "ControlNet", "config.json", (".",)))
     for key, name, what, index_file, parts in checks:
         try:
@@ -254,9 +286,10 @@ def _check_inputs(job: EditJob, report: CheckReport) -> None:
         )))
 
 
-def _check_tokens(s: EditSettings, report: CheckReport) -> dict[str, list[int]]:
+def _check_tokens(s: EditSettings, family: ModelFamily, report: CheckReport) -> dict[str, list[int]]:
     """Each phrase's token positions in the prompt, as the edit computes them; {} without a tokenizer."""
-    tokenizer = load_tokenizer(s.model)
+    tokenizer = load_tokenizer(s.model, family.name)
+    length = TEXT_LENGTH if family.name == WAN else None
     report.summary["model"]["tokenizer"] = (
         "byte-level (random model: every character is a token)" if s.model in RANDOM_MODELS
         else "found" if tokenizer is not None else "not found: token positions unknown"
@@ -270,7 +303,7 @@ def _check_tokens(s: EditSettings, report: CheckReport) -> dict[str, list[int]]:
     positions = {}
     for phrase in s.phrases:
         try:
-            positions[phrase] = phrase_token_indices(tokenizer, s.prompt, phrase)
+            positions[phrase] = phrase_token_indices(tokenizer, s.prompt, phrase, length)
         except JobError as exc:
             report.errors.append(Finding(exc.code, str(exc)))
     phrases = list(positions)
@@ -288,7 +321,7 @@ def _check_tokens(s: EditSettings, report: CheckReport) -> dict[str, list[int]]:
             for word in phrase.split():
                 pieces = tokenizer.tokenize(word)
                 if len(pieces) >= SPLIT_PIECES:
-                    shown = "|".join(p.removesuffix("</w>") for p in pieces)
+                    shown = "|".join(p.removesuffix("</w>").removeprefix("▁") for p in pieces)
                     report.warnings.append(Finding("phrase_split", (
                         f"'{word}' of phrase '{phrase}' is read as {len(pieces)} pieces ({shown}): the text encoder "
                         "has no word for it, and its region's attention spreads over fragments; prefer common words"
@@ -297,12 +330,16 @@ def _check_tokens(s: EditSettings, report: CheckReport) -> dict[str, list[int]]:
 
 
 def _region_summary(
-    job: EditJob, k: int, tokens: list[int] | None, maps: dict, report: CheckReport
+    job: EditJob, k: int, tokens: list[int] | None, maps: dict, report: CheckReport, at_layout: np.ndarray,
+    family: ModelFamily,
 ) -> dict[str, Any]:
-    """Area, empty frames, flicker and, per attention resolution, the frames where the region has no cell."""
+    """Area, empty frames, flicker and, per attention resolution, the frames where the region has no cell
+    (`at_layout`: the matte at the layout's frames: clip frames, or Wan's latent frames)."""
     phrase = job.settings.regions[k].phrase
     matte = job.masks[k]
     painted = matte.any((1, 2))
+    painted_layout = at_layout.any((1, 2))
+    unit = "latent frames" if family.name == WAN else "frames"
     empty = np.flatnonzero(~painted).tolist()
     if empty:
         report.warnings.append(Finding("region_empty_frames", (
@@ -311,15 +348,15 @@ def _region_summary(
         )))
     cells, lost = [], {}
     for (h, w), level in maps.items():
-        present = ((level.regions & region_bit(k)) != 0).reshape(len(matte), -1).any(1).numpy()
-        if (painted & ~present).any():
-            lost[h, w] = np.flatnonzero(painted & ~present).tolist()
+        present = ((level.regions & region_bit(k)) != 0).reshape(len(at_layout), -1).any(1).numpy()
+        if (painted_layout & ~present).any():
+            lost[h, w] = np.flatnonzero(painted_layout & ~present).tolist()
         if present.any():
             cells.append(f"{w}x{h}")
     if lost:
         s = job.settings
         cell = max(max(s.source.width // w, s.source.height // h) for h, w in lost)
-        where = ", ".join(f"{w}x{h} ({len(frames)} of {len(matte)} frames)" for (h, w), frames in lost.items())
+        where = ", ".join(f"{w}x{h} ({len(frames)} of {len(at_layout)} {unit})" for (h, w), frames in lost.items())
         report.warnings.append(Finding("region_vanishes", (
             f"region '{phrase}' vanishes from the layout at {where}: its matte falls between the cells there, so "
             f"the attention there sees nothing of it (its words are pushed out of every pixel); widen it to at "
@@ -450,9 +487,10 @@ def chosen_frames(frames: list[int], length: int) -> list[int]:
     return sorted(set(frames))
 
 
-def layout_picture(job: EditJob, maps: dict, picks: list[int]) -> np.ndarray:
+def layout_picture(job: EditJob, maps: dict, picks: list[int], layout_frame: Callable[[int], int] = int) -> np.ndarray:
     """Frames `picks` of the clip: the source with each region in its colour, and below it the region
-    sets of every attention resolution (`maps`: (h, w) -> LayoutLevel), one cell per block."""
+    sets of every attention resolution (`maps`: (h, w) -> LayoutLevel), one cell per block.
+    `layout_frame`: the layout's frame that holds a clip frame (Wan: its latent frame)."""
     s = job.settings
     width, height = job.source_size
     cell_w, cell_h = CELL, max(1, round(CELL * height / width))
@@ -486,9 +524,9 @@ def layout_picture(job: EditJob, maps: dict, picks: list[int]) -> np.ndarray:
     rows = [header, source]
     for (h, w), level in maps.items():
         strip = row(f"{w}x{h}", "" if level.modulated else "not modulated")
-        sets = level.regions.reshape(len(job.frames), h, w).numpy()
+        sets = level.regions.reshape(-1, h, w).numpy()
         for column, frame in enumerate(picks):
-            panel = cv2.resize(_colour_sets(sets[frame], regions), (cell_w, cell_h),
+            panel = cv2.resize(_colour_sets(sets[layout_frame(frame)], regions), (cell_w, cell_h),
                                interpolation=cv2.INTER_NEAREST)
             if cell_w // w >= 8:  # cells large enough to see: outline them
                 panel[:, (np.arange(w) * cell_w) // w] //= 2

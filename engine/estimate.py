@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from videograin.engine.families import WAN, model_family
 from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.method.families.sd15.pipeline import BYTES_PER_LATENT_PIXEL
 
@@ -88,9 +89,11 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
-def model_family(model: str) -> str:
-    """Which benched shapes a model has: the tiny random model, or SD-1.5 (random or real weights)."""
-    return "tiny" if model == "tiny" else "sd15"
+def benched_shapes(model: str) -> str:
+    """Which benched shapes a model has: the tiny random model, SD-1.5 (random or real weights), Wan."""
+    if model == "tiny":
+        return "tiny"
+    return "wan" if model_family(model).name == WAN else "sd15"
 
 
 def estimate_edit(
@@ -98,10 +101,12 @@ def estimate_edit(
 ) -> Estimate:
     """The edit of passes of `pass_frames` frames each (anchors included), `steps` inversion and as many
     edit steps, on `device`."""
-    family = model_family(model)
+    family = benched_shapes(model)
     if device.type == "cuda":
         return _cuda_estimate(family, device, max(pass_frames), latent_pixels)
-    run = CPU_RUNS[family]
+    run = CPU_RUNS.get(family)
+    if run is None:
+        return Estimate(str(device), None, {}, None, "RAM", f"no CPU figures measured for {model} yet (BENCHMARKS.md)")
 
     def step(measured: float, tokens: int) -> float:
         ratio = tokens / run.tokens

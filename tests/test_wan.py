@@ -308,3 +308,25 @@ def test_wan22_two_experts_split_the_steps_at_the_boundary():
     assert "high" in calls and "low" in calls
     edit = calls[4:]  # after the 4 inversion steps
     assert edit == sorted(edit, key=["high", "low"].index)  # the high-noise expert first, then the other
+
+
+def test_check_draws_the_layout_on_wans_token_grid_and_warns_where_a_matte_vanishes():
+    from videograin.engine.check import check_job, run_check
+    from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
+    from videograin.engine.inputs.job import EditJob
+
+    example = Path(__file__).parents[1] / "examples" / "two-runners" / "wan-job.yaml"
+    report = run_check(example, model="wan-tiny", device="cpu")
+    assert report.summary["model"]["family"] == "wan" and report.summary["clip"]["latent_frames"] == 3
+    assert report.summary["resolutions"] == [{"size": [32, 32], "modulated": True}]  # 512² / 16
+    assert any("padded to 9" in w.message for w in report.warnings) and not report.errors
+    assert report.layout is not None and report.layout.ndim == 3
+
+    video, masks = _clip(frames=5, size=64)
+    masks[0] = False
+    masks[0, :, :, 20:22] = True  # 2 px wide, between the token grid's sampling columns (0, 16, 32, 48)
+    settings = EditSettings("two men jog", PROMPT, [RegionConfig("iron man"), RegionConfig("spider man")],
+                            source=SourceConfig(width=64, height=64), model="wan-tiny")
+    report = check_job(EditJob(settings, video, masks[:2]), torch.device("cpu"))
+    vanishes = [w.message for w in report.warnings if w.code == "region_vanishes"]
+    assert len(vanishes) == 1 and "'iron man'" in vanishes[0] and "2 of 2 latent frames" in vanishes[0]
