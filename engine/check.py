@@ -136,7 +136,7 @@ def load_tokenizer(model: str, family: str = SD15):
     if model in RANDOM_MODELS:
         return _piece_tokenizer() if family == WAN else _byte_level_tokenizer()
     if model not in _TOKENIZERS:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, CLIPTokenizer
 
         local = Path(model).expanduser()
         forms = TOKENIZER_FILES[family]
@@ -144,7 +144,7 @@ def load_tokenizer(model: str, family: str = SD15):
         # Without its files, transformers builds an empty tokenizer instead of failing: look first.
         if folder is None or not any(all((folder / name).is_file() for name in form) for form in forms):
             return None
-        _TOKENIZERS[model] = AutoTokenizer.from_pretrained(str(folder))
+        _TOKENIZERS[model] = (CLIPTokenizer if family == SD15 else AutoTokenizer).from_pretrained(str(folder))
     return _TOKENIZERS[model]
 
 
