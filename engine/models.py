@@ -86,6 +86,7 @@ def _wan_pipeline(model: str, device: torch.device, dtype: torch.dtype) -> WanVi
             pipe.text_encoder.to(dtype)
     else:
         pipe = load_wan_pipeline(model, dtype)
+    pipe.vae.enable_tiling()  # above 256² the VAE works in spatial tiles; its time axis is chunked by design
     if device.type == "cuda":
         weights = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters())
         if weights > OFFLOAD_ABOVE * torch.cuda.get_device_properties(device).total_memory:
