@@ -31,9 +31,11 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # - area: area vote per cell, one region per cell (the later region wins), the background always a region,
 #   every level modulated.
 LAYOUT_RULES = ("reference", "area")
-# Size factors (`modulation.size`): reference: cross = 1 − the region's share within each frame,
-# self = 1 − count / (N·F²) as the published code computes it; clip: both 1 − count / (N·F), the share of
-# the query's region over the clip.
+# Size factors (`modulation.size`), per query of N cells per frame, F frames:
+# - reference, as the published code computes them: the areas of the query's regions summed (a query in
+#   two regions adds both, so a cell in both counts twice): cross = 1 − Σ areas within the query's frame
+#   / N; self = 1 − Σ areas over the clip / (N·F²).
+# - clip: both 1 − (cells of the clip sharing any region with the query, each counted once) / (N·F).
 SIZE_RULES = ("reference", "clip")
 # Which classifier-free-guidance branch's self-attention is modulated (`modulation.self_branch`). The
 # published code modulates only the unconditional one (it runs its controller on the first `heads` slices

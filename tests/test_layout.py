@@ -107,15 +107,59 @@ def test_size_factors_are_the_reference_formulas():
     assert regions[1, 0] == region_bit(0)
     assert level.self_size[1, 0] == pytest.approx(1 - 12 / (n * f**2))
     assert level.cross_size[1, 0] == pytest.approx(1 - 8 / n)
-    # A cell in both regions, frame 1: it shares with region 0 (12 cells) and region 1 (6 cells), the 2
-    # overlapping cells counted once: 12 + 6 − 2 = 16 in the clip, 8 + 6 − 2 = 12 in its frame.
+    # A cell in both regions, frame 1: the areas of region 0 (12 cells in the clip, 8 in its frame) and
+    # region 1 (6 cells) add up, the 2 overlapping cells counted twice: 18 in the clip, 14 in its frame.
     assert regions[1, 6] == region_bit(0) | region_bit(1)
-    assert level.self_size[1, 6] == pytest.approx(1 - 16 / (n * f**2))
-    assert level.cross_size[1, 6] == pytest.approx(1 - 12 / n)
+    assert level.self_size[1, 6] == pytest.approx(1 - 18 / (n * f**2))
+    assert level.cross_size[1, 6] == pytest.approx(1 - 14 / n)
     # A cell in no region: size 1 (it has no positive pair).
     assert regions[0, 15] == 0 and level.self_size[0, 15] == 1 and level.cross_size[0, 15] == 1
+    # The clip rule counts each cell sharing a region once: 12 + 6 − 2 = 16 cells of the clip.
     clip = RegionLayout(masks, 4, 4, background_is_region=False, size="clip")._build(4, 4)
     assert clip.self_size[1, 6] == clip.cross_size[1, 6] == pytest.approx(1 - 16 / (n * f))
+
+
+def _published_size_factors(layouts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The published code's size factors, transcribed loop for loop: `layouts` (F, S, h, w) 0/1 at one
+    resolution, one map per region (the background's too when it is a region). Returns (cross, self),
+    each (F, h·w)."""
+    frames, regions, h, w = layouts.shape
+    flat = layouts.reshape(frames, regions, h * w).astype(np.float64)
+    cross = np.zeros((frames, h * w))
+    for i in range(frames):
+        pairs = np.zeros((h * w, h * w))  # per frame: how many regions query x and key y share
+        for s in range(regions):
+            pairs += flat[i, s].reshape(1, -1) * flat[i, s].reshape(-1, 1)
+        cross[i] = 1 - pairs.sum(-1) / (h * w)
+    clip = flat.transpose(1, 0, 2).reshape(regions, frames * h * w)  # "f s res -> s (f res)"
+    pairs = np.zeros((frames * h * w, frames * h * w))
+    for s in range(regions):
+        pairs += clip[s].reshape(1, -1) * clip[s].reshape(-1, 1)
+    self_ = 1 - pairs.sum(-1) / ((h * frames) * (w * frames))
+    return cross, self_.reshape(frames, h * w)
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("side", [8, 4, 2])
+def test_reference_size_factors_match_the_published_code_where_mattes_overlap(background, side):
+    # 3 frames of 8x8 latent cells, three mattes overlapping in pairs and all three in places.
+    rng = np.random.default_rng(7)
+    masks = np.zeros((3, 3, 8, 8), bool)
+    masks[0, :, :5, :5] = True
+    masks[1, :, 3:, 2:7] = True
+    masks[2] = rng.random((3, 8, 8)) < 0.4
+    assert (masks[0] & masks[1] & masks[2]).any()
+    layout = RegionLayout(masks, 8, 8, background_is_region=background)
+    level = layout.level(side * side, torch.device("cpu"))
+    # The published code resamples the latent-size maps to each resolution by nearest neighbour; the
+    # background, when it is a region, is the map of the cells in no matte.
+    maps = masks.transpose(1, 0, 2, 3)
+    if background:
+        maps = np.concatenate([maps, ~maps.any(1, keepdims=True)], 1)
+    small = torch.nn.functional.interpolate(torch.from_numpy(maps).float(), (side, side), mode="nearest").numpy()
+    cross, self_ = _published_size_factors(small)
+    np.testing.assert_allclose(level.cross_size.numpy(), cross, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(level.self_size.numpy(), self_, rtol=0, atol=1e-6)
 
 
 def test_levels_follow_unet_resolutions_and_area_shares():

@@ -155,6 +155,24 @@ def test_self_attention_modulates_only_the_unconditional_branch_by_default():
     torch.testing.assert_close(out[:2], out[2:])
 
 
+def test_an_unguided_edit_modulates_the_self_attention_of_its_one_branch(demo_job, tiny_pipe, monkeypatch):
+    # With guidance 1 there is no unconditional branch: the reference modulates the one branch there is.
+    job = load_job(demo_job)
+    job.settings.guidance, job.settings.modulation.self_branch = 1.0, "unconditional"
+    modulated_self = []
+    attend = STLayoutAttnProcessor._attend
+
+    def spy(processor, q, k, v, regions, *args):
+        modulated_self.append(regions is not None)
+        return attend(processor, q, k, v, regions, *args)
+
+    monkeypatch.setattr(STLayoutAttnProcessor, "_attend", spy)
+    modulated = edit_clip(job, tiny_pipe).frames
+    assert any(modulated_self)
+    job.settings.modulation.self_ = 0.0
+    assert not np.array_equal(modulated, edit_clip(job, tiny_pipe).frames)
+
+
 def test_injected_features_reach_the_up_blocks_only_for_the_first_inject_steps(demo_job, tiny_pipe, monkeypatch):
     events: list[tuple[str, int, str, torch.Tensor]] = []
     swap = injection_module.FeatureInjection._swap

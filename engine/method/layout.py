@@ -116,14 +116,23 @@ class LayoutLevel:
     modulated: bool  # False: this level is left alone (the finest level, under the reference rules)
 
 
-def _counts_sharing(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every token, how many tokens of its own frame, and of the whole clip, share a region with it."""
+def _counts_sharing(regions: torch.Tensor) -> torch.Tensor:
+    """For every token, how many tokens of the whole clip share a region with it (each counted once)."""
     patterns, inverse = torch.unique(regions, return_inverse=True)
     shares = (patterns[:, None] & patterns[None, :]) != 0  # (U, U): two region sets overlap
     histogram = F.one_hot(inverse, len(patterns)).sum(1)  # (F, U): tokens of each set per frame
-    per_frame = histogram @ shares.long()  # (F, U): tokens of the frame sharing a region with set u
-    per_clip = per_frame.sum(0, keepdim=True)
-    return per_frame.gather(1, inverse), per_clip.expand_as(per_frame).gather(1, inverse)
+    per_clip = (histogram @ shares.long()).sum(0)  # (U,): tokens of the clip sharing a region with set u
+    return per_clip[inverse]
+
+
+def _region_area_sums(regions: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every token, the areas of its regions summed, within its frame and over the clip: a token
+    in two regions adds both areas, so a token that shares both with it counts twice (the published
+    code's Σ over regions of mask · mask)."""
+    member = torch.stack([(regions >> bit) & 1 for bit in range(bits)])  # (B, F, N) 0/1
+    per_frame = (member * member.sum(2, keepdim=True)).sum(0)
+    per_clip = (member * member.sum((1, 2), keepdim=True)).sum(0)
+    return per_frame, per_clip
 
 
 def level_size(latent_height: int, latent_width: int, level: int) -> tuple[int, int]:
@@ -191,11 +200,11 @@ class RegionLayout:
     def _build(self, height: int, width: int) -> LayoutLevel:
         regions = self._regions_at(height, width)
         frames, tokens = regions.shape
-        per_frame, per_clip = _counts_sharing(regions)
         if self.size_rule == "clip":
-            self_size = cross_size = 1.0 - per_clip.float() / regions.numel()
+            self_size = cross_size = 1.0 - _counts_sharing(regions).float() / regions.numel()
         else:
-            # The published code divides the clip count by N·F² (not N·F) for self-attention.
+            # The published code divides the clip sum by N·F² (not N·F) for self-attention.
+            per_frame, per_clip = _region_area_sums(regions, self.num_regions + 1)
             self_size = 1.0 - per_clip.float() / (tokens * frames**2)
             cross_size = 1.0 - per_frame.float() / tokens
         finest = (height, width) == (self.height, self.width)

@@ -234,8 +234,10 @@ class VideoGrainPipeline(DiffusionPipeline):
         sampler.set_timesteps(steps, device=self.device)
         guided = guidance > 1.0
         ctx.cross_groups = (1,) if guided else (0,)
+        # Unguided, the one branch there is gets modulated, whichever `self_branch` names (the reference
+        # modulates the first `heads` slices of the batch: all of them when there is one branch).
         ctx.self_groups = {
-            "unconditional": (0,) if guided else (),
+            "unconditional": (0,),
             "conditional": (1,) if guided else (0,),
             "both": (0, 1) if guided else (0,),
         }[modulation.self_branch]
