@@ -91,6 +91,9 @@ class EngineServer:
         self.address = address
         self.jobs: dict[str, Job] = {}
         self.peers_seen: dict[bytes, float] = {}
+        # When the loop last found nothing unread on the socket: a peer is known to be silent only up to
+        # then, since its newer messages may wait there while the loop streams (SPEC.md §4).
+        self.read_all_at = time.monotonic()
         self.peer_part_mac: dict[bytes, str] = {}  # the part-MAC scheme each peer said it speaks (hello)
         self.store = FrameStore()
         self.stopping = threading.Event()
@@ -120,8 +123,11 @@ class EngineServer:
                         try:
                             frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
+                            self.read_all_at = time.monotonic()
                             break
                         self._receive(frames)
+                else:
+                    self.read_all_at = time.monotonic()
                 self._drain_events()
                 self._purge_expired()
         finally:
@@ -143,6 +149,7 @@ class EngineServer:
             if exc.code == "bad_signature":
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
                 return
+            self.peers_seen[peer] = time.monotonic()  # signed, though refused: the peer is there all the same
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref or exc.ref})
         except VideograinError as exc:
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
@@ -163,11 +170,12 @@ class EngineServer:
 
     def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = ()) -> None:
         """Send one message of the job's stream. A peer silent past 3 heartbeats detaches the stream
-        (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches."""
+        (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches. Silence runs
+        from its last authenticated message to the last time the loop had read everything sent to it."""
         if job.peer is None:
             return
         seen = self.peers_seen.get(job.peer)
-        if seen is None or time.monotonic() - seen > 3 * self.heartbeat_s:
+        if seen is None or self.read_all_at - seen > 3 * self.heartbeat_s:
             log.info("peer %s went silent: the stream of %s waits for an attach", job.peer.hex(), job.id)
             job.peer = None
             return
