@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 
+import numpy as np
 import pytest
 from conformance import RawPeer, inline_job
 
@@ -173,3 +174,59 @@ def test_a_silent_peer_is_detached_and_attach_resumes(engine):
     got = _stream_message(peer, job.id, timeout=60)
     assert got is not None and got["step"] == 2
 
+
+def test_nothing_but_the_end_follows_a_cancel_reply(engine):
+    """Frames decoded (and progress made) before a cancel took hold, but not yet sent, are not sent after
+    the reply (SPEC.md §3.7): the stream ends with `error` `cancelled` and nothing else."""
+    worker, new_peer = engine
+    peer = new_peer()
+    job = _submit(peer, worker)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    worker.put("frame", job, (0, frame))
+    first = _stream_message(peer, job.id, timeout=60)
+    while first["type"] != "frame":
+        first = _stream_message(peer, job.id, timeout=60)
+    assert first["index"] == 0
+    worker.on_cancel = [("frame", (1, frame)), ("progress", _progress(10))]
+    reply_id = peer.send({"type": "cancel", "job": job.id})
+    after, replied = [], False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = peer.recv(timeout=1)
+        if got is None:
+            continue
+        header = got[0]
+        if header.get("ref") == reply_id:
+            replied = True
+            assert header["type"] == "status"
+        elif replied and header.get("job") == job.id:
+            after.append(header)
+            if header["type"] in ("done", "error"):
+                break
+    assert [(m["type"], m.get("code")) for m in after] == [("error", "cancelled")]
+    # The frame stays attachable all the same: it was made.
+    status = peer.request({"type": "status", "job": job.id})["jobs"][0]
+    assert status["state"] == "cancelled" and status["frames_ready"] == 2
+
+
+def test_a_job_cancelled_while_its_last_frames_are_made_ends_cancelled():
+    """The worker does not turn a cancel that came during the job's last frames into `done`: the client
+    was told the job stops (the Ray pool ends such a run `cancelled` too)."""
+    from videograin.engine.serving.worker import Job, JobWorker
+
+    worker = JobWorker(None, None, threading.Event())
+
+    def edit(job):  # the cancel comes while the frames are decoded, after the last step's check
+        job.cancel.set()
+        return {"frames": 1}
+
+    worker._edit = edit
+    worker.start()
+    job = Job("job-1", None, 1, None)
+    worker.submit(job)
+    ends, deadline = [], time.monotonic() + 60
+    while not ends and time.monotonic() < deadline:
+        ends = [(kind, payload) for kind, _, payload in worker.events() if kind not in ("start", "progress")]
+        time.sleep(0.01)
+    worker.close()
+    assert ends == [("cancelled", {"code": "cancelled", "message": "the edit was cancelled"})]

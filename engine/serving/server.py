@@ -373,6 +373,9 @@ class EngineServer:
 
     def _drain_events(self) -> None:
         for kind, job, payload in self.worker.events():
+            # After a cancel's reply the stream carries only its end (SPEC.md §3.7): what a cancelled
+            # job made before the cancel took hold is kept for `attach`, not sent.
+            cancelled = job.cancel.is_set()
             if kind == "start":
                 job.state = "running"
             elif kind == "progress":
@@ -384,17 +387,19 @@ class EngineServer:
                 if event.preview is not None and job.preview:
                     header["preview"], buffer = wire.raw_image(event.preview, 0)
                     parts = [buffer]
-                self._stream(job, header, parts)
+                if not cancelled:
+                    self._stream(job, header, parts)
             elif kind == "frame":
                 index, image = payload
                 job.frames_ready = index + 1  # stored already, so `attach` may read it from now on
-                if index >= job.stream_from:
+                if index >= job.stream_from and not cancelled:
                     self._stream(job, *self._frame_message(job, index, image))
             elif kind == "attention":
                 phrase, overlays = payload
                 message = self._attention_message(job, phrase, overlays)
                 job.attention.append(message)
-                self._stream(job, *message)
+                if not cancelled:
+                    self._stream(job, *message)
             elif kind == "done":
                 self._finish(job, "done", {"type": "done", "job": job.id, **payload})
             else:
