@@ -230,3 +230,46 @@ def test_a_job_cancelled_while_its_last_frames_are_made_ends_cancelled():
         time.sleep(0.01)
     worker.close()
     assert ends == [("cancelled", {"code": "cancelled", "message": "the edit was cancelled"})]
+
+
+# -- which model a job may name (SPEC.md §3.1 models) ----------------------------------------------------
+
+def test_a_job_names_only_models_the_engine_lists(engine):
+    """The engine's --model is the default; a job naming weights the engine does not list is refused at
+    once with the fix (it never reaches the hub), and a listed one is taken."""
+    worker, new_peer = engine
+    peer = new_peer()
+    assert peer.request({"type": "hello", "versions": [1]})["engine"]["models"] == ["tiny"]
+    header, parts = inline_job(frames=2, size=64)
+    del header["settings"]["model"]
+    peer.request(header, parts)
+    assert worker.submitted.get(timeout=30).edit.settings.model == "tiny"
+    for settings in ({"model": "stable-diffusion-v1-5/stable-diffusion-v1-5"}, {"model": "sd15-random"}):
+        header, parts = inline_job(frames=2, size=64, **settings)
+        for kind in ("submit", "check"):
+            refused = peer.request({**header, "type": kind}, parts)
+            assert refused["type"] == "error" and refused["code"] == "bad_job", refused
+            assert f"model '{settings['model']}' is not one this engine loads: it loads tiny" in refused["message"]
+            assert f"--allow-model {settings['model']}" in refused["message"]
+    assert worker.submitted.empty()
+
+
+def test_an_engine_allowed_more_models_lists_and_takes_them():
+    key = wire.new_key()
+    server = EngineServer("tcp://127.0.0.1:0", key, None, "tiny", "cpu", worker=ScriptedWorker,
+                          other_models=("sd15-random", "models/canny"))
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    peer = RawPeer({"address": server.address, "key": key})
+    try:
+        assert peer.request({"type": "hello", "versions": [1]})["engine"]["models"] == ["tiny", "sd15-random", "models/canny"]
+        header, parts = inline_job(frames=2, size=64, model="sd15-random", controlnet="anything")  # random: no loading
+        assert peer.request(header, parts)["type"] == "accepted"
+        assert server.worker.submitted.get(timeout=30).edit.settings.model == "sd15-random"
+        header, parts = inline_job(frames=2, size=64, model="models/canny", controlnet="lllyasviel/sd-controlnet-canny")
+        refused = peer.request(header, parts)
+        assert refused["code"] == "bad_job" and "controlnet 'lllyasviel/sd-controlnet-canny' is not one" in refused["message"]
+    finally:
+        peer.close()
+        server.stop()
+        serving.join(timeout=30)

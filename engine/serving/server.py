@@ -31,6 +31,7 @@ from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
 from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.media import decode_png, encode_png
+from videograin.engine.models import RANDOM_MODELS
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
@@ -60,14 +61,17 @@ class EngineServer:
         cache: InversionCache | None = None,
         worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
         check_device: str | None = None,
+        other_models: tuple[str, ...] = (),
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
         runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
         `check_device`: a device of this process that `check` fits passes to (default `device`; an engine
-        on Ray names its workers' kind as `device`, which this process may not have)."""
+        on Ray names its workers' kind as `device`, which this process may not have). `other_models`: what
+        a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.default_model = default_model
+        self.models = list(dict.fromkeys((default_model, *other_models)))
         self.device = device
         self.check_device = torch.device(check_device or device)
         self.retention_s = retention_s
@@ -287,6 +291,7 @@ class EngineServer:
         """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name."""
         settings = dict(message.header["settings"])
         settings.setdefault("model", self.default_model)
+        self._refuse_other_models(settings)
         if message.header["inline"]:
             edit = self._inline_job(settings, message)
         else:
@@ -296,9 +301,23 @@ class EngineServer:
             raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
         return edit
 
+    def _refuse_other_models(self, settings: dict[str, Any]) -> None:
+        """A job names only weights this engine may load (SPEC.md §3.1 models): never a download it did
+        not ask for. A random model builds its ControlNet too, so then any `controlnet` is fine."""
+        named = [("model", settings["model"])]
+        if settings["model"] not in RANDOM_MODELS and settings.get("controlnet") is not None:
+            named.append(("controlnet", settings["controlnet"]))
+        for key, name in named:
+            if name not in self.models:
+                raise JobError(
+                    f"the job's {key} '{name}' is not one this engine loads: it loads {', '.join(self.models)} "
+                    f"(welcome's models; jobs that name no model get {self.default_model}). "
+                    + ("Name one of those (`videograin edit --model`)" if key == "model" else "Set controlnet to null")
+                    + f", or start the engine with --allow-model {name}")
+
     def _capabilities(self) -> dict[str, Any]:
         return {
-            "name": "videograin", "version": __version__, "device": self.device, "models": [self.default_model],
+            "name": "videograin", "version": __version__, "device": self.device, "models": self.models,
             "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
             "trackers": list(OFFERED_TRACKERS),
@@ -545,7 +564,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = EngineServer(
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
-        check_device=check_device,
+        check_device=check_device, other_models=tuple(args.allow_model),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
@@ -566,6 +585,8 @@ def add_parser(sub) -> None:
                        help="where clients find the engine (default ~/.videograin/engine.json)")
     serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
                        help="model for jobs that name none: hub id, local folder, 'tiny' or 'sd15-random'")
+    serve.add_argument("--allow-model", action="append", default=[], metavar="NAME",
+                       help="another model or ControlNet a job may name (repeatable); jobs naming any other are refused")
     serve.add_argument("--device", default="auto")
     serve.add_argument("--retention", type=float, default=3600.0, help="seconds finished results stay attachable (kept on disk in the temp folder, not in RAM)")
     serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
