@@ -4,6 +4,8 @@ runs (BENCHMARKS.md) scaled to the job's passes, frames, size and steps. An esti
 A denoising step's time grows with the tokens of its pass (frames × latent pixels): linearly for the
 convolutions and per-token layers, quadratically for full-frame self-attention, which is
 `attention_share` of the measured step. Memory grows linearly: the attention works in fixed-size chunks.
+Loading counts too: a process's start-up and the model's build or read come before the first step, and
+for small jobs they are most of the time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ GIB = 2**30
 # SD-1.5's UNet (860 M) + ControlNet (361 M) + VAE (84 M) + CLIP text tower (123 M) parameters.
 SD15_PARAMETERS = 1.43e9
 LONG_EDIT_S = 60.0  # the CLI announces its estimate before an edit longer than this
+# A process's imports of torch, diffusers and transformers before anything runs: `videograin --help`, which
+# imported them, took 3.9 s on 2 quiet cores (BENCHMARKS.md, "Start-up").
+STARTUP_S = 3.9
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class BenchRun:
     invert_step_s: float
     edit_step_s: float
     vae_s: float  # encode + decode of the benched frames
-    load_s: float | None  # None: not measured
+    load_s: float  # building or reading the model, after the start-up's imports
     memory_gib: float  # peak RAM
     base_memory_gib: float  # the part that does not grow with the clip: weights and the runtime
     attention_share: float  # share of a step spent in full-frame self-attention at `tokens`
@@ -52,9 +57,10 @@ CPU_RUNS = {
     # 0.27 s in all, of which 4 × (0.023 + 0.037) s are steps; the rest is the VAE. The attention share:
     # the same model on 8 frames at 512² (32,768 tokens, NOTES §8) took 22-27 s per inversion step.
     # Base memory: 511 MiB at 512 tokens and 579 MiB at 2,048 (8 frames at 64² and 128²) put it at 0.48 GiB.
+    # Load: the bench's `load` (building the random weights) was 0.31 s even at load average 15.
     "tiny": BenchRun(
         "videograin bench --model tiny --device cpu --steps 4",
-        tokens=4 * 8 * 8, pixels=4 * 64 * 64, invert_step_s=0.023, edit_step_s=0.037, vae_s=0.03, load_s=None,
+        tokens=4 * 8 * 8, pixels=4 * 64 * 64, invert_step_s=0.023, edit_step_s=0.037, vae_s=0.03, load_s=0.31,
         memory_gib=0.5, base_memory_gib=0.48, attention_share=0.058,
     ),
 }
@@ -100,7 +106,8 @@ def estimate_edit(
     model: str, device: torch.device, pass_frames: list[int], latent_pixels: int, working_pixels: int, steps: int
 ) -> Estimate:
     """The edit of passes of `pass_frames` frames each (anchors included), `steps` inversion and as many
-    edit steps, on `device`."""
+    edit steps, on `device`, in a process of its own: start-up and loading included (an engine that holds
+    the model already saves the `load` phase)."""
     family = benched_shapes(model)
     if device.type == "cuda":
         return _cuda_estimate(family, device, max(pass_frames), latent_pixels)
@@ -114,12 +121,11 @@ def estimate_edit(
 
     tokens = [frames * latent_pixels for frames in pass_frames]
     phases = {
+        "load": STARTUP_S + run.load_s,
         "vae": run.vae_s * sum(pass_frames) * working_pixels / run.pixels,
         "invert": steps * sum(step(run.invert_step_s, t) for t in tokens),
         "edit": steps * sum(step(run.edit_step_s, t) for t in tokens),
     }
-    if run.load_s is not None:
-        phases = {"load": run.load_s, **phases}
     memory = run.base_memory_gib + (run.memory_gib - run.base_memory_gib) * max(tokens) / run.tokens
     return Estimate(str(device), sum(phases.values()), phases, memory, "RAM",
                     f"scaled from `{run.command}`, BENCHMARKS.md")

@@ -283,6 +283,34 @@ def test_the_edit_announces_a_long_estimate_only(demo_job, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_the_estimate_counts_loading_and_is_where_the_readme_figures_come_from():
+    """Loading is a phase of every estimate (for a small tiny job it is nearly all of it); the tiny model's
+    figures reproduce the measurement they were fitted to (BENCHMARKS.md: 22-27 s per inversion step on the
+    example at 512²), and README's figures for the example are the estimate's."""
+    from videograin.engine.estimate import CPU_RUNS, STARTUP_S
+
+    small = check._estimate(load_job(EXAMPLE).settings, [list(range(4))], CPU)  # SD-1.5 shapes
+    assert small.phases_s["load"] == STARTUP_S + CPU_RUNS["sd15"].load_s
+    job = load_job(EXAMPLE)
+    job.settings.model, job.settings.steps = "tiny", 5
+    job.settings.source.width = job.settings.source.height = 64
+    small = check._estimate(job.settings, [list(range(4))], CPU)
+    assert small.phases_s["load"] == STARTUP_S + CPU_RUNS["tiny"].load_s
+    assert small.seconds == pytest.approx(sum(small.phases_s.values()))
+    assert small.phases_s["load"] > 5 * (small.seconds - small.phases_s["load"])
+
+    example = load_job(EXAMPLE)
+    passes = [list(range(len(example.frames)))]
+    real = check._estimate(example.settings, passes, CPU)
+    example.settings.model = "tiny"
+    tiny = check._estimate(example.settings, passes, CPU)
+    assert 22 <= tiny.phases_s["invert"] / example.settings.steps <= 27
+    assert 45 * 60 <= tiny.seconds <= 75 * 60
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"estimates the example job at about an hour with `--model tiny` and about "
+            f"{round(real.seconds / 3600)} h with SD-1.5") in readme
+
+
 def test_full_frame_attention_makes_long_passes_cost_more_than_their_frames():
     from videograin.engine.estimate import estimate_edit
 

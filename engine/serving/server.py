@@ -32,6 +32,7 @@ from videograin.engine.errors import JobError, VideograinError
 from videograin.engine.families import capabilities
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.media import decode_png, encode_png
+from videograin.engine.models import RANDOM_MODELS
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
@@ -61,14 +62,17 @@ class EngineServer:
         cache: InversionCache | None = None,
         worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
         check_device: str | None = None,
+        other_models: tuple[str, ...] = (),
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
         runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
         `check_device`: a device of this process that `check` fits passes to (default `device`; an engine
-        on Ray names its workers' kind as `device`, which this process may not have)."""
+        on Ray names its workers' kind as `device`, which this process may not have). `other_models`: what
+        a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.default_model = default_model
+        self.models = list(dict.fromkeys((default_model, *other_models)))
         self.device = device
         self.check_device = torch.device(check_device or device)
         self.retention_s = retention_s
@@ -92,6 +96,9 @@ class EngineServer:
         self.address = address
         self.jobs: dict[str, Job] = {}
         self.peers_seen: dict[bytes, float] = {}
+        # When the loop last found nothing unread on the socket: a peer is known to be silent only up to
+        # then, since its newer messages may wait there while the loop streams (SPEC.md §4).
+        self.read_all_at = time.monotonic()
         self.peer_part_mac: dict[bytes, str] = {}  # the part-MAC scheme each peer said it speaks (hello)
         self.store = FrameStore()
         self.stopping = threading.Event()
@@ -121,8 +128,11 @@ class EngineServer:
                         try:
                             frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
+                            self.read_all_at = time.monotonic()
                             break
                         self._receive(frames)
+                else:
+                    self.read_all_at = time.monotonic()
                 self._drain_events()
                 self._purge_expired()
         finally:
@@ -144,6 +154,7 @@ class EngineServer:
             if exc.code == "bad_signature":
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
                 return
+            self.peers_seen[peer] = time.monotonic()  # signed, though refused: the peer is there all the same
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref or exc.ref})
         except VideograinError as exc:
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
@@ -164,11 +175,12 @@ class EngineServer:
 
     def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = ()) -> None:
         """Send one message of the job's stream. A peer silent past 3 heartbeats detaches the stream
-        (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches."""
+        (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches. Silence runs
+        from its last authenticated message to the last time the loop had read everything sent to it."""
         if job.peer is None:
             return
         seen = self.peers_seen.get(job.peer)
-        if seen is None or time.monotonic() - seen > 3 * self.heartbeat_s:
+        if seen is None or self.read_all_at - seen > 3 * self.heartbeat_s:
             log.info("peer %s went silent: the stream of %s waits for an attach", job.peer.hex(), job.id)
             job.peer = None
             return
@@ -280,6 +292,7 @@ class EngineServer:
         """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name."""
         settings = dict(message.header["settings"])
         settings.setdefault("model", self.default_model)
+        self._refuse_other_models(settings)
         if message.header["inline"]:
             edit = self._inline_job(settings, message)
         else:
@@ -289,9 +302,23 @@ class EngineServer:
             raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
         return edit
 
+    def _refuse_other_models(self, settings: dict[str, Any]) -> None:
+        """A job names only weights this engine may load (SPEC.md §3.1 models): never a download it did
+        not ask for. A random model builds its ControlNet too, so then any `controlnet` is fine."""
+        named = [("model", settings["model"])]
+        if settings["model"] not in RANDOM_MODELS and settings.get("controlnet") is not None:
+            named.append(("controlnet", settings["controlnet"]))
+        for key, name in named:
+            if name not in self.models:
+                raise JobError(
+                    f"the job's {key} '{name}' is not one this engine loads: it loads {', '.join(self.models)} "
+                    f"(welcome's models; jobs that name no model get {self.default_model}). "
+                    + ("Name one of those (`videograin edit --model`)" if key == "model" else "Set controlnet to null")
+                    + f", or start the engine with --allow-model {name}")
+
     def _capabilities(self) -> dict[str, Any]:
         return {
-            "name": "videograin", "version": __version__, "device": self.device, "models": [self.default_model],
+            "name": "videograin", "version": __version__, "device": self.device, "models": self.models,
             "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
             "trackers": list(OFFERED_TRACKERS), "family": capabilities(self.default_model),
@@ -366,6 +393,9 @@ class EngineServer:
 
     def _drain_events(self) -> None:
         for kind, job, payload in self.worker.events():
+            # After a cancel's reply the stream carries only its end (SPEC.md §3.7): what a cancelled
+            # job made before the cancel took hold is kept for `attach`, not sent.
+            cancelled = job.cancel.is_set()
             if kind == "start":
                 job.state = "running"
             elif kind == "progress":
@@ -377,17 +407,19 @@ class EngineServer:
                 if event.preview is not None and job.preview:
                     header["preview"], buffer = wire.raw_image(event.preview, 0)
                     parts = [buffer]
-                self._stream(job, header, parts)
+                if not cancelled:
+                    self._stream(job, header, parts)
             elif kind == "frame":
                 index, image = payload
                 job.frames_ready = index + 1  # stored already, so `attach` may read it from now on
-                if index >= job.stream_from:
+                if index >= job.stream_from and not cancelled:
                     self._stream(job, *self._frame_message(job, index, image))
             elif kind == "attention":
                 phrase, overlays = payload
                 message = self._attention_message(job, phrase, overlays)
                 job.attention.append(message)
-                self._stream(job, *message)
+                if not cancelled:
+                    self._stream(job, *message)
             elif kind == "done":
                 self._finish(job, "done", {"type": "done", "job": job.id, **payload})
             else:
@@ -533,7 +565,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = EngineServer(
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
-        check_device=check_device,
+        check_device=check_device, other_models=tuple(args.allow_model),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
@@ -554,6 +586,8 @@ def add_parser(sub) -> None:
                        help="where clients find the engine (default ~/.videograin/engine.json)")
     serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
                        help="model for jobs that name none: hub id, local folder, 'tiny' or 'sd15-random'")
+    serve.add_argument("--allow-model", action="append", default=[], metavar="NAME",
+                       help="another model or ControlNet a job may name (repeatable); jobs naming any other are refused")
     serve.add_argument("--device", default="auto")
     serve.add_argument("--retention", type=float, default=3600.0, help="seconds finished results stay attachable (kept on disk in the temp folder, not in RAM)")
     serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")

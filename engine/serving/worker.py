@@ -185,7 +185,10 @@ class JobWorker:
                 self._taken = job
             self._events.put(("start", job, None))
             try:
-                self._events.put(("done", job, self._track(job) if job.kind == "track" else self._edit(job)))
+                fields = self._track(job) if job.kind == "track" else self._edit(job)
+                if job.cancel.is_set():  # it came while the last frames were made: the client was told it stops
+                    raise CancelledError(f"the {job.kind} was cancelled")
+                self._events.put(("done", job, fields))
             except CancelledError as exc:
                 code = "shutting_down" if self.stopping.is_set() and not job.cancel.is_set() else exc.code
                 self._events.put(("cancelled", job, {"code": code, "message": str(exc)}))
