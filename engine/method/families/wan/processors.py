@@ -90,14 +90,14 @@ class WanLayoutAttnProcessor:
         tokens = q.shape[2]
         per_frame = self._tokens_per_frame(tokens)
         split = (len(ctx.frame_ids) - ctx.anchors) * per_frame if ctx.anchors else tokens
-        regions = strength = None
-        if ctx.self_strength > 0 and ctx.layout is not None and ctx.self_groups:
-            regions, size, _ = ctx.level(per_frame, q.device)
-            strength = ctx.self_strength * size
+        if not (ctx.self_strength > 0 and ctx.layout is not None and ctx.self_groups):
+            return anchored_attention(q, k, v, split, backend=ctx.backend)  # both branches in one call
+        regions, size, _ = ctx.level(per_frame, q.device)
+        strength = ctx.self_strength * size
         outputs = []
         for group in range(q.shape[0]):
             rows = slice(group, group + 1)
-            modulated = regions is not None and group in ctx.self_groups
+            modulated = group in ctx.self_groups
             outputs.append(anchored_attention(
                 q[rows], k[rows], v[rows], split, regions if modulated else None,
                 strength if modulated else None, backend=ctx.backend,
