@@ -39,9 +39,9 @@ import torch
 
 from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
+from videograin.engine.families import RANDOM_MODELS
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
-from videograin.engine.families import RANDOM_MODELS
 from videograin.engine.method.families.wan.grid import latent_frames, padded_length
 from videograin.engine.method.passes import plan_passes
 from videograin.engine.models import default_dtype, device_name, get_pipeline, resolve_device

@@ -27,11 +27,11 @@ import torch
 from videograin.engine.config import FLOW_LEVELS, EditSettings
 from videograin.engine.errors import JobError, ModelUnavailableError
 from videograin.engine.estimate import LONG_EDIT_S, Estimate, estimate_edit
+from videograin.engine.families import SD15, WAN, ModelFamily, family_warnings, model_family
 from videograin.engine.inputs.flow import read_flow
 from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.inputs.mattes import iou
 from videograin.engine.inputs.media import VIDEO_SUFFIXES, encode_png, write_atomic
-from videograin.engine.families import SD15, WAN, ModelFamily, family_warnings, model_family
 from videograin.engine.method.families.sd15.pipeline import longest_pass
 from videograin.engine.method.families.wan.grid import latent_frames, latent_of_frame, pad_clip, union_per_latent_frame
 from videograin.engine.method.families.wan.pipeline import TEXT_LENGTH

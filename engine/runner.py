@@ -24,6 +24,7 @@ import torch
 from videograin.engine.cache import InversionCache, job_key
 from videograin.engine.config import EditSettings
 from videograin.engine.errors import JobError
+from videograin.engine.families import SD15, WAN, family_warnings, model_family
 from videograin.engine.inputs.control import control_maps
 from videograin.engine.inputs.flow import ClipFlow, clip_flow
 from videograin.engine.inputs.job import EditJob
@@ -37,12 +38,11 @@ from videograin.engine.inputs.media import (
     write_mp4,
     write_png,
 )
-from videograin.engine.families import SD15, WAN, family_warnings, model_family
 from videograin.engine.method.families.sd15.pipeline import VideoGrainPipeline
+from videograin.engine.method.families.sd15.trajectory import Trajectories
 from videograin.engine.method.families.wan.grid import pad_clip
 from videograin.engine.method.families.wan.pipeline import WanVideoGrainPipeline
 from videograin.engine.method.passes import EditResult, FrameCallback
-from videograin.engine.method.families.sd15.trajectory import Trajectories
 from videograin.engine.metrics.warp import warp_error
 from videograin.engine.models import RANDOM_MODELS, get_pipeline, resolve_device
 from videograin.engine.progress import (

@@ -16,10 +16,14 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
 from videograin.engine.inputs.job import EditJob, load_job
-from videograin.engine.method.families.sd15 import injection as injection_module
 from videograin.engine.method.attention import plain_attention
+from videograin.engine.method.families.sd15 import injection as injection_module
+from videograin.engine.method.families.sd15.processors import (
+    AttentionContext,
+    STLayoutAttnProcessor,
+    install_processors,
+)
 from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, phrase_token_indices
-from videograin.engine.method.families.sd15.processors import AttentionContext, STLayoutAttnProcessor, install_processors
 from videograin.engine.runner import edit_clip
 
 GOLDEN = Path(__file__).parent / "data" / "pre-reference-fidelity.npz"

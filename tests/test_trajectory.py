@@ -8,7 +8,6 @@ from test_flow import translated_clip
 
 from videograin.engine.inputs.flow import FlowConfig, clip_flow
 from videograin.engine.method.families.sd15 import trajectory as trajectory_module
-from videograin.engine.method.layout import level_size
 from videograin.engine.method.families.sd15.trajectory import (
     Trajectories,
     plan_groups,
@@ -16,6 +15,7 @@ from videograin.engine.method.families.sd15.trajectory import (
     trajectory_attention_reference,
     trajectory_ids,
 )
+from videograin.engine.method.layout import level_size
 
 
 def constant_flow(frames: int, height: int, width: int, dx: float, dy: float) -> torch.Tensor:

@@ -18,8 +18,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from videograin.engine.errors import CancelledError
 from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
+from videograin.engine.progress import ProgressCallback, ProgressEvent
 
 FrameCallback = Callable[[int, np.ndarray], None]
 
@@ -112,3 +114,40 @@ def _unit(maps: torch.Tensor) -> np.ndarray:
     return (maps / peak).numpy()
 
 
+@dataclass
+class StepReports:
+    """What every step of an edit reports: a cancel check, then a progress event; edit steps of the first
+    pass carry a preview (`preview` of the step's predicted clean latents) at the first step, every
+    `preview_every` steps and at the last."""
+
+    progress: ProgressCallback
+    cancelled: Callable[[], bool]
+    steps: int
+    passes: int
+    preview_every: int
+    preview: Callable[[torch.Tensor], np.ndarray]
+
+    def check_cancel(self) -> None:
+        if self.cancelled():
+            raise CancelledError("the edit was cancelled")
+
+    def inverted(self, number: int) -> Callable[[int], None]:
+        """The callback of pass `number`'s inversion steps."""
+
+        def report(i: int) -> None:
+            self.check_cancel()
+            self.progress(ProgressEvent("invert", i + 1, self.steps, None, number, self.passes))
+
+        return report
+
+    def edited(self, number: int) -> Callable[[int, torch.Tensor], None]:
+        """The callback of pass `number`'s edit steps."""
+
+        def report(i: int, predicted: torch.Tensor) -> None:
+            self.check_cancel()
+            preview = None
+            if number == 0 and (i == 0 or (i + 1) % self.preview_every == 0 or i + 1 == self.steps):
+                preview = self.preview(predicted)
+            self.progress(ProgressEvent("edit", i + 1, self.steps, preview, number, self.passes))
+
+        return report

@@ -35,9 +35,10 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from videograin.engine.config import REFERENCE_NEGATIVE_PROMPT, ModulationConfig
-from videograin.engine.errors import CancelledError
 from videograin.engine.method.attention import CHUNK_BYTES
 from videograin.engine.method.families.sd15.injection import FeatureInjection
+from videograin.engine.method.families.sd15.processors import AttentionContext, install_processors
+from videograin.engine.method.families.sd15.trajectory import Trajectories
 from videograin.engine.method.layout import (
     BACKGROUND_BIT,
     RegionLayout,
@@ -45,19 +46,18 @@ from videograin.engine.method.layout import (
     phrase_token_indices,
     token_regions,
 )
-from videograin.engine.method.families.sd15.processors import AttentionContext, install_processors
-from videograin.engine.method.families.sd15.trajectory import Trajectories
-from videograin.engine.metrics.attention_maps import LEVELS as MAP_LEVELS
-from videograin.engine.metrics.attention_maps import AttentionMaps
-from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.method.passes import (
     EditResult,
     FrameCallback,
     InversionSource,
     PassInversion,
     PassTotals,
+    StepReports,
     plan_passes,
 )
+from videograin.engine.metrics.attention_maps import LEVELS as MAP_LEVELS
+from videograin.engine.metrics.attention_maps import AttentionMaps
+from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
 VAE_BATCH = 4  # frames per VAE call: bounds memory at high resolution
@@ -355,10 +355,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         sampler.set_timesteps(steps)
         record = {int(t) for t in sampler.timesteps[:inject_step]}
 
-        def check_cancel() -> None:
-            if cancelled():
-                raise CancelledError("the edit was cancelled")
-
+        reports = StepReports(progress, cancelled, steps, len(plan), preview_every,
+                              lambda predicted: self.preview_image(predicted[0]))
         encoded: list[torch.Tensor] = []
         needed = None if passes is None else {i for n in chosen for i in plan[n]}
 
@@ -387,21 +385,11 @@ class VideoGrainPipeline(DiffusionPipeline):
                 ctx.frames, ctx.anchors, ctx.frame_ids = len(frame_ids), anchors, torch.tensor(frame_ids)
                 pass_control = None if control is None else control[frame_ids]
 
-                def inverted(i: int) -> None:
-                    check_cancel()
-                    progress(ProgressEvent("invert", i + 1, steps, None, number, len(plan)))
-
-                def edited(i: int, predicted: torch.Tensor) -> None:
-                    check_cancel()
-                    preview = None
-                    if number == 0 and (i == 0 or (i + 1) % preview_every == 0 or i + 1 == steps):
-                        preview = self.preview_image(predicted[0])
-                    progress(ProgressEvent("edit", i + 1, steps, preview, number, len(plan)))
-
-                check_cancel()
+                reports.check_cancel()
                 compute = lambda: self.invert_pass(  # noqa: E731
                     ctx, latents()[frame_ids], texts, pass_control, control_scale, steps, record,
-                    keep is not None or inversions is not None, inverted,  # a cached inversion serves every edit
+                    keep is not None or inversions is not None,  # a cached inversion serves every edit
+                    reports.inverted(number),
                 )
                 if inversions is None:
                     inversion = compute()
@@ -414,7 +402,7 @@ class VideoGrainPipeline(DiffusionPipeline):
                 generator = torch.Generator().manual_seed(seed)
                 result = self.edit_pass(
                     ctx, inversion, texts, pass_control, control_scale, steps, guidance, modulation, inject_step,
-                    None if keep is None else keep[frame_ids], generator, edited,
+                    None if keep is None else keep[frame_ids], generator, reports.edited(number),
                 )
                 decoded.add(kept[number], result[: len(kept[number])])
         finally:

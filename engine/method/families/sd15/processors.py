@@ -25,8 +25,8 @@ from videograin.engine.method.attention import (
     plain_attention,
 )
 from videograin.engine.method.families.sd15.injection import FeatureInjection
-from videograin.engine.method.layout import RegionLayout
 from videograin.engine.method.families.sd15.trajectory import Trajectories, TrajectoryPlan, trajectory_attention
+from videograin.engine.method.layout import RegionLayout
 from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
 

@@ -37,11 +37,23 @@ from diffusers import (
 )
 
 from videograin.engine.config import ModulationConfig
-from videograin.engine.errors import CancelledError
 from videograin.engine.method.families.wan.grid import latent_frames, union_per_latent_frame
 from videograin.engine.method.families.wan.processors import WanAttentionContext, install_processors
-from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, nearest_masks, phrase_token_indices, token_regions
-from videograin.engine.method.passes import EditResult, FrameCallback, InversionSource, PassInversion, PassTotals, plan_passes
+from videograin.engine.method.layout import (
+    RegionLayout,
+    nearest_masks,
+    phrase_token_indices,
+    token_regions,
+)
+from videograin.engine.method.passes import (
+    EditResult,
+    FrameCallback,
+    InversionSource,
+    PassInversion,
+    PassTotals,
+    StepReports,
+    plan_passes,
+)
 from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -261,10 +273,7 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         texts = _Texts(self.encode_prompt(source_prompt),
                        torch.cat([self.encode_prompt(negative_prompt), target]) if guidance > 1.0 else target)
 
-        def check_cancel() -> None:
-            if cancelled():
-                raise CancelledError("the edit was cancelled")
-
+        reports = StepReports(progress, cancelled, steps, len(plan), preview_every, self.preview_image)
         progress(ProgressEvent("encode", 0, len(frames)))
         clean = self.encode_video(frames)
         progress(ProgressEvent("encode", len(frames), len(frames)))
@@ -279,27 +288,16 @@ class WanVideoGrainPipeline(DiffusionPipeline):
             ctx.rotary = self._rotary_at(ids, count, *clean.shape[-2:])
             pass_context = None if context is None else context[:, :, ids]
 
-            def inverted(i: int) -> None:
-                check_cancel()
-                progress(ProgressEvent("invert", i + 1, steps, None, number, len(plan)))
-
-            def edited(i: int, predicted: torch.Tensor) -> None:
-                check_cancel()
-                preview = None
-                if number == 0 and (i == 0 or (i + 1) % preview_every == 0 or i + 1 == steps):
-                    preview = self.preview_image(predicted)
-                progress(ProgressEvent("edit", i + 1, steps, preview, number, len(plan)))
-
-            check_cancel()
+            reports.check_cancel()
             compute = lambda: self.invert_pass(  # noqa: E731
-                ctx, clean[:, :, ids], texts.invert, pass_context, control_scale, steps, inverted)
+                ctx, clean[:, :, ids], texts.invert, pass_context, control_scale, steps, reports.inverted(number))
             if inversions is None:
                 inversion = compute()
             else:
                 inversion, hit = inversions({"pass_frames": ids, "pass_anchors": anchors}, compute)
                 cached += hit
             latents = self.edit_pass(ctx, inversion, texts, pass_context, control_scale, steps, guidance, modulation,
-                                     None if keep is None else keep[:, :, ids], edited)
+                                     None if keep is None else keep[:, :, ids], reports.edited(number))
             final[:, :, kept[number]] = latents[:, :, : len(kept[number])]
         progress(ProgressEvent("decode", 0, len(frames)))
         decoded = self.decode_video(final)
