@@ -330,3 +330,26 @@ def test_check_draws_the_layout_on_wans_token_grid_and_warns_where_a_matte_vanis
     report = check_job(EditJob(settings, video, masks[:2]), torch.device("cpu"))
     vanishes = [w.message for w in report.warnings if w.code == "region_vanishes"]
     assert len(vanishes) == 1 and "'iron man'" in vanishes[0] and "2 of 2 latent frames" in vanishes[0]
+
+
+def test_cross_attention_processor_equals_the_literal_equation(wan_pipe):
+    attn = wan_pipe.transformer.blocks[0].attn2
+    torch.manual_seed(3)
+    frames = 2
+    hidden, text = torch.randn(1, frames * 4, attn.inner_dim), torch.randn(1, 6, attn.inner_dim)
+    masks = np.zeros((2, frames, 2, 2), bool)
+    masks[0, :, 0], masks[1, :, 1] = True, True
+    layout = RegionLayout(masks, 2, 2, background_is_region=False, levels=(1,), modulate_finest=True)
+    words = torch.tensor([0, region_bit(0), region_bit(0), 0, region_bit(1), 0])
+    ctx = WanAttentionContext(layout=layout, token_regions=words, frame_ids=torch.arange(frames), cross_groups=(0,),
+                              cross_strength=0.8)
+    with torch.no_grad():
+        got = WanLayoutAttnProcessor(ctx)(attn, hidden, encoder_hidden_states=text)
+        q = attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        k = attn.norm_k(attn.to_k(text)).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        v = attn.to_v(text).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        regions, _, size = ctx.level(4, torch.device("cpu"))
+        positive = (regions[:, None] & words[None, :]) != 0
+        expected = modulated_attention(q, k, v, positive, (0.8 * size)[:, None]).transpose(1, 2).flatten(2)
+        expected = attn.to_out[0](expected)
+    assert (got - expected).abs().max() < 1e-5
