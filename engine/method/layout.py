@@ -56,7 +56,8 @@ def phrase_token_indices(tokenizer, prompt: str, phrase: str) -> list[int]:
 
 
 def token_regions(tokenizer, prompt: str, phrases: list[str], background_phrase: str | None) -> torch.Tensor:
-    """Region set (bit mask) of every prompt token: region k's phrase gets bit k + 1, the background's bit 0."""
+    """Region set (bit mask) of every prompt token: region k's phrase gets bit k + 1, the background's bit 0.
+    A region with no phrase ("") marks no token: it still has its bit in the layout, for self-attention."""
     regions = torch.zeros(tokenizer.model_max_length, dtype=torch.long)
     marked = [(background_phrase, BACKGROUND_BIT)] + [(p, region_bit(k)) for k, p in enumerate(phrases)]
     for phrase, bit in marked:
