@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from videograin.engine.config import FLOW_LEVELS, EditSettings
+from videograin.engine.config import FLOW_LEVELS, EditSettings, region_name
 from videograin.engine.errors import JobError, ModelUnavailableError
 from videograin.engine.estimate import LONG_EDIT_S, Estimate, estimate_edit
 from videograin.engine.families import SD15, WAN, ModelFamily, family_warnings, model_family
@@ -200,7 +200,8 @@ def check_job(job: EditJob, device: torch.device, layout_frames: list[int] | Non
     maps = {size: layout.level(size[0] * size[1], torch.device("cpu")) for size in sizes}
     report.summary["resolutions"] = [{"size": [w, h], "modulated": maps[h, w].modulated} for h, w in sizes]
     report.summary["regions"] = [
-        _region_summary(job, k, tokens.get(region.phrase), maps, report, layout_masks[k], family)
+        _region_summary(job, k, tokens.get(region.phrase) if region.phrase else [], maps, report, layout_masks[k],
+                        family)
         for k, region in enumerate(s.regions)
     ]
     report.summary["background"] = {
@@ -336,6 +337,7 @@ def _region_summary(
     """Area, empty frames, flicker and, per attention resolution, the frames where the region has no cell
     (`at_layout`: the matte at the layout's frames: clip frames, or Wan's latent frames)."""
     phrase = job.settings.regions[k].phrase
+    name = region_name(job.settings.regions[k], k)
     matte = job.masks[k]
     painted = matte.any((1, 2))
     painted_layout = at_layout.any((1, 2))
@@ -343,7 +345,7 @@ def _region_summary(
     empty = np.flatnonzero(~painted).tolist()
     if empty:
         report.warnings.append(Finding("region_empty_frames", (
-            f"region '{phrase}' is empty on frame{'s' if len(empty) > 1 else ''} {_ranges(empty)} of {len(painted)}: "
+            f"{name} is empty on frame{'s' if len(empty) > 1 else ''} {_ranges(empty)} of {len(painted)}: "
             "there its words attend nowhere and its pixels are not edited; paint it there, unless it is out of shot"
         )))
     cells, lost = [], {}
@@ -358,7 +360,7 @@ def _region_summary(
         cell = max(max(s.source.width // w, s.source.height // h) for h, w in lost)
         where = ", ".join(f"{w}x{h} ({len(frames)} of {len(at_layout)} {unit})" for (h, w), frames in lost.items())
         report.warnings.append(Finding("region_vanishes", (
-            f"region '{phrase}' vanishes from the layout at {where}: its matte falls between the cells there, so "
+            f"{name} vanishes from the layout at {where}: its matte falls between the cells there, so "
             f"the attention there sees nothing of it (its words are pushed out of every pixel); widen it to at "
             f"least {cell} px at the working size, one cell of the coarsest of these resolutions"
         )))
@@ -366,7 +368,7 @@ def _region_summary(
     if flicker:
         pairs = ", ".join(f"{a}-{a + 1} ({iou:.2f})" for a, iou in flicker[:5])
         report.warnings.append(Finding("matte_flickers", (
-            f"the matte of '{phrase}' jumps between neighbouring frames: overlap (IoU) below {FLICKER_IOU} at frames "
+            f"the matte of {name} jumps between neighbouring frames: overlap (IoU) below {FLICKER_IOU} at frames "
             f"{pairs}{' ...' if len(flicker) > 5 else ''}; the edit will flicker with it. Check those mattes "
             "(a fast or tiny object may do this honestly)"
         )))
@@ -412,7 +414,7 @@ def _overlaps(job: EditJob, report: CheckReport) -> list[dict[str, Any]]:
             rule = (f"under the reference rules they belong to both; the area rules would resolve them: {wins_text}"
                     if s.modulation.layout == "reference" else f"{wins_text} (area rules: the later region wins)")
             report.warnings.append(Finding("regions_overlap", (
-                f"regions '{s.regions[i].phrase}' and '{s.regions[j].phrase}' share {pixels} pixels on "
+                f"{region_name(s.regions[i], i)} and {region_name(s.regions[j], j)} share {pixels} pixels on "
                 f"{found[-1]['frames']} frames: {rule}. If they should not touch, fix the mattes"
             )))
     return found
@@ -539,7 +541,7 @@ def layout_picture(job: EditJob, maps: dict, picks: list[int], layout_frame: Cal
 
 def _legend(s: EditSettings, width: int, sets: list[torch.Tensor]) -> np.ndarray:
     """Each region's colour and phrase, then the colours the label maps use besides."""
-    entries = [(region_colour(k), f"{k + 1} {r.phrase}") for k, r in enumerate(s.regions)]
+    entries = [(region_colour(k), f"{k + 1} {r.phrase or '(no phrase)'}") for k, r in enumerate(s.regions)]
     if any(level.eq(1).any() for level in sets):
         entries.append((BACKGROUND_COLOUR, f"background: {s.background_phrase or 'no phrase'}"))
     if any(level.eq(0).any() for level in sets):
@@ -584,7 +586,8 @@ def format_report(report: CheckReport) -> str:
     lines.append("regions     #  phrase            tokens         area % min/mean/max  cells at")
     for k, region in enumerate(summary["regions"]):
         area = region["area"]
-        lines.append(f"            {k + 1:<2} {region['phrase'][:17]:<17} {_tokens(region['tokens']):<14} "
+        phrase = region["phrase"] or "(no phrase)"
+        lines.append(f"            {k + 1:<2} {phrase[:17]:<17} {_tokens(region['tokens']):<14} "
                      f"{100 * area['min']:5.1f} {100 * area['mean']:5.1f} {100 * area['max']:5.1f}   "
                      f"{', '.join(region['cells']) or 'none'}"
                      + (f"; vanishes at {', '.join(region['vanishes'])}" if region["vanishes"] else ""))
@@ -605,7 +608,9 @@ def _size(size: list[int]) -> str:
 
 
 def _tokens(tokens: list[int] | None) -> str:
-    return "tokens ?" if tokens is None else f"tokens {_ranges(tokens)}"
+    if tokens is None:
+        return "tokens ?"
+    return f"tokens {_ranges(tokens)}" if tokens else "no tokens"
 
 
 def check_out_folder(out: Path) -> None:

@@ -150,7 +150,9 @@ class KeyframeConfig:
 
 @dataclass
 class RegionConfig:
-    phrase: str
+    # Words of the prompt; "" (or left out): a region with no words, which takes part only in
+    # self-attention grouping (its features stay apart), as the reference's empty phrases do.
+    phrase: str = ""
     mask: str | None = None  # folder or video; None when masks arrive inline (protocol) or are tracked
     # Instead of `mask`: mattes on a few frames, tracked through the clip by `track` (inputs/mattes.py).
     keyframes: list[KeyframeConfig] = field(default_factory=list)
@@ -200,8 +202,9 @@ class EditSettings:
 
     @property
     def phrases(self) -> list[str]:
-        """Every phrase of the job: the regions', then the background's when it has one."""
-        return [r.phrase for r in self.regions] + ([self.background_phrase] if self.background_phrase else [])
+        """Every phrase of the job: the regions' that have one, then the background's when it has one."""
+        background = [self.background_phrase] if self.background_phrase else []
+        return [r.phrase for r in self.regions if r.phrase] + background
 
     def to_dict(self) -> dict[str, Any]:
         """The job file's mapping (its own keys, nested as in a job file)."""
@@ -211,10 +214,15 @@ class EditSettings:
         return data
 
 
+def region_name(region: RegionConfig, index: int) -> str:
+    """How messages name region `index` (0-based): by its phrase, or by its number when it has none."""
+    return f"region '{region.phrase}'" if region.phrase else f"region {index + 1} (no phrase)"
+
+
 def find_phrase(prompt: str, phrase: str) -> tuple[int, int]:
     """Character span of `phrase` in `prompt` (case-insensitive, whole words), or a JobError."""
     if not phrase or not phrase.strip():
-        raise JobError("a region has an empty phrase: give it the words of the prompt that describe it")
+        raise JobError("an empty phrase names no words of the prompt")
     match = re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", prompt, flags=re.IGNORECASE)
     if match is None:
         raise JobError(f"phrase '{phrase}' does not occur in the prompt '{prompt}': each phrase must be words of it")
@@ -280,6 +288,8 @@ def parse_settings(data: Any) -> EditSettings:
         raise JobError("'regions' must be a non-empty list of {phrase, mask}")
     parsed_regions = [_build(RegionConfig, r, f"regions[{i}]") for i, r in enumerate(regions)]
     for i, region in enumerate(parsed_regions):
+        if not region.phrase.strip():
+            region.phrase = ""  # blank: no words
         keys = [_build(KeyframeConfig, k, f"regions[{i}].keyframes[{j}]") for j, k in enumerate(region.keyframes)]
         region.keyframes = keys
     background = _build(BackgroundConfig, data.pop("background", None), "background")
@@ -340,8 +350,8 @@ def _check_values(s: EditSettings) -> None:
         raise JobError(f"'inject_step' must be between 0 and the {s.steps} steps, got {s.inject_step}")
     if len(s.regions) > MAX_REGIONS:
         raise JobError(f"{len(s.regions)} regions: at most {MAX_REGIONS} are supported")
-    for region in s.regions:
-        _check_region(region)
+    for k, region in enumerate(s.regions):
+        _check_region(region, region_name(region, k))
     phrases = s.phrases
     if len({p.lower() for p in phrases}) != len(phrases):
         raise JobError("two regions share the same phrase: give each region its own words")
@@ -349,8 +359,7 @@ def _check_values(s: EditSettings) -> None:
         find_phrase(s.prompt, phrase)
 
 
-def _check_region(region: RegionConfig) -> None:
-    name = f"region '{region.phrase}'"
+def _check_region(region: RegionConfig, name: str) -> None:
     if region.mask and region.keyframes:
         raise JobError(f"{name} gives both mask and keyframes: give mask (mattes on every frame) or keyframes (tracked)")
     if region.track not in TRACKERS:

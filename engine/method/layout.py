@@ -68,7 +68,8 @@ def _special_tokens_before_text(tokenizer) -> int:
 def token_regions(
     tokenizer, prompt: str, phrases: list[str], background_phrase: str | None, max_length: int | None = None
 ) -> torch.Tensor:
-    """Region set (bit mask) of every prompt token: region k's phrase gets bit k + 1, the background's bit 0."""
+    """Region set (bit mask) of every prompt token: region k's phrase gets bit k + 1, the background's bit 0.
+    A region with no phrase ("") marks no token: it still has its bit in the layout, for self-attention."""
     max_length = max_length or tokenizer.model_max_length
     regions = torch.zeros(max_length, dtype=torch.long)
     marked = [(background_phrase, BACKGROUND_BIT)] + [(p, region_bit(k)) for k, p in enumerate(phrases)]

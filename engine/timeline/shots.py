@@ -27,7 +27,7 @@ import opentimelineio as otio
 import yaml
 from opentimelineio.opentime import RationalTime, TimeRange
 
-from videograin.engine.config import EditSettings, parse_settings
+from videograin.engine.config import EditSettings, RegionConfig, parse_settings, region_name
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, resolve_path, tracked_mattes, validate_job
 from videograin.engine.inputs.media import list_frames, read_sequence, sequence_length
@@ -95,10 +95,11 @@ class Shot:
                 if matte is None:
                     stacks.append(self._tracked[k])
                     continue
-                stack = read_sequence(matte.path, matte.indices, f"matte of '{region.phrase}'", grey=True)
+                name = _matte_name(region, k)
+                stack = read_sequence(matte.path, matte.indices, name, grey=True)
                 if stack.shape[1:] != frames.shape[1:3]:
                     raise JobError(
-                        f"the matte of '{region.phrase}' ({matte.path}) is {stack.shape[2]}x{stack.shape[1]}, "
+                        f"{name} ({matte.path}) is {stack.shape[2]}x{stack.shape[1]}, "
                         f"the clip {frames.shape[2]}x{frames.shape[1]}: render the matte at the clip's size"
                     )
                 stacks.append(stack >= MATTE_THRESHOLD)
@@ -108,6 +109,11 @@ class Shot:
             job = EditJob(self.settings, frames, np.stack(stacks), control)
             validate_job(job)
         return job
+
+
+def _matte_name(region: RegionConfig, index: int) -> str:
+    """For messages: the matte of 'iron man', or the matte of region 3 (no phrase)."""
+    return f"the matte of '{region.phrase}'" if region.phrase else f"the matte of {region_name(region, index)}"
 
 
 @contextmanager
@@ -229,18 +235,24 @@ def _shot(clip, track, job: dict, timeline, video: list, base: Path, model: str 
     settings = parse_settings(job)  # unknown keys, phrases not in the prompt, bad values
     media_length = sequence_length(footage.path)
     mattes = []
-    for region in settings.regions:
+    for k, region in enumerate(settings.regions):
+        name = region_name(region, k)
         if region.keyframes:  # frames counted from the shot's first, as in a job file's edited clip
             for key in region.keyframes:
                 key.mask = str(resolve_path(base, key.mask))
                 if not Path(key.mask).is_file():
                     raise JobError(
-                        f"keyframe {key.frame} of region '{region.phrase}': '{key.mask}' is not an image file"
+                        f"keyframe {key.frame} of {name}: '{key.mask}' is not an image file"
                     )
             mattes.append(None)
         elif region.mask:
             region.mask = str(resolve_path(base, region.mask))
-            mattes.append(aligned(Path(region.mask), footage, media_length, f"the matte of '{region.phrase}'"))
+            mattes.append(aligned(Path(region.mask), footage, media_length, _matte_name(region, k)))
+        elif not region.phrase:  # a matte track is found by its region's phrase
+            raise JobError(
+                f"{name} has no matte: a region with no phrase names no track, so give it `mask:` (a folder or "
+                "movie of mattes) or `keyframes:` (mattes on a few frames, tracked) in the note"
+            )
         else:
             mattes.append(_matte_track(region.phrase, in_timeline, footage, timeline, video, base))
     control = None

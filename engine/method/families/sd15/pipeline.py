@@ -134,7 +134,7 @@ class VideoGrainPipeline(DiffusionPipeline):
         (as the published code does), so a region's words are not coloured by the rest of the prompt."""
         target = self.encode_prompt(prompt)
         if swap:
-            for phrase in phrases:
+            for phrase in filter(None, phrases):  # a region with no phrase has no tokens
                 positions = phrase_token_indices(self.tokenizer, prompt, phrase)
                 alone = self.encode_prompt(phrase)
                 target[0, positions] = alone[0, 1 : 1 + len(positions)]
