@@ -27,7 +27,6 @@ import os
 import platform
 import resource
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,7 +38,6 @@ import torch
 
 from videograin.engine.config import EditSettings, RegionConfig, SourceConfig
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
-from videograin.engine.families import RANDOM_MODELS
 from videograin.engine.inputs.job import EditJob
 from videograin.engine.method.attention import layout_attention, plain_attention
 from videograin.engine.method.families.wan.grid import latent_frames, padded_length
@@ -98,7 +96,8 @@ def _settings(args: argparse.Namespace, **changes) -> EditSettings:
     settings = EditSettings(
         source_prompt="two men are jogging", prompt=DEMO_PROMPT, background_phrase="cherry blossoms",
         regions=[RegionConfig("iron man"), RegionConfig("spider man")],
-        source=SourceConfig(width=args.size[0], height=args.size[1]), steps=args.steps, model=args.model, window=args.window,
+        source=SourceConfig(width=args.size[0], height=args.size[1]), steps=args.steps, model=args.model,
+        window=args.window,
     )
     for key, value in changes.items():
         setattr(settings, key, value)
@@ -496,38 +495,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
-
-
-def working_size(text: str) -> tuple[int, int]:
-    """`512` or `832x480` → (width, height)."""
-    try:
-        width, _, height = text.lower().partition("x")
-        return int(width), int(height or width)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give N or WIDTHxHEIGHT, e.g. 832x480") from None
-
-
-def add_parser(sub) -> None:
-    bench = sub.add_parser("bench", help="time and memory of an edit (or of frame streaming)")
-    bench.add_argument("--model", default="tiny", choices=sorted(RANDOM_MODELS))
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--frames", type=int, default=4)
-    bench.add_argument("--size", type=working_size, default=(64, 64),
-                       help="working size: N (square) or WIDTHxHEIGHT, multiples of 8 (16 for Wan)")
-    bench.add_argument("--steps", type=int, default=5, help="inversion steps = edit steps")
-    bench.add_argument("--window", type=int, default=None, help="frames per pass (default: the engine picks)")
-    bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
-    bench.add_argument("--stream-frames", type=int, default=100, help="frames per signing form, over 5 rounds")
-    bench.add_argument("--timeline", action="store_true", help="cost of the OpenTimelineIO round trip over 20 shots")
-    bench.add_argument("--features", action="store_true",
-                       help="cost of the reference's features (flow, trajectories, injection, blending)")
-    bench.add_argument("--reedit", action="store_true", help="an edit, then another prompt served by the inversion cache")
-    bench.add_argument("--blender", action="store_true", help="benchmark the Blender add-on's export and import instead")
-    bench.add_argument("--blender-frames", type=int, default=48)
-    bench.add_argument("--blender-python", default=sys.executable, metavar="PYTHON",
-                       help="a Python with bpy (e.g. .venv-blender45/bin/python for Blender 4.5)")
-    bench.add_argument("--track", action="store_true", help="benchmark matte tracking (flow at 720p/1080p, SAM 2)")
-    bench.add_argument("--ray", type=int, metavar="N",
-                       help="edit time on 1 vs N Ray workers (local cluster) and time to the first frame")
-    bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
-    bench.set_defaults(run=cmd_bench)

@@ -195,13 +195,6 @@ class InversionCache:
         return inversion, False
 
 
-def add_cache_arguments(parser) -> None:
-    """`--cache`, `--cache-size` and `--no-cache`, the same for every command that inverts clips."""
-    parser.add_argument("--cache", metavar="DIR", help=f"inversion cache folder (default: {default_folder()})")
-    parser.add_argument("--cache-size", default="20G", help="cache size cap, least recently used out first (e.g. 20G)")
-    parser.add_argument("--no-cache", action="store_true", help="invert every clip afresh and keep nothing")
-
-
 def cache_from_args(args) -> InversionCache | None:
     if args.no_cache:
         return None

@@ -665,13 +665,3 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{count} error{'s' if count > 1 else ''}: `edit` would refuse this job", file=sys.stderr)
         return 2
     return 0
-
-
-def add_parser(sub) -> None:
-    check = sub.add_parser("check", help="validate a job in seconds, without model weights, and picture its layout")
-    check.add_argument("job", help="job file (YAML)")
-    check.add_argument("--out", help="folder for layout.png and check.json (new, empty, or a previous check's)")
-    check.add_argument("--model", help="override the job's model, as `edit --model` does")
-    check.add_argument("--device", default="auto", help="the device the estimate and the passes are for")
-    check.set_defaults(run=cmd_check)
-

@@ -1,18 +1,46 @@
-"""`videograin` command line: edit, check, demo, serve, bench, mattes."""
+"""`videograin` command line: edit, check, demo, serve, bench, eval, timeline, mattes.
+
+The parser is built from argparse alone: `--help`, `--version` and argument errors answer at once. Each
+command's handler imports what it runs (torch and diffusers take seconds to import), and a job file's
+settings are checked before that, so a typo in a job costs no model start-up either.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from videograin import __version__
 from videograin.engine.errors import VideograinError
-from videograin.protocol.client import EngineError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def handler(module: str, function: str, job_settings_first: bool = False) -> Handler:
+    """`module.function(args)`, imported only when the command runs; with `job_settings_first`, the job
+    file's settings are parsed before the import (an unknown key or a bad value is refused at once)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if job_settings_first:
+            check_job_settings(args.job)
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
+def check_job_settings(path: str) -> None:
+    from videograin.engine.config import parse_settings
+    from videograin.engine.inputs.job import read_job_file
+
+    parse_settings(read_job_file(path))
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    check_job_settings(args.job)
     from videograin.engine.cache import cache_from_args
     from videograin.engine.check import announce_estimate
     from videograin.engine.inputs.job import load_job
@@ -54,10 +82,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise VideograinError(f"demo folder '{out}' is not empty: choose a new one", code="bad_job")
-    job_path = write_demo_inputs(out / "input", frames=args.frames, size=args.size, steps=args.steps)
+    job_path = write_demo_inputs(out / "input", frames=args.frames, size=args.size, steps=args.steps, model=args.model)
     print(f"demo clip, mattes and job file: {job_path}")
-    # The demo's contact sheet shows each phrase's attention with and without ST-Layout modulation.
-    summary = edit_in_process(load_job(job_path), out / "result", args.device, attention_maps=True, show_plain_maps=True)
+    # The demo's contact sheet shows each phrase's attention with and without ST-Layout modulation
+    # (attention maps are drawn for SD-1.5 only so far).
+    maps = args.model == "tiny"
+    summary = edit_in_process(load_job(job_path), out / "result", args.device, attention_maps=maps, show_plain_maps=maps)
     _report(out / "result", summary)
     return 0
 
@@ -75,9 +105,19 @@ def _report(out: Path, summary: dict) -> None:
         print("NOTE: random-weight model: the frames show the pipeline working, they are not an edit.")
 
 
+def working_size(text: str) -> tuple[int, int]:
+    """`512` or `832x480` → (width, height)."""
+    try:
+        width, _, height = text.lower().partition("x")
+        return int(width), int(height or width)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size: give N or WIDTHxHEIGHT, e.g. 832x480") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from videograin.engine.cache import add_cache_arguments
-    from videograin.engine.serving.server import add_ray_arguments
+    """Every command's arguments; nothing here imports more than argparse and the wire defaults."""
+    from videograin.engine.families import RANDOM_MODELS
+    from videograin.protocol.wire import DEFAULT_CONNECTION_FILE, Limits
 
     parser = argparse.ArgumentParser(prog="videograin", description="Multi-grained text-driven video editing.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -87,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit = sub.add_parser("edit", help="edit a clip as a job file describes")
     edit.add_argument("job", help="job file (YAML)")
     edit.add_argument("--out", required=True, help="new or empty folder for the results")
-    edit.add_argument("--model", help="override the job's model: hub id, local folder, 'tiny' or 'sd15-random'")
+    edit.add_argument("--model", help="override the job's model: hub id, local folder, or a random stand-in "
+                                      "(tiny, sd15-random, wan-tiny, wan-1.3b-random)")
     edit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     edit.add_argument("--engine", metavar="CONNECTION_FILE", help="run on an engine server instead of in-process")
     edit.add_argument("--attention-maps", action="store_true",
@@ -102,18 +143,109 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=128)
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--device", default="auto")
+    demo.add_argument("--model", default="tiny", choices=["tiny", "wan-tiny"],
+                      help="tiny: SD-1.5's layout (the paper's model); wan-tiny: Wan 2.1's (a video transformer)")
     demo.set_defaults(run=cmd_demo)
 
-    from videograin.engine import bench, check, evaluate, mattes_command, timeline
-    from videograin.engine.serving import server
+    check = sub.add_parser("check", help="validate a job in seconds, without model weights, and picture its layout")
+    check.add_argument("job", help="job file (YAML)")
+    check.add_argument("--out", help="folder for layout.png and check.json (new, empty, or a previous check's)")
+    check.add_argument("--model", help="override the job's model, as `edit --model` does")
+    check.add_argument("--device", default="auto", help="the device the estimate and the passes are for")
+    check.set_defaults(run=handler("videograin.engine.check", "cmd_check", job_settings_first=True))
 
-    check.add_parser(sub)
-    server.add_parser(sub)
-    bench.add_parser(sub)
-    evaluate.add_parser(sub)
-    timeline.add_parser(sub)
-    mattes_command.add_parser(sub)
+    serve = sub.add_parser("serve", help="run the engine server (protocol v1, see protocol/SPEC.md)")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:0", help="tcp://127.0.0.1:PORT (0: any free port) or ipc://PATH")
+    serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind address")
+    serve.add_argument("--connection-file", default=str(DEFAULT_CONNECTION_FILE),
+                       help="where clients find the engine (default ~/.videograin/engine.json)")
+    serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                       help="model for jobs that name none: hub id, local folder, or a random stand-in (tiny, sd15-random, wan-tiny, wan-1.3b-random)")
+    serve.add_argument("--allow-model", action="append", default=[], metavar="NAME",
+                       help="another model or ControlNet a job may name (repeatable); jobs naming any other are refused")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--retention", type=float, default=3600.0, help="seconds finished results stay attachable (kept on disk in the temp folder, not in RAM)")
+    serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    serve.add_argument("--max-frames", type=int, default=Limits.max_frames)
+    serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
+    add_cache_arguments(serve)  # one inversion cache for every job and client of this engine
+    add_ray_arguments(serve)
+    serve.set_defaults(run=handler("videograin.engine.serving.server", "cmd_serve"))
+
+    bench = sub.add_parser("bench", help="time and memory of an edit (or of frame streaming)")
+    bench.add_argument("--model", default="tiny", choices=sorted(RANDOM_MODELS))
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--frames", type=int, default=4)
+    bench.add_argument("--size", type=working_size, default=(64, 64),
+                       help="working size: N (square) or WIDTHxHEIGHT, multiples of 8 (16 for Wan)")
+    bench.add_argument("--steps", type=int, default=5, help="inversion steps = edit steps")
+    bench.add_argument("--window", type=int, default=None, help="frames per pass (default: the engine picks)")
+    bench.add_argument("--stream", action="store_true", help="benchmark 1080p frame streaming instead")
+    bench.add_argument("--stream-frames", type=int, default=100, help="frames per signing form, over 5 rounds")
+    bench.add_argument("--timeline", action="store_true", help="cost of the OpenTimelineIO round trip over 20 shots")
+    bench.add_argument("--features", action="store_true",
+                       help="cost of the reference's features (flow, trajectories, injection, blending)")
+    bench.add_argument("--reedit", action="store_true", help="an edit, then another prompt served by the inversion cache")
+    bench.add_argument("--blender", action="store_true", help="benchmark the Blender add-on's export and import instead")
+    bench.add_argument("--blender-frames", type=int, default=48)
+    bench.add_argument("--blender-python", default=sys.executable, metavar="PYTHON",
+                       help="a Python with bpy (e.g. .venv-blender45/bin/python for Blender 4.5)")
+    bench.add_argument("--track", action="store_true", help="benchmark matte tracking (flow at 720p/1080p, SAM 2)")
+    bench.add_argument("--ray", type=int, metavar="N",
+                       help="edit time on 1 vs N Ray workers (local cluster) and time to the first frame")
+    bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    bench.set_defaults(run=handler("videograin.engine.bench", "cmd_bench"))
+
+    evaluate = sub.add_parser("eval", help="warp error, CLIP-T / CLIP-F and leakage of a results folder")
+    evaluate.add_argument("result", help="a results folder of `videograin edit`")
+    evaluate.add_argument("--against", metavar="OTHER", help="a second results folder, measured side by side")
+    evaluate.add_argument("--clip", metavar="MODEL", help="CLIP model folder or hub id for CLIP-T and CLIP-F "
+                          "(papers use openai/clip-vit-large-patch14)")
+    evaluate.add_argument("--device", default="auto", help="for the CLIP model")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
+    evaluate.set_defaults(run=handler("videograin.engine.evaluate", "cmd_eval"))
+
+    timeline = sub.add_parser("timeline", help="edit the clips marked 'videograin' in an OpenTimelineIO timeline")
+    timeline.add_argument("timeline",
+                          help="the editor's exported timeline: .otio, .otioz, or a format an OTIO adapter reads")
+    timeline.add_argument("--out", required=True,
+                          help="the timeline with a 'videograin' track added (the input is never modified)")
+    timeline.add_argument("--results",
+                          help="folder of the edited shots (default: next to OUT, named after it + '-videograin')")
+    timeline.add_argument("--engine", metavar="CONNECTION_FILE", help="edit on an engine server instead of in-process")
+    timeline.add_argument("--model", help="override every shot's model: hub id, local folder, or a random stand-in "
+                                          "(tiny, sd15-random, wan-tiny, wan-1.3b-random)")
+    timeline.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (in-process)")
+    timeline.add_argument("--movie", action="store_true", help="new clips point at MP4 movies, not PNG sequences "
+                          "(always for .otioz and other formats; Resolve needs it)")
+    timeline.add_argument("--force", action="store_true",
+                          help="edit every shot again, even those already in the results folder")
+    add_cache_arguments(timeline)  # in-process shots; an engine keeps its own cache
+    timeline.set_defaults(run=handler("videograin.engine.timeline", "run"))
+
+    mattes = sub.add_parser("mattes", help="write the mattes a job would use (tracking keyframes) for a look")
+    mattes.add_argument("job", help="job file (YAML)")
+    mattes.add_argument("--out", required=True, help="new or empty folder for the mattes")
+    mattes.add_argument("--device", default="auto", help="where SAM trackers run: auto, cpu, cuda or cuda:N")
+    mattes.set_defaults(run=handler("videograin.engine.mattes_command", "cmd_mattes", job_settings_first=True))
     return parser
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--cache`, `--cache-size` and `--no-cache`, the same for every command that inverts clips (cache.py)."""
+    parser.add_argument("--cache", metavar="DIR", help="inversion cache folder (default: "
+                        "$XDG_CACHE_HOME/videograin/inversions, else ~/.cache/videograin/inversions)")
+    parser.add_argument("--cache-size", default="20G", help="cache size cap, least recently used out first (e.g. 20G)")
+    parser.add_argument("--no-cache", action="store_true", help="invert every clip afresh and keep nothing")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--ray [ADDRESS]` and `--workers`, the same for `serve` and `edit` (ray_pool.py)."""
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="spread passes and jobs over Ray workers: the cluster at ADDRESS (host:port), or a local "
+                             "one when none is given; needs `pip install 'videograin[ray]'`")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="Ray workers to start (default: one per GPU of the cluster; 1 where it has none)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     except VideograinError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
-    except EngineError as exc:
+    except Exception as exc:
+        # An engine's error can only come from the client module, once a handler has imported it.
+        client = sys.modules.get("videograin.protocol.client")
+        if client is None or not isinstance(exc, client.EngineError):
+            raise
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,8 +33,9 @@ def synthetic_clip(frames: int = 8, width: int = 128, height: int = 128) -> tupl
     return clip, mattes
 
 
-def write_demo_inputs(folder: Path, frames: int = 8, size: int = 128, steps: int = 20) -> Path:
-    """Write frames, mattes and job.yaml under `folder`; returns the job file's path."""
+def write_demo_inputs(folder: Path, frames: int = 8, size: int = 128, steps: int = 20, model: str = "tiny") -> Path:
+    """Write frames, mattes and job.yaml under `folder`; returns the job file's path. `model`: `tiny`
+    (SD-1.5's layout, with a canny ControlNet) or `wan-tiny` (Wan 2.1's, no control, Wan's guidance)."""
     clip, mattes = synthetic_clip(frames, size, size)
     for f in range(frames):
         write_png(folder / "frames" / f"{f:04d}.png", clip[f])
@@ -46,11 +47,11 @@ def write_demo_inputs(folder: Path, frames: int = 8, size: int = 128, steps: int
         "prompt": DEMO_PROMPT,
         "regions": [{"phrase": "iron man", "mask": "masks/left"}, {"phrase": "spider man", "mask": "masks/right"}],
         "background": {"phrase": "cherry blossoms"},
-        "control": {"type": "canny"},
+        "control": {"type": "canny" if model == "tiny" else "auto"},
         "steps": steps,
-        "guidance": 7.5,
+        "guidance": 7.5 if model == "tiny" else 5.0,
         "seed": 0,
-        "model": "tiny",
+        "model": model,
     }
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))

@@ -109,14 +109,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_atomic(Path(args.json), json.dumps(columns if args.against else columns[0], indent=2).encode())
     return 0
-
-
-def add_parser(sub) -> None:
-    parser = sub.add_parser("eval", help="warp error, CLIP-T / CLIP-F and leakage of a results folder")
-    parser.add_argument("result", help="a results folder of `videograin edit`")
-    parser.add_argument("--against", metavar="OTHER", help="a second results folder, measured side by side")
-    parser.add_argument("--clip", metavar="MODEL", help="CLIP model folder or hub id for CLIP-T and CLIP-F "
-                        "(papers use openai/clip-vit-large-patch14)")
-    parser.add_argument("--device", default="auto", help="for the CLIP model")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON here")
-    parser.set_defaults(run=cmd_eval)

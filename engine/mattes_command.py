@@ -112,11 +112,3 @@ def cmd_mattes(args: argparse.Namespace) -> int:
     write_mattes(out, job)
     print(f"wrote {out}: {len(job.masks)} matte folders of {len(job.frames)} frames, contact_sheet.png, mattes.json")
     return 0
-
-
-def add_parser(sub) -> None:
-    mattes = sub.add_parser("mattes", help="write the mattes a job would use (tracking keyframes) for a look")
-    mattes.add_argument("job", help="job file (YAML)")
-    mattes.add_argument("--out", required=True, help="new or empty folder for the mattes")
-    mattes.add_argument("--device", default="auto", help="where SAM trackers run: auto, cpu, cuda or cuda:N")
-    mattes.set_defaults(run=cmd_mattes)

@@ -1,11 +1,15 @@
-"""Shared fixtures: the tiny random pipeline and a synthetic job on disk."""
+"""Shared fixtures: the tiny random pipeline and a synthetic job on disk; how tests compare results with
+files stored in tests/data."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
@@ -37,3 +41,61 @@ def demo_job(tmp_path: Path) -> Path:
     from videograin.engine.demo import write_demo_inputs
 
     return write_demo_inputs(tmp_path / "input", frames=4, size=64, steps=5)
+
+
+@pytest.fixture(scope="session")
+def extension_wheel_cache(request) -> Path | None:
+    """Where the Blender extension's wheels are kept between runs: pytest's cache folder; None under
+    `-p no:cacheprovider`, and each build then downloads them into a scratch folder of its own."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("extension-wheels") if cache is not None else None
+
+
+# -- files stored in tests/data --------------------------------------------------------------------------
+
+STORED_FILE_REPORTS: list[str] = []
+
+
+def this_machine() -> dict[str, object]:
+    """What decides the last bits of a float32 CPU run: the processor (oneDNN and MKL choose their kernels
+    and blockings by its model and caches), the torch build, and whether more than one thread runs (with
+    one, PyTorch computes 1×1 convolutions by im2col and a matrix product instead of oneDNN's kernel)."""
+    import torch
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "torch": torch.__version__, "threads_above_one": torch.get_num_threads() > 1}
+
+
+@pytest.fixture()
+def stored_frames():
+    """Compare uint8 frames with frames stored in tests/data/NAME.npz, whose NAME.json says on which machine
+    they reproduce bit for bit. There they must be equal; elsewhere each value may differ by `levels` on at
+    most a `share` of the values (kernels that sum in another order move a value lying near a half level
+    across it). How far each comparison was is listed at the end of the run."""
+
+    def compare(name: str, key: str, frames: np.ndarray, levels: int = 1, share: float = 0.02) -> None:
+        stored = np.load(Path(__file__).parent / "data" / f"{name}.npz")[key]
+        about = json.loads((Path(__file__).parent / "data" / f"{name}.json").read_text())
+        same_machine = this_machine() == about["reproduced_bit_for_bit_on"]
+        assert frames.shape == stored.shape, (frames.shape, stored.shape)
+        differ = np.abs(frames.astype(np.int16) - stored.astype(np.int16))
+        allowed = "none (the machine it reproduces on)" if same_machine else f"{levels} level on {share:.0%} of them"
+        report = (f"{name}.npz[{key}]: {int((differ > 0).sum())} of {differ.size} values differ, by at most "
+                  f"{differ.max()} level; allowed: {allowed}")
+        STORED_FILE_REPORTS.append(report)
+        if same_machine:
+            assert not differ.any(), report
+        assert differ.max() <= levels and (differ > 0).mean() <= share, report
+
+    return compare
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if STORED_FILE_REPORTS:
+        terminalreporter.section("results against files stored in tests/data")
+        for line in STORED_FILE_REPORTS:
+            terminalreporter.write_line(line)

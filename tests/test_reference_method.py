@@ -1,12 +1,10 @@
 """The edit as the published VideoGrain code runs it (issue: reference fidelity), on the tiny model.
 
-Each test fails without the behaviour it names; the last one checks that with every one of them turned
-off the pipeline gives, bit for bit, the frames it gave before they existed.
+Each test fails without the behaviour it names; the first one checks that with every one of them turned
+off the pipeline gives the frames it gave before they existed (bit for bit on the machine that wrote them).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +24,7 @@ from videograin.engine.method.families.sd15.processors import (
 from videograin.engine.method.layout import BACKGROUND_BIT, RegionLayout, phrase_token_indices
 from videograin.engine.runner import edit_clip
 
-GOLDEN = Path(__file__).parent / "data" / "pre-reference-fidelity.npz"
+GOLDEN = "pre-reference-fidelity"  # tests/data/GOLDEN.npz and .json
 PROMPT = "an iron man and a spider man are jogging under cherry blossoms"
 
 
@@ -36,18 +34,33 @@ def _edit(pipe, job: EditJob, **changes):
     return edit_clip(job, pipe)
 
 
-def test_everything_off_reproduces_the_frames_from_before_bit_for_bit(demo_job, tiny_pipe):
-    # tests/data/pre-reference-fidelity.npz: `edit_clip` on this demo job (4 frames, 64², 5 steps), whole
-    # and in passes of 3, written by commit 12fe31d, before any of this existed.
-    golden = np.load(GOLDEN)
+def test_everything_off_reproduces_the_frames_from_before(demo_job, tiny_pipe, stored_frames):
+    """tests/data/pre-reference-fidelity.npz: `edit_clip` on this demo job (4 frames, 64², 5 steps), whole
+    and in passes of 3, written by commit 12fe31d, before any of this existed.
+
+    Bit for bit on the machine it reproduces on (its .json says which); elsewhere within 1 level on at most
+    2% of the values. Why: float32 sums depend on the order the CPU kernels add in, and that order is
+    chosen per machine. Measured here (AMD EPYC, 2 cores), with the inputs of each layer held fixed: the
+    3×3 convolutions and linear layers give the same bits at 1, 2 and 16 threads, but the 1×1 convolutions
+    (attention blocks' proj_in / proj_out, resnet shortcuts, post_quant_conv) do not, because PyTorch runs
+    a 1×1 convolution of a batch under 16 through oneDNN's jit_1x1 kernel only with more than one thread and
+    by im2col + an MKL product with one. That single change moves the last bit (1e-7 relative) of those
+    layers; 5 inversion and 5 guided steps carry it to the decoded pixels, and rounding to uint8 flips the
+    values lying that close to a half level: 130 of 49,152 by 1 level at one thread, 719 with every
+    convolution off oneDNN. The VAE decode is not the cause (decoding the same latents another way moves
+    1 or 2 values). The Intel Xeon of issue 26 (146 values, at any thread count, ISA capped or not) was not
+    at hand; there the kernels themselves differ: oneDNN and MKL size their blocks by the processor's
+    caches, and MKL picks its code path by vendor, which neither a thread count nor an ISA cap pins. A
+    change of the method moves nearly every value by more than a level (the whole and windowed frames
+    differ in 97% of values, by up to 238), so the tolerance still catches one."""
     job = load_job(demo_job)
     s = job.settings
     s.modulation = ModulationConfig(until=0.3, layout="area", size="clip", self_branch="both")
     s.negative_prompt, s.phrase_embeddings, s.controlnet_attention, s.inject_step, s.blend = "", False, "full", 0, False
     s.flow.method = "none"
-    np.testing.assert_array_equal(edit_clip(job, tiny_pipe).frames, golden["whole"])
+    stored_frames(GOLDEN, "whole", edit_clip(job, tiny_pipe).frames)
     s.window = 3
-    np.testing.assert_array_equal(edit_clip(job, tiny_pipe).frames, golden["windowed"])
+    stored_frames(GOLDEN, "windowed", edit_clip(job, tiny_pipe).frames)
 
 
 def test_the_defaults_are_the_reference_behaviour(demo_job, tiny_pipe):

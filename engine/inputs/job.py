@@ -55,14 +55,18 @@ def frame_indices(source: SourceConfig, length: int) -> list[int]:
 def load_job(path: str | Path, device: str = "auto", progress: ProgressCallback = no_progress) -> EditJob:
     """Read a YAML job file; relative paths in it are relative to the file's folder. Regions given by
     keyframes are tracked here (`load_job_mapping`)."""
+    return load_job_mapping(read_job_file(path), Path(path).parent, device, progress)
+
+
+def read_job_file(path: str | Path) -> object:
+    """A job file's YAML as data, unchecked (`parse_settings` checks it)."""
     path = Path(path)
     if not path.is_file():
         raise JobError(f"job file '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise JobError(f"job file '{path}' is not valid YAML: {exc}") from None
-    return load_job_mapping(data, path.parent, device, progress)
 
 
 def load_job_mapping(

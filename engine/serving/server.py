@@ -25,7 +25,7 @@ import torch
 import zmq
 
 from videograin import __version__
-from videograin.engine.cache import InversionCache, add_cache_arguments, cache_from_args
+from videograin.engine.cache import InversionCache, cache_from_args
 from videograin.engine.check import check_job
 from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
 from videograin.engine.errors import JobError, VideograinError
@@ -516,15 +516,6 @@ def claim_connection_file(path: Path) -> None:
         )
 
 
-def add_ray_arguments(parser) -> None:
-    """`--ray [ADDRESS]` and `--workers`, the same for `serve` and `edit` (ray_pool.py)."""
-    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                        help="spread passes and jobs over Ray workers: the cluster at ADDRESS (host:port), or a local "
-                             "one when none is given; needs `pip install 'videograin[ray]'`")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="Ray workers to start (default: one per GPU of the cluster; 1 where it has none)")
-
-
 def check_bind(address: str, allow_remote: bool) -> None:
     if address.startswith("ipc://"):
         return
@@ -576,23 +567,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.close()
     return 0
-
-
-def add_parser(sub) -> None:
-    serve = sub.add_parser("serve", help="run the engine server (protocol v1, see protocol/SPEC.md)")
-    serve.add_argument("--bind", default="tcp://127.0.0.1:0", help="tcp://127.0.0.1:PORT (0: any free port) or ipc://PATH")
-    serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind address")
-    serve.add_argument("--connection-file", default=str(wire.DEFAULT_CONNECTION_FILE),
-                       help="where clients find the engine (default ~/.videograin/engine.json)")
-    serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-                       help="model for jobs that name none: hub id, local folder, 'tiny' or 'sd15-random'")
-    serve.add_argument("--allow-model", action="append", default=[], metavar="NAME",
-                       help="another model or ControlNet a job may name (repeatable); jobs naming any other are refused")
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--retention", type=float, default=3600.0, help="seconds finished results stay attachable (kept on disk in the temp folder, not in RAM)")
-    serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
-    serve.add_argument("--max-frames", type=int, default=Limits.max_frames)
-    serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
-    add_cache_arguments(serve)  # one inversion cache for every job and client of this engine
-    add_ray_arguments(serve)
-    serve.set_defaults(run=cmd_serve)

@@ -3,7 +3,8 @@
 Clips marked `videograin` in the editor are edited and come back on a new `videograin` track above the
 originals (README, "Other editors: OpenTimelineIO"). `shots` reads the marked clips and their media,
 `conform` reads and writes timeline files and builds the new track, `command` runs the three stages.
-This module only registers the command: OpenTimelineIO is an optional extra, imported when it runs.
+This module is the command's entry (its arguments are in cli.py): OpenTimelineIO is an optional extra, imported
+when it runs.
 """
 
 from __future__ import annotations
@@ -25,29 +26,3 @@ def run(args: argparse.Namespace) -> int:
     from videograin.engine.timeline.command import cmd_timeline
 
     return cmd_timeline(args)
-
-
-def add_parser(sub) -> None:
-    from videograin.engine.cache import add_cache_arguments
-
-    p = sub.add_parser("timeline", help="edit the clips marked 'videograin' in an OpenTimelineIO timeline")
-    p.add_argument("timeline", help="the editor's exported timeline: .otio, .otioz, or a format an OTIO adapter reads")
-    p.add_argument(
-        "--out", required=True, help="the timeline with a 'videograin' track added (the input is never modified)"
-    )
-    p.add_argument(
-        "--results", help="folder of the edited shots (default: next to OUT, named after it + '-videograin')"
-    )
-    p.add_argument("--engine", metavar="CONNECTION_FILE", help="edit on an engine server instead of in-process")
-    p.add_argument("--model", help="override every shot's model: hub id, local folder, 'tiny' or 'sd15-random'")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (in-process)")
-    p.add_argument(
-        "--movie",
-        action="store_true",
-        help="new clips point at MP4 movies, not PNG sequences (always for .otioz and other formats; Resolve needs it)",
-    )
-    p.add_argument(
-        "--force", action="store_true", help="edit every shot again, even those already in the results folder"
-    )
-    add_cache_arguments(p)  # in-process shots; an engine keeps its own cache
-    p.set_defaults(run=run)
