@@ -84,10 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise VideograinError(f"demo folder '{out}' is not empty: choose a new one", code="bad_job")
     job_path = write_demo_inputs(out / "input", frames=args.frames, size=args.size, steps=args.steps, model=args.model)
     print(f"demo clip, mattes and job file: {job_path}")
-    # The demo's contact sheet shows each phrase's attention with and without ST-Layout modulation
-    # (attention maps are drawn for SD-1.5 only so far).
-    maps = args.model == "tiny"
-    summary = edit_in_process(load_job(job_path), out / "result", args.device, attention_maps=maps, show_plain_maps=maps)
+    # The demo's contact sheet shows each phrase's attention with and without ST-Layout modulation.
+    summary = edit_in_process(load_job(job_path), out / "result", args.device, attention_maps=True, show_plain_maps=True)
     _report(out / "result", summary)
     return 0
 

@@ -159,9 +159,7 @@ def edit_passes(
     family_options = {}
     if clip.family == SD15:
         family_options = {"controlnet_attention": s.controlnet_attention, "inject_step": s.inject_step,
-                          "trajectories": clip.trajectories, "attention_maps": attention_maps}
-    elif attention_maps:
-        raise JobError("attention maps are drawn for SD-1.5 models only so far; leave out --attention-maps on Wan")
+                          "trajectories": clip.trajectories}
     result = pipe(
         clip.frames,
         clip.masks,
@@ -185,12 +183,17 @@ def edit_passes(
         progress=progress,
         cancelled=cancelled,
         measure_leakage=measure_leakage,
+        attention_maps=attention_maps,
         on_frame=on_frame if on_frame is None or clip.length is None
         else lambda index, image: on_frame(index, image) if index < clip.length else None,
         **family_options,
     )
     if clip.length is not None:  # the padding frames are dropped
         result.frames = result.frames[: clip.length]
+        result.attention_maps = result.attention_maps and {
+            phrase: (modulated[: clip.length], plain[: clip.length])
+            for phrase, (modulated, plain) in result.attention_maps.items()
+        }
     return result
 
 

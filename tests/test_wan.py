@@ -353,3 +353,14 @@ def test_cross_attention_processor_equals_the_literal_equation(wan_pipe):
         expected = modulated_attention(q, k, v, positive, (0.8 * size)[:, None]).transpose(1, 2).flatten(2)
         expected = attn.to_out[0](expected)
     assert (got - expected).abs().max() < 1e-5
+
+
+def test_attention_maps_per_clip_frame_gather_inside_their_regions(wan_pipe):
+    video, masks = _clip(frames=6)  # padded to 9 inside: maps come back for every clip frame given
+    modulation = ModulationConfig(cross=0.9, self_=0.0, decay=0.0, until=1.0)
+    result = wan_pipe(pad_clip(video), pad_clip(masks[:2], axis=1), PROMPT, "two men jog", PHRASES[:2],
+                      background_phrase=PHRASES[2], steps=2, guidance=5.0, modulation=modulation, attention_maps=True)
+    modulated, plain = result.attention_maps["iron man"]
+    assert modulated.shape == plain.shape == (9, 2, 2)  # the 32² clip's 2×2 token grid, per clip frame
+    inside = masks[0, 0, ::16, ::16]  # the top-left token
+    assert modulated[:, inside].mean() / modulated.mean() > plain[:, inside].mean() / plain.mean()

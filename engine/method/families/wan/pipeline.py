@@ -37,7 +37,7 @@ from diffusers import (
 )
 
 from videograin.engine.config import ModulationConfig
-from videograin.engine.method.families.wan.grid import latent_frames, union_per_latent_frame
+from videograin.engine.method.families.wan.grid import latent_frames, latent_of_frame, union_per_latent_frame
 from videograin.engine.method.families.wan.processors import WanAttentionContext, install_processors
 from videograin.engine.method.layout import (
     RegionLayout,
@@ -54,6 +54,7 @@ from videograin.engine.method.passes import (
     StepReports,
     plan_passes,
 )
+from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
 from videograin.engine.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -214,6 +215,8 @@ class WanVideoGrainPipeline(DiffusionPipeline):
                            "both": (0, 1) if guided else (0,)}[modulation.self_branch]
         latents = inversion.latents
         for i, t in enumerate(sampler.timesteps):
+            if ctx.attention_maps is not None:
+                ctx.attention_maps.active = i < modulation.modulated_steps(steps)
             ctx.cross_strength = modulation.strength(modulation.cross, int(t), i, steps)
             ctx.self_strength = modulation.strength(modulation.self_, int(t), i, steps)
             velocity = self._velocity(latents, t, texts.edit, guidance, context, context_scale)
@@ -222,6 +225,8 @@ class WanVideoGrainPipeline(DiffusionPipeline):
             if keep is not None:
                 latents = latents * keep + inversion.source[i + 1] * (1 - keep)
             step_done(i, predicted)
+        if ctx.attention_maps is not None:
+            ctx.attention_maps.active = False
         return latents
 
     def preview_image(self, predicted: torch.Tensor) -> np.ndarray:
@@ -246,7 +251,8 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         window: int | None = None, negative_prompt: str = "", phrase_embeddings: bool = True, blend: bool = True,
         inversions: InversionSource | None = None, passes: Collection[int] | None = None,
         progress: ProgressCallback = no_progress, cancelled: Callable[[], bool] = lambda: False,
-        measure_leakage: bool = False, preview_every: int = 5, on_frame: FrameCallback | None = None,
+        measure_leakage: bool = False, attention_maps: bool = False, preview_every: int = 5,
+        on_frame: FrameCallback | None = None,
     ) -> EditResult:
         """Edit `frames` (F, H, W, 3) uint8 at the working size, F = 4k + 1 (grid.pad_clip pads a clip);
         `masks` (K, F, H, W) bool, one per phrase. `window`: clip frames per pass (passes hold whole latent
@@ -262,6 +268,7 @@ class WanVideoGrainPipeline(DiffusionPipeline):
                                 rules=modulation.layout, size=modulation.size, levels=(1,), modulate_finest=True),
             token_regions=token_regions(self.tokenizer, prompt, phrases, background_phrase, TEXT_LENGTH),
             leakage=LeakageMeter(len(phrases) + 1) if measure_leakage else None,
+            attention_maps=AttentionMaps(len(phrases) + 1, count, [grid]) if attention_maps else None,
         )
         install_processors((self.transformer, self.transformer_2), ctx)
         plan, anchors = plan_passes(count, count if window is None else max(2, latent_frames(window)))
@@ -304,5 +311,9 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         for index, image in enumerate(decoded if on_frame is not None else ()):
             on_frame(index, image)
         progress(ProgressEvent("decode", len(frames), len(frames)))
-        totals = PassTotals([background_phrase, *phrases], ctx.leakage, None, cached)
-        return EditResult(decoded, totals.measurements()[0], cached, totals=totals)
+        totals = PassTotals([background_phrase, *phrases], ctx.leakage, ctx.attention_maps, cached)
+        leakage, maps = totals.measurements()
+        if maps is not None:  # each clip frame shows its latent frame's map
+            held = [latent_of_frame(frame) for frame in range(len(frames))]
+            maps = {phrase: (modulated[held], plain[held]) for phrase, (modulated, plain) in maps.items()}
+        return EditResult(decoded, leakage, cached, attention_maps=maps, totals=totals)

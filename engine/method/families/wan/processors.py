@@ -7,7 +7,7 @@ own projections, RMS norms and rotary embedding (diffusers' `WanAttnProcessor` d
   apart over the whole clip; a long clip's anchor latent frames attend only among themselves, at their
   own positions in the clip, so they come out the same in every pass;
 - cross-attention: each region's phrase tokens (umT5 positions) are pulled into its own tokens and
-  pushed out of the others, and the leakage meter reads the probabilities when it is on.
+  pushed out of the others, and the leakage meter and attention maps read the probabilities when on.
 The pipeline steers every processor through one shared `WanAttentionContext`.
 """
 
@@ -19,6 +19,7 @@ import torch
 
 from videograin.engine.method.attention import anchored_attention, layout_attention, modulated_probs, plain_attention
 from videograin.engine.method.layout import RegionLayout
+from videograin.engine.metrics.attention_maps import AttentionMaps
 from videograin.engine.metrics.leakage import LeakageMeter
 
 
@@ -41,6 +42,7 @@ class WanAttentionContext:
     cross_strength: float = 0.0
     self_strength: float = 0.0
     leakage: LeakageMeter | None = None
+    attention_maps: AttentionMaps | None = None  # per latent frame, on the token grid
     backend: str = "auto"
 
     def level(self, tokens_per_frame: int, device: torch.device):
@@ -116,23 +118,30 @@ class WanLayoutAttnProcessor:
             regions, _, size = ctx.level(per_frame, q.device)
             text = ctx.token_regions.to(q.device)
             strength = ctx.cross_strength * size
-            if ctx.leakage is not None:
-                self._measured_cross(q[rows], k[rows], v[rows], out[rows], regions, text, strength, per_frame)
+            maps = ctx.attention_maps.records(per_frame) if ctx.attention_maps is not None else None
+            if ctx.leakage is not None or maps is not None:
+                self._measured_cross(q[rows], k[rows], v[rows], out[rows], regions, text, strength, per_frame, maps)
             elif ctx.cross_strength > 0:
                 out[rows] = layout_attention(q[rows], k[rows], v[rows], regions, text, strength, backend=ctx.backend)
             else:
                 out[rows] = plain_attention(q[rows], k[rows], v[rows])
         return out
 
-    def _measured_cross(self, q, k, v, out, regions, text, strength, per_frame) -> None:
+    def _measured_cross(self, q, k, v, out, regions, text, strength, per_frame, maps) -> None:
         """The modulated cross-attention one latent frame at a time, its probabilities read by the leakage
-        meter (a whole clip's would be T·h·w × L per head)."""
-        for start in range(0, q.shape[2], per_frame):
+        meter and the attention maps (`maps`: the grid's (h, w) while they record; a whole clip's
+        probabilities would be T·h·w × L per head)."""
+        ctx = self.context
+        for index, start in enumerate(range(0, q.shape[2], per_frame)):
             rows = slice(start, start + per_frame)
             positive = ((regions[rows, None] & text[None, :]) != 0)[None, None]
             probs = modulated_probs(q[:, :, rows], k, positive, strength[rows][None, None, :, None])
             out[:, :, rows] = (probs @ v).to(out.dtype)
-            self.context.leakage.add(probs, regions[None, rows], text)
+            if ctx.leakage is not None:
+                ctx.leakage.add(probs, regions[None, rows], text)
+            if maps is not None:
+                plain = modulated_probs(q[:, :, rows], k, positive, 0.0)
+                ctx.attention_maps.add(maps, ctx.frame_ids[index : index + 1], text, probs, plain)
 
 
 def install_processors(transformers, context: WanAttentionContext) -> None:
