@@ -34,7 +34,8 @@ LAYOUT_RULES = ("reference", "area")
 # Size factors (`modulation.size`), per query of N cells per frame, F frames:
 # - reference, as the published code computes them: the areas of the query's regions summed (a query in
 #   two regions adds both, so a cell in both counts twice): cross = 1 − Σ areas within the query's frame
-#   / N; self = 1 − Σ areas over the clip / (N·F²).
+#   / N (below 0, reversing the pull, where the query's regions together cover more than its frame);
+#   self = 1 − Σ areas over the clip / (N·F²).
 # - clip: both 1 − (cells of the clip sharing any region with the query, each counted once) / (N·F).
 SIZE_RULES = ("reference", "clip")
 # Which classifier-free-guidance branch's self-attention is modulated (`modulation.self_branch`). The
