@@ -60,3 +60,20 @@ def test_the_first_preview_comes_with_the_first_edit_step(demo_job, tiny_pipe):
     assert with_preview == [1, 2, 4, 5]  # step 1, every 2nd, and the last of 5
     first = previews[0][1]
     assert first.dtype == np.uint8 and first.shape == (16, 16, 3)  # the 8² latents, doubled: cheap
+
+
+def test_a_narrow_contact_sheet_wraps_its_banner_and_shows_the_heat_scale():
+    """The banner of a sheet narrower than its text wraps instead of running off the edge; with attention
+    rows the sheet ends with the heat maps' colour scale (blue low, red high) and what it measures."""
+    from videograin.engine.inputs.media import contact_sheet
+    from videograin.engine.runner import RANDOM_WEIGHTS_BANNER
+
+    frames = np.full((1, 64, 64, 3), 90, np.uint8)
+    sheet = contact_sheet([("source", frames)], cell=128, banner=RANDOM_WEIGHTS_BANNER)
+    banner = sheet[:-128]
+    assert sheet.shape[1] == 128 and banner.shape[0] > 24  # more than one line
+    assert not (banner[:, -4:] > 200).all(-1).any(), "the banner's text runs off the sheet's edge"
+    legended = contact_sheet([("source", frames)], cell=128, heat_legend=True)
+    scale = legended[128 + 10]  # the colour bar's middle row, under the frames
+    assert scale[8, 2] > 3 * scale[8, 0] and scale[-8, 0] > 3 * scale[-8, 2]  # blue at 0, red at the peak
+    assert legended.shape[0] > 128 + 20 + 18  # the bar, then its words

@@ -262,13 +262,15 @@ def test_an_engine_allowed_more_models_lists_and_takes_them():
     serving.start()
     peer = RawPeer({"address": server.address, "key": key})
     try:
-        assert peer.request({"type": "hello", "versions": [1]})["engine"]["models"] == ["tiny", "sd15-random", "models/canny"]
+        models = peer.request({"type": "hello", "versions": [1]})["engine"]["models"]
+        assert models == ["tiny", "sd15-random", "models/canny"]
         header, parts = inline_job(frames=2, size=64, model="sd15-random", controlnet="anything")  # random: no loading
         assert peer.request(header, parts)["type"] == "accepted"
         assert server.worker.submitted.get(timeout=30).edit.settings.model == "sd15-random"
         header, parts = inline_job(frames=2, size=64, model="models/canny", controlnet="lllyasviel/sd-controlnet-canny")
         refused = peer.request(header, parts)
-        assert refused["code"] == "bad_job" and "controlnet 'lllyasviel/sd-controlnet-canny' is not one" in refused["message"]
+        assert refused["code"] == "bad_job"
+        assert "controlnet 'lllyasviel/sd-controlnet-canny' is not one" in refused["message"]
     finally:
         peer.close()
         server.stop()

@@ -140,10 +140,10 @@ def test_without_modulation_the_transformer_is_diffusers_own(wan_pipe):
 
 def _leakage(pipe, strength: float) -> dict[str, float]:
     video, masks = _clip()
-    # Constant λ at every step: no decay, every step modulated.
+    # Constant λ at every step: no decay, every step modulated (so the whole run is the modulated part).
     modulation = ModulationConfig(cross=strength, self_=0.0, decay=0.0, until=1.0)
     return pipe(video, masks[:2], PROMPT, "two men jog", PHRASES[:2], background_phrase=PHRASES[2], steps=2,
-                guidance=5.0, modulation=modulation, measure_leakage=True, blend=False).leakage
+                guidance=5.0, modulation=modulation, measure_leakage=True, blend=False).leakage_whole_run
 
 
 def test_modulation_cuts_cross_attention_leakage_at_least_in_half(wan_pipe):

@@ -411,7 +411,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         totals = PassTotals([background_phrase, *phrases], ctx.leakage, ctx.attention_maps, cached_passes)
         leakage, maps = totals.measurements()
         return EditResult(decoded.frames(), leakage, cached_passes, attention_maps=maps,
-                          indices=None if passes is None else indices, totals=totals)
+                          indices=None if passes is None else indices, totals=totals,
+                          leakage_whole_run=totals.whole_run_leakage())
 
 
 class _InOrderDecoder:

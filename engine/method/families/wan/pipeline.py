@@ -316,4 +316,5 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         if maps is not None:  # each clip frame shows its latent frame's map
             held = [latent_of_frame(frame) for frame in range(len(frames))]
             maps = {phrase: (modulated[held], plain[held]) for phrase, (modulated, plain) in maps.items()}
-        return EditResult(decoded, leakage, cached, attention_maps=maps, totals=totals)
+        return EditResult(decoded, leakage, cached, attention_maps=maps, totals=totals,
+                          leakage_whole_run=totals.whole_run_leakage())

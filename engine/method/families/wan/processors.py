@@ -138,7 +138,7 @@ class WanLayoutAttnProcessor:
             probs = modulated_probs(q[:, :, rows], k, positive, strength[rows][None, None, :, None])
             out[:, :, rows] = (probs @ v).to(out.dtype)
             if ctx.leakage is not None:
-                ctx.leakage.add(probs, regions[None, rows], text)
+                ctx.leakage.add(probs, regions[None, rows], text, modulated=ctx.cross_strength > 0)
             if maps is not None:
                 plain = modulated_probs(q[:, :, rows], k, positive, 0.0)
                 ctx.attention_maps.add(maps, ctx.frame_ids[index : index + 1], text, probs, plain)
