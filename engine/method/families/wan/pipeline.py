@@ -114,7 +114,7 @@ class WanVideoGrainPipeline(DiffusionPipeline):
     def encode_target(self, prompt: str, phrases: list[str], swap: bool) -> torch.Tensor:
         """The target prompt's embedding; with `swap`, each phrase encoded alone overwrites its tokens."""
         target = self.encode_prompt(prompt)
-        for phrase in phrases if swap else []:
+        for phrase in filter(None, phrases) if swap else ():  # a region with no phrase has no tokens
             positions = phrase_token_indices(self.tokenizer, prompt, phrase, TEXT_LENGTH)
             alone = phrase_token_indices(self.tokenizer, phrase, phrase, TEXT_LENGTH)
             target[0, positions] = self.encode_prompt(phrase)[0, alone]
