@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import limit, wait_for
 
 from videograin.engine.demo import write_demo_inputs
 from videograin.engine.inputs.job import load_job
@@ -191,7 +192,7 @@ def worker(pool):
 def _run(worker: RayWorker, jobs: list[Job], on_event=lambda events: None, timeout_s: float = 300.0):
     """Every event of `jobs` until each has ended, as (kind, job id, payload); `on_event` sees the events
     so far after each one."""
-    events, ended, deadline = [], set(), time.monotonic() + timeout_s
+    events, ended, deadline = [], set(), time.monotonic() + limit(timeout_s)
     for job in jobs:
         worker.submit(job)
     while len(ended) < len(jobs):
@@ -267,14 +268,14 @@ def test_a_lost_worker_costs_only_its_pass(tmp_path, tiny_pipe, pool, worker, ca
     assert [p[0] for kind, _, p in events if kind == "frame"] == list(range(12))
     _assert_same_frames(job.result.frames, reference.frames)
     # Ray restarts the killed actor: it answers again and stays in the pool.
-    deadline = time.monotonic() + 120
-    while True:
+    def answers() -> bool:
         try:
-            assert ray.get(pool.actors[0].describe.options(concurrency_group="control").remote(), timeout=10)
-            break
+            return bool(ray.get(pool.actors[0].describe.options(concurrency_group="control").remote(),
+                                timeout=limit(10)))
         except ray.exceptions.ActorUnavailableError:
-            assert time.monotonic() < deadline, "the killed worker did not come back"
-            time.sleep(0.5)
+            return False
+
+    wait_for(answers, "the killed worker to come back", 120, every_s=0.5)
     assert len(worker.workers()) == 2
 
 
@@ -306,7 +307,7 @@ def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_p
         edit = _job(tmp_path / "input", steps=3)
         settings = {**edit.settings.to_dict(), "window": 4}
         job = client.submit(settings, list(edit.frames), [list(m) for m in edit.masks])
-        messages = list(client.events(job, timeout_s=300))
+        messages = list(client.events(job, timeout_s=limit(300)))
         assert messages[-1].type == "done" and messages[-1].header["frames"] == 12
         assert [m.header["index"] for m in messages if m.type == "frame"] == list(range(12))
         edited = {m.header["pass"] for m in messages if m.type == "progress" and m.header["phase"] == "edit"}
@@ -314,7 +315,7 @@ def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_p
         # A track job needs no pipeline: it runs in the engine's process, beside the pool.
         clip, truth = crossing_blobs(6, 96, 64)
         job = client.track(clip, [{0: truth[0, 0]}])
-        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=120) if m.type == "matte"]
+        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=limit(120)) if m.type == "matte"]
         assert len(mattes) == 6 and np.array_equal(mattes[0] == 255, truth[0, 0])
     finally:
         client.close()
