@@ -16,6 +16,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# OpenMP threads that wait by spinning hold a core each: on a machine busier than its cores (CI beside other
+# jobs) torch's parallel regions then crawl (a tiny edit took 80 s at 2 threads, 1-4 s waiting passively,
+# on 2 cores at load 15-24). Set before torch loads its OpenMP runtime; the engines tests start inherit it.
+# Only the scheduling changes, not the arithmetic: results are the same bits.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The inversion cache's default folder lies under the user's cache directory: tests keep theirs apart.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="videograin-test-cache-")
 
