@@ -96,7 +96,7 @@ def test_cli_edit_through_the_engine_matches_in_process(tiny_engine, demo_job, t
     def run(*extra):
         out = tmp_path / f"out{len(extra)}"
         done = subprocess.run([sys.executable, "-m", "videograin", "edit", str(demo_job), "--out", str(out),
-                               "--device", "cpu", *extra], capture_output=True, text=True, timeout=300)
+                               "--device", "cpu", *extra], capture_output=True, text=True, timeout=limit(300))
         assert done.returncode == 0, done.stderr
         return np.stack([cv2.imread(str(p)) for p in sorted((out / "frames").iterdir())]).astype(int), out
 
@@ -178,7 +178,7 @@ def test_a_killed_engine_is_reported_and_its_files_cleaned_up(tmp_path, monkeypa
         # A second engine over a running engine's connection file refuses to start.
         second = subprocess.run([sys.executable, "-m", "videograin", "serve", "--model", "tiny", "--device", "cpu",
                                  "--connection-file", str(connection)], cwd=ROOT, capture_output=True, text=True,
-                                env={**os.environ, **env}, timeout=120)
+                                env={**os.environ, **env}, timeout=limit(120))
         assert second.returncode == 2 and f"an engine (pid {process.pid}) is running" in second.stderr
         assert json.loads(connection.read_text())["pid"] == process.pid
         process.send_signal(signal.SIGKILL)

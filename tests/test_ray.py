@@ -116,7 +116,7 @@ def test_edit_with_ray_runs_the_passes_on_a_local_cluster(tmp_path, tiny_pipe, o
     out = tmp_path / "out"
     # A process of its own: `--ray` alone starts (and stops) a local cluster, apart from this module's.
     done = subprocess.run([sys.executable, "-m", "videograin", "edit", str(job_file), "--out", str(out), "--ray",
-                           "--workers", "2"], capture_output=True, text=True, timeout=600,
+                           "--workers", "2"], capture_output=True, text=True, timeout=limit(600),
                           cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     frames = read_sequence(out / "frames", list(range(len(list_frames(out / "frames")))), "ray")
@@ -141,7 +141,7 @@ def test_serve_with_ray_lists_its_workers_and_stops_on_sigterm(tmp_path):
         assert reply["summary"]["clip"]["frames"] == 4 and layout.startswith(b"\x89PNG")  # fitted in this process
         client.close()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 0
+        assert process.wait(timeout=limit(120)) == 0
         assert not connection.exists()
     finally:
         if process.poll() is None:
@@ -159,7 +159,7 @@ def test_ray_bench_times_one_and_two_workers(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "videograin", "bench", "--ray", "2", "--frames", "6", "--window", "3",
                           "--steps", "2", "--device", "cpu", "--json", str(out)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=limit(600), env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert report["passes"] == 3 and len(report["ray_2"]["workers"]) == 2
