@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ray_arguments(edit)
     edit.set_defaults(run=cmd_edit)
 
-    demo = sub.add_parser("demo", help="synthetic clip + mattes on the tiny random model (offline, < 1 min)")
+    demo = sub.add_parser("demo", help="synthetic clip + mattes on the tiny random model (offline, ~30 s on 2 cores)")
     demo.add_argument("--out", required=True, help="new or empty folder")
     demo.add_argument("--frames", type=int, default=8)
     demo.add_argument("--size", type=int, default=128)

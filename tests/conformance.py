@@ -17,6 +17,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import zmq
+from conftest import limit, wait_for
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +104,10 @@ class RawPeer:
         return self.request_parts(header, parts, timeout)[0]
 
     def request_parts(self, header: dict, parts: list[bytes] = (), timeout: float = 10.0) -> tuple[dict, list[bytes]]:
-        """The reply's header and parts; stream messages that arrive meanwhile are dropped."""
+        """The reply's header and parts; stream messages that arrive meanwhile are dropped. `timeout` is
+        what a quiet machine needs (scaled by `limit`)."""
         msg_id = self.send(header, parts)
+        timeout = limit(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.recv(deadline - time.monotonic())
@@ -112,7 +115,7 @@ class RawPeer:
                 break
             if got[0].get("ref") == msg_id:
                 return got
-        raise AssertionError(f"no reply to {header.get('type')} within {timeout} s")
+        raise AssertionError(f"no reply to {header.get('type')} within {timeout:.0f} s")
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -134,11 +137,17 @@ def start_engine(folder: Path, *extra: str, env: dict | None = None) -> tuple[su
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
-    deadline = time.monotonic() + 120
-    while (info := _connection_info(connection)) is None or info.get("pid") != process.pid:  # not a stale one
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"engine did not start: {process.stdout.read() if process.stdout else ''}")
-        time.sleep(0.1)
+
+    def started() -> dict | None:
+        assert process.poll() is None, f"engine did not start: {process.stdout.read()}"
+        info = _connection_info(connection)
+        return info if info and info.get("pid") == process.pid else None  # not a stale one
+
+    try:
+        info = wait_for(started, "the engine to write its connection file", 120, every_s=0.1)
+    except BaseException:
+        process.kill()
+        raise
     return process, info, connection
 
 
@@ -176,7 +185,8 @@ def inline_job(frames: int = 4, size: int = 64, steps: int = 3, **settings) -> t
 
 
 def collect_stream(peer: RawPeer, job: str, timeout: float = 120.0) -> list[tuple[dict, list[bytes]]]:
-    """Every stream message of `job` until its `done` or job `error`."""
+    """Every stream message of `job` until its `done` or job `error`, within `limit(timeout)`."""
+    timeout = limit(timeout)
     stream, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = peer.recv(deadline - time.monotonic())
@@ -186,4 +196,4 @@ def collect_stream(peer: RawPeer, job: str, timeout: float = 120.0) -> list[tupl
             stream.append(got)
             if got[0]["type"] in ("done", "error"):
                 return stream
-    raise AssertionError(f"stream of {job} did not end within {timeout} s: {[m[0]['type'] for m in stream]}")
+    raise AssertionError(f"stream of {job} did not end within {timeout:.0f} s: {[m[0]['type'] for m in stream]}")

@@ -1,5 +1,5 @@
-"""Shared fixtures: the tiny random pipeline and a synthetic job on disk; how tests compare results with
-files stored in tests/data."""
+"""Shared fixtures: the tiny random pipeline and a synthetic job on disk; how tests wait; how they compare
+results with files stored in tests/data."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ import json
 import os
 import platform
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+# OpenMP threads that wait by spinning hold a core each: on a machine busier than its cores (CI beside other
+# jobs) torch's parallel regions then crawl (a tiny edit took 80 s at 2 threads, 1-4 s waiting passively,
+# on 2 cores at load 15-24). Set before torch loads its OpenMP runtime; the engines tests start inherit it.
+# Only the scheduling changes, not the arithmetic: results are the same bits.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The inversion cache's default folder lies under the user's cache directory: tests keep theirs apart.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="videograin-test-cache-")
 
@@ -25,11 +33,19 @@ def tiny_pipe():
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory) -> str:
-    """A `videograin serve` process on the tiny model (1 s heartbeat); yields its connection file."""
+def tiny_engine_heartbeat_s() -> float:
+    """The tiny engine's heartbeat: 1 s, longer on a machine busier than its cores. A peer counts an engine
+    gone after 3 silent heartbeats, and an engine given a fraction of a core was silent 3 s at load 25."""
+    return round(limit(1.0), 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, tiny_engine_heartbeat_s) -> str:
+    """A `videograin serve` process on the tiny model; yields its connection file."""
     from conformance import start_engine
 
-    process, _, connection = start_engine(tmp_path_factory.mktemp("tiny-engine"), "--heartbeat", "1")
+    process, _, connection = start_engine(tmp_path_factory.mktemp("tiny-engine"), "--heartbeat",
+                                          str(tiny_engine_heartbeat_s))
     yield str(connection)
     process.kill()
     process.wait()
@@ -50,6 +66,38 @@ def extension_wheel_cache(request) -> Path | None:
     cache = getattr(request.config, "cache", None)
     return cache.mkdir("extension-wheels") if cache is not None else None
 
+
+# -- waiting ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def slowness() -> float:
+    """How many times longer than on a quiet machine things may take here: VIDEOGRAIN_TEST_SLOWNESS
+    (default 1) times the load per core, when the machine is busier than its cores (2-core CI beside
+    other jobs runs at load 8 to 16)."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):  # no load average on this system
+        load = 1.0
+    return float(os.environ.get("VIDEOGRAIN_TEST_SLOWNESS", "1")) * max(1.0, load)
+
+
+def limit(seconds: float) -> float:
+    """A limit for something that takes well under `seconds` on a quiet machine, scaled by `slowness`."""
+    return seconds * slowness()
+
+
+def wait_for(condition: Callable[[], T], what: str, seconds: float = 60.0, every_s: float = 0.05) -> T:
+    """Poll `condition` until it gives something true and return that; fail, saying `what` was awaited, after
+    `limit(seconds)`. A condition that can tell the awaited thing will never come (a session whose `tick()`
+    returned False, a process that exited) fails at once by raising itself."""
+    deadline = time.monotonic() + limit(seconds)
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {limit(seconds):.0f} s for {what}")
+        time.sleep(every_s)
+    return result
 
 # -- files stored in tests/data --------------------------------------------------------------------------
 

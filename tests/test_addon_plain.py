@@ -4,10 +4,11 @@ real engine."""
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from conftest import limit, wait_for
 
 from videograin.blender_addon import check_report, jobspec, keyframes
 from videograin.blender_addon.engine_link import (
@@ -113,18 +114,26 @@ def _job(steps: int):
     return jobspec.settings(request, 64, 64), [encode_png(f) for f in clip], [[encode_png(m.astype(np.uint8) * 255) for m in s] for s in mattes]
 
 
-def _drive(session: EditSession, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while session.tick():
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def _drive(session: EditSession, seconds: float = 60) -> None:
+    """Tick the session until it has ended."""
+    wait_for(lambda: not session.tick(), f"the session to end (now {session.state})", seconds, every_s=0.02)
+
+
+def _tick_until(session: EditSession | TrackSession, reached: Callable[[], bool], what: str) -> None:
+    """Tick the session until `reached()`; fail at once if it ends first."""
+
+    def ticked() -> bool:
+        assert session.tick(), f"the session ended ({session.state}: {session.message}) before {what}"
+        return reached()
+
+    wait_for(ticked, what, every_s=0.02)
 
 
 def test_session_writes_png_frames_then_renames_into_place(tiny_engine, tmp_path):
     session = EditSession(connect(tiny_engine), tmp_path / "result")
     session.submit(*_job(steps=3))
     _drive(session)
-    assert session.state == DONE and session.progress == 1.0
+    assert session.state == DONE and session.progress == 1.0, session.message
     assert [p.name for p in session.frame_paths()] == ["00000.png", "00001.png", "00002.png"]
     assert session.frame_paths()[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert session.preview is not None and session.summary["random_weights"] is True
@@ -171,9 +180,7 @@ def test_failed_session_removes_the_folders_it_made(tiny_engine, tmp_path):
 def test_cancelled_session_leaves_nothing(tiny_engine, tmp_path):
     session = EditSession(connect(tiny_engine), tmp_path / "result")
     session.submit(*_job(steps=300))
-    while session.phase not in ("invert", "edit"):
-        session.tick()
-        time.sleep(0.02)
+    _tick_until(session, lambda: session.phase in ("invert", "edit"), "the edit started inverting")
     session.cancel()
     _drive(session)
     assert session.state == CANCELLED and list(tmp_path.iterdir()) == []
@@ -225,15 +232,12 @@ def test_each_preview_is_taken_once(tmp_path):
     assert session.take_preview() is not None
 
 
-def test_watch_finds_an_engine_alive(tiny_engine):
+def test_watch_finds_an_engine_alive(tiny_engine, tiny_engine_heartbeat_s):
     watch = EngineWatch(tiny_engine)
-    assert watch.wait(30) and watch.state == ALIVE, watch.message
-    assert "model tiny" in watch.message and watch.capabilities["heartbeat_s"] == 1.0
+    assert watch.wait(limit(30)) and watch.state == ALIVE, watch.message
+    assert "model tiny" in watch.message and watch.capabilities["heartbeat_s"] == tiny_engine_heartbeat_s
     heard = watch.last_heard
-    deadline = time.monotonic() + 30
-    while watch.last_heard == heard:  # the heartbeat goes on
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for(lambda: watch.last_heard != heard, "a heartbeat after the first", 30, every_s=0.1)  # it goes on
     assert watch.alive and watch.ping_s is not None
     watch.close()
 
@@ -246,7 +250,7 @@ def test_watch_never_makes_its_caller_wait(tmp_path):
     dead.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "key": "00" * 32}))
     watch = EngineWatch(str(dead), timeout_s=1.0)
     assert watch.state == CONNECTING and "Waiting for the engine at tcp://127.0.0.1:9" in watch.message
-    assert watch.wait(10) and watch.state == SILENT and "does not answer" in watch.message
+    assert watch.wait(limit(10)) and watch.state == SILENT and "does not answer" in watch.message
     watch.close()
 
 
@@ -351,9 +355,7 @@ def test_a_refused_or_cancelled_track_leaves_nothing(tiny_engine, tmp_path):
     clip, truth = crossing_blobs(100, 320, 240)
     session = TrackSession(connect(tiny_engine), tmp_path / "results" / "matte")
     session.track(list(clip), {0: truth[0, 0]})
-    while session.phase != "track" or session.step < 2:
-        session.tick()
-        time.sleep(0.02)
+    _tick_until(session, lambda: session.phase == "track" and session.step >= 2, "the tracking reached frame 2")
     session.cancel()
     _drive(session)
     assert session.state == CANCELLED and list(tmp_path.iterdir()) == []

@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 
+from conftest import limit
+
 
 def _bench(tmp_path, *args: str) -> tuple[dict, str]:
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "videograin", "bench", *args, "--json", str(out)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=limit(300))
     assert run.returncode == 0, run.stderr
     return json.loads(out.read_text()), run.stdout
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import limit, slowness
 
 SCRIPTS = Path(__file__).parent / "blender_scripts"
 BLENDER_45 = Path(__file__).parents[1] / ".venv-blender45" / "bin" / "python"
@@ -37,10 +38,11 @@ def run_in_blender(blender_python: str, tmp_path: Path):
             **os.environ,
             "VIDEOGRAIN_ENGINE_PYTHON": sys.executable,  # the engine the add-on starts: Blender's Python has no torch
             "BLENDER_USER_RESOURCES": str(tmp_path / "blender-user"),  # the add-on's logs stay out of the home folder
+            "VIDEOGRAIN_TEST_SLOWNESS": str(slowness()),  # the scripts' limits scale as the tests' do
             **(env or {}),
         }
         done = subprocess.run([blender_python, str(SCRIPTS / script), *args], capture_output=True, text=True,
-                              timeout=300, env=env)
+                              timeout=limit(300), env=env)
         assert done.returncode == 0 and done.stdout.rstrip().endswith("OK"), \
             f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done.stdout + done.stderr
@@ -94,10 +96,10 @@ def test_no_engine_is_a_clear_message_without_waiting(run_in_blender):
     run_in_blender("no_engine.py")
 
 
-def test_built_zip_installs_and_enables(run_in_blender, tmp_path, request):
+def test_built_zip_installs_and_enables(run_in_blender, tmp_path, extension_wheel_cache):
     from videograin.blender_addon.build import build
 
-    [archive] = build(tmp_path / "dist", ["linux-x64"], wheel_cache=request.config.cache.mkdir("extension-wheels"))
+    [archive] = build(tmp_path / "dist", ["linux-x64"], wheel_cache=extension_wheel_cache)
     run_in_blender("install_zip.py", str(archive), env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})
 
 
@@ -117,7 +119,7 @@ def test_bench_reports_export_and_import(blender_python, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, "-m", "videograin", "bench", "--blender", "--blender-frames", "2",
                            "--blender-python", blender_python, "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=limit(600), check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["frames"] == 2 and report["blender"].startswith("5.0" if blender_python == sys.executable else "4.5")

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import limit
 
 from videograin.engine.cache import InversionCache, job_key, parse_size
 from videograin.engine.errors import JobError
@@ -161,7 +162,7 @@ def test_two_engines_sharing_a_folder_never_corrupt_it(tmp_path):
     writers = [subprocess.Popen([sys.executable, "-c", SHARED_WRITER, str(folder)], stdout=subprocess.PIPE, text=True)
                for _ in range(2)]
     for writer in writers:
-        out, _ = writer.communicate(timeout=120)
+        out, _ = writer.communicate(timeout=limit(120))
         assert writer.returncode == 0 and "done" in out
     cache = InversionCache(folder, max_bytes=6 * 70_000)
     entries = list(folder.glob("*.safetensors"))

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import limit
 from test_edit import _rewrite
 
 from videograin.engine import check
@@ -60,7 +61,7 @@ def test_example_job_is_checked_without_weights_and_pictured(tmp_path):
     def videograin_check(*args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}  # no model files
         return subprocess.run([sys.executable, "-m", "videograin", "check", str(EXAMPLE), "--device", "cpu", *args],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                              capture_output=True, text=True, timeout=limit(300), env=env, cwd=tmp_path)
 
     run = videograin_check("--out", str(out))
     # The job is right, but `edit` would stop at once: SD-1.5 and its ControlNet are not on this machine.

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import limit
 
 MODEL_LIBRARIES = ("torch", "diffusers", "transformers")
 
@@ -17,7 +18,7 @@ def _run(*args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProce
     """`python -m videograin ARGS` in a fresh interpreter, and the top-level modules it imported
     (from `-X importtime`, which lists every import on stderr)."""
     run = subprocess.run([sys.executable, "-X", "importtime", "-m", "videograin", *args], capture_output=True, check=False,
-                         text=True, timeout=300, cwd=cwd)
+                         text=True, timeout=limit(300), cwd=cwd)
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in run.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     return run, imported
@@ -32,7 +33,7 @@ def test_building_the_parser_imports_no_model_library():
         "    assert command in parser.format_help(), command\n"
         f"print(sorted(m for m in {MODEL_LIBRARIES!r} if m in sys.modules))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit(300), check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
 

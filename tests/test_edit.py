@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import limit
 
 from videograin.engine.config import ModulationConfig
 from videograin.engine.demo import synthetic_clip
@@ -150,7 +151,7 @@ def test_output_folder_is_never_overwritten(demo_job, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "videograin", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "videograin", *args], capture_output=True, text=True, timeout=limit(300))
 
 
 def test_cli_bad_job_writes_nothing(demo_job, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import limit
 
 from videograin.engine.config import FlowConfig
 from videograin.engine.inputs.flow import clip_flow
@@ -56,7 +57,7 @@ def _tiny_clip(folder: Path) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "videograin", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "videograin", *args], capture_output=True, text=True, timeout=limit(300))
 
 
 @pytest.fixture(scope="module")

@@ -70,13 +70,14 @@ def zip_manifest(archive: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def extension_zips(tmp_path_factory, request) -> dict[str, Path]:
-    """Every platform's zip, by the platform its manifest names; wheels are downloaded once per checkout."""
+def extension_zips(tmp_path_factory, extension_wheel_cache) -> dict[str, Path]:
+    """Every platform's zip, by the platform its manifest names; wheels are downloaded once per checkout (once per
+    run under `-p no:cacheprovider`)."""
     from videograin.blender_addon.build import PLATFORM_TAGS, DownloadError, build
 
     try:
         zips = build(tmp_path_factory.mktemp("extension"), list(PLATFORM_TAGS),
-                     wheel_cache=request.config.cache.mkdir("extension-wheels"))
+                     wheel_cache=extension_wheel_cache)
     except DownloadError as error:  # no package index here; any other build failure fails the tests
         pytest.skip(str(error))
     by_platform = {platform: archive for archive in zips

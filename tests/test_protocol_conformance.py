@@ -16,6 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 from conformance import RawPeer, collect_stream, inline_job, start_engine
+from conftest import limit, wait_for
 
 from videograin.engine import check
 
@@ -109,16 +110,19 @@ def test_attention_maps_cached_inversion_and_the_metrics_of_done(peer, engine):
 def test_cancel_stops_within_a_step(peer, engine):
     header, parts = inline_job(frames=2, steps=400)
     job = peer.request(header, parts)["job"]
-    while True:
-        got = peer.recv(60)
-        if got[0].get("type") == "progress" and got[0]["phase"] == "invert" and got[0]["step"] >= 2:
-            break
+
+    def second_inversion_step() -> bool:
+        got = peer.recv(limit(60))
+        assert got is not None, "the engine sent nothing"
+        return got[0].get("type") == "progress" and got[0]["phase"] == "invert" and got[0]["step"] >= 2
+
+    wait_for(second_inversion_step, "the job's second inversion step", every_s=0)
     started = time.monotonic()
     reply = peer.request({"type": "cancel", "job": job})
     assert reply["type"] == "status" and reply["jobs"][0]["job"] == job
     end = collect_stream(peer, job, timeout=30)[-1][0]
     assert end["type"] == "error" and end["code"] == "cancelled"
-    assert time.monotonic() - started < 5  # a tiny-model step takes well under a second
+    assert time.monotonic() - started < limit(5)  # a tiny-model step takes well under a second
     assert peer.request({"type": "status", "job": job})["jobs"][0]["state"] == "cancelled"
     assert_still_serving(peer, engine)
 
@@ -141,10 +145,8 @@ def test_attach_after_a_dropped_client_resumes_from_a_frame(engine):
     first.close()  # the client disappears; the job must go on
     second = RawPeer(engine[1])
     try:
-        deadline = time.monotonic() + 120
-        while second.request({"type": "status", "job": job})["jobs"][0]["state"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_for(lambda: second.request({"type": "status", "job": job})["jobs"][0]["state"] == "done",
+                 "the dropped client's job to finish", 120, every_s=0.2)
         reply = second.request({"type": "attach", "job": job, "from_frame": 2})
         assert reply["type"] == "status" and reply["jobs"][0]["frames_ready"] == 4
         stream = collect_stream(second, job)
@@ -179,7 +181,7 @@ def test_bad_signature_is_dropped_without_reply(peer, engine):
 )
 def test_rejects_get_an_error_and_the_engine_still_serves(peer, engine, header, parts, raw_header, code):
     msg_id = peer.send(header, parts, raw_header=raw_header)
-    got = peer.recv(timeout=5)
+    got = peer.recv(timeout=limit(5))
     assert got is not None, "no error reply"
     assert got[0]["type"] == "error" and got[0]["code"] == code, got[0]
     if raw_header is None:
@@ -213,13 +215,20 @@ def test_bad_submits_say_what_to_fix(peer, engine, change, code, words):
 def test_check_is_answered_at_once_beside_a_running_job(peer, engine):
     header, parts = inline_job(frames=2, steps=400)
     running = peer.request(header, parts)["job"]
-    while peer.request({"type": "status", "job": running})["jobs"][0]["state"] != "running":
-        time.sleep(0.05)
+    wait_for(lambda: peer.request({"type": "status", "job": running})["jobs"][0]["state"] == "running",
+             "the first job to run")
     header, parts = inline_job(frames=3)
     msg_id = peer.send({**header, "type": "check"}, parts)
-    while (got := peer.recv(timeout=30))[0].get("ref") != msg_id:  # progress of the running job meanwhile
-        assert got[0].get("job") == running
-    reply, body = got
+
+    def check_reply() -> tuple | None:
+        got = peer.recv(timeout=limit(30))
+        assert got is not None, "the engine sent nothing"
+        if got[0].get("ref") == msg_id:
+            return got
+        assert got[0].get("job") == running  # progress of the running job meanwhile
+        return None
+
+    reply, body = wait_for(check_reply, "the check's reply", 30, every_s=0)
     assert reply["type"] == "check" and reply["ok"] is True and reply["errors"] == []
     summary = reply["summary"]
     assert summary["clip"]["frames"] == 3 and [r["phrase"] for r in summary["regions"]] == ["iron man", "spider man"]
@@ -287,7 +296,7 @@ def test_sigterm_stops_cleanly_and_removes_the_connection_file(tmp_path):
     try:
         assert peer.request({"type": "ping"})["type"] == "pong"
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=limit(30)) == 0
         assert not connection.exists()
     finally:
         peer.close()
@@ -300,7 +309,7 @@ def test_shutdown_message(tmp_path):
     peer = RawPeer(info)
     try:
         assert peer.request({"type": "shutdown"})["type"] == "bye"
-        assert process.wait(timeout=30) == 0 and not connection.exists()
+        assert process.wait(timeout=limit(30)) == 0 and not connection.exists()
     finally:
         peer.close()
 
@@ -362,7 +371,7 @@ def test_ipc_transport_and_retention_expiry(tmp_path):
         assert expired["type"] == "error" and expired["code"] == "unknown_job"
         assert not list(scratch.glob(f"videograin-results-*/{job}"))
         assert peer.request({"type": "shutdown"})["type"] == "bye"
-        assert process.wait(timeout=30) == 0 and not any(scratch.iterdir())
+        assert process.wait(timeout=limit(30)) == 0 and not any(scratch.iterdir())
     finally:
         peer.close()
         if process.poll() is None:
@@ -395,15 +404,12 @@ def test_a_silent_peer_gets_nothing_more_until_it_attaches(engine):
         job = silent.request(header, parts)["job"]  # queued behind the blocker
         time.sleep(3.5)  # past 3 × heartbeat_s (1 s) without a word from `silent`
         other.request({"type": "cancel", "job": blocker})
-        deadline = time.monotonic() + 60
-        while other.request({"type": "status", "job": job})["jobs"][0]["state"] == "queued":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: other.request({"type": "status", "job": job})["jobs"][0]["state"] != "queued",
+                 "the queued job to start")
         # Speaking again does not resume the stream: only attach does.
         assert silent.request({"type": "ping"})["type"] == "pong"
-        while other.request({"type": "status", "job": job})["jobs"][0]["state"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: other.request({"type": "status", "job": job})["jobs"][0]["state"] == "done",
+                 "the job to finish", every_s=0.1)
         leaked = []
         while (got := silent.recv(timeout=0.5)) is not None:
             leaked.append(got[0]["type"])
@@ -450,8 +456,8 @@ def test_cancel_replies_cancelled_for_a_queued_job_and_running_for_a_running_one
     running = peer.request(header, parts)["job"]
     queued = peer.request(header, parts)["job"]
     assert peer.request({"type": "cancel", "job": queued})["jobs"][0]["state"] == "cancelled"
-    while peer.request({"type": "status", "job": running})["jobs"][0]["state"] != "running":
-        time.sleep(0.05)
+    wait_for(lambda: peer.request({"type": "status", "job": running})["jobs"][0]["state"] == "running",
+             "the first job to run")
     assert peer.request({"type": "cancel", "job": running})["jobs"][0]["state"] == "running"
     assert collect_stream(peer, running, timeout=30)[-1][0]["code"] == "cancelled"
 
@@ -464,7 +470,7 @@ def test_engine_messages_carry_ids_and_replies_their_ref(peer, engine):
         assert isinstance(message["id"], str) and len(message["id"]) == 16
     assert all("ref" not in m[0] for m in stream)
     peer.send({}, raw_header=msgpack.packb({"v": 1, "type": "ping"}))  # no id: the error cannot name it
-    reply = peer.recv(timeout=5)[0]
+    reply = peer.recv(timeout=limit(5))[0]
     assert reply["code"] == "bad_header" and reply["ref"] is None and "job" not in reply
 
 
@@ -473,7 +479,7 @@ def test_engine_messages_carry_ids_and_replies_their_ref(peer, engine):
 def test_signatures_in_either_hex_case_are_accepted(peer, engine):
     body = peer.body({"v": 1, "id": "upper", "type": "ping"})
     peer.send_frames([peer.sign_body(body).upper(), *body])
-    assert peer.recv(timeout=5)[0]["ref"] == "upper"
+    assert peer.recv(timeout=limit(5))[0]["ref"] == "upper"
     header, parts = inline_job(frames=2, steps=2)
     nonce = os.urandom(16)
     header = {**header, "v": 1, "id": "upper-tags",
@@ -481,7 +487,7 @@ def test_signatures_in_either_hex_case_are_accepted(peer, engine):
                            "tags": [t.upper() for t in peer.tags(nonce, parts)]}}
     body = [msgpack.packb(header), *parts]
     peer.send_frames([peer.signature(body[:1]).upper(), *body])
-    accepted = peer.recv(timeout=10)[0]
+    accepted = peer.recv(timeout=limit(10))[0]
     assert accepted["type"] == "accepted" and accepted["ref"] == "upper-tags"
     collect_stream(peer, accepted["job"])
 
@@ -490,10 +496,10 @@ def test_bin_is_ignored_in_unknown_fields_and_refused_where_a_string_is_due(peer
     reply = peer.request({"type": "ping", "x-thumbnail": b"\x89PNG\r\n"})
     assert reply["type"] == "pong"
     msg_id = peer.send({"type": "status", "job": b"job-1"})
-    reply = peer.recv(timeout=5)[0]
+    reply = peer.recv(timeout=limit(5))[0]
     assert reply["ref"] == msg_id and reply["code"] == "bad_header" and "bin" in reply["message"]
     peer.send({}, raw_header=msgpack.packb({b"type": "ping"}, use_bin_type=True))  # a bin key
-    reply = peer.recv(timeout=5)[0]
+    reply = peer.recv(timeout=limit(5))[0]
     assert reply["code"] == "malformed" and "str" in reply["message"]
 
 
@@ -541,7 +547,7 @@ def test_part_macs_both_ways_and_a_tampered_part_is_dropped(engine):
 def _raw_stream_frames(peer: RawPeer, job: str) -> list[bytes]:
     """The raw frames of the job's first message that carries a part."""
     while True:
-        frames = peer.recv_frames(timeout=60)
+        frames = peer.recv_frames(timeout=limit(60))
         assert frames is not None, "no message with a part"
         if msgpack.unpackb(frames[1]).get("job") == job and len(frames) > 2:
             return frames
@@ -568,10 +574,10 @@ def test_a_submit_at_max_frames_is_accepted(engine):
 
 
 def test_too_large_carries_the_ref_even_from_an_over_long_header(peer, engine):
-    limit = peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_header_bytes"]
-    header = {"v": 1, "type": "ping", "padding": "x" * limit, "id": "long-one"}  # the id after the bulk
+    largest = peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_header_bytes"]
+    header = {"v": 1, "type": "ping", "padding": "x" * largest, "id": "long-one"}  # the id after the bulk
     peer.send({}, raw_header=msgpack.packb(header))
-    reply = peer.recv(timeout=5)[0]
+    reply = peer.recv(timeout=limit(5))[0]
     assert reply["code"] == "too_large" and reply["ref"] == "long-one"
 
 
@@ -634,7 +640,7 @@ def test_spec_examples_run_against_a_real_engine(tmp_path):
                 assert set(expected["jobs"][0]) == set(reply["jobs"][0])
             if reply["type"] == "accepted":
                 jobs[expected["job"]] = reply["job"]
-        assert process.wait(timeout=30) == 0 and not connection.exists()
+        assert process.wait(timeout=limit(30)) == 0 and not connection.exists()
     finally:
         peer.close()
         if process.poll() is None:

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from conformance import RawPeer, collect_stream, inline_job, start_engine
+from conftest import limit, wait_for
 
 from videograin.engine.inputs.mattes import crossing_blobs, iou
 from videograin.engine.inputs.media import write_png
@@ -120,10 +121,8 @@ def test_attach_resends_mattes_from_a_frame(engine, blobs):
     first.close()  # the client disappears; the track goes on
     second = RawPeer(engine[1])
     try:
-        deadline = time.monotonic() + 60
-        while second.request({"type": "status", "job": job})["jobs"][0]["state"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_for(lambda: second.request({"type": "status", "job": job})["jobs"][0]["state"] == "done",
+                 "the dropped client's track to finish", every_s=0.1)
         reply = second.request({"type": "attach", "job": job, "from_frame": 9})
         assert reply["jobs"][0]["frames_ready"] == FRAMES
         stream = collect_stream(second, job)
@@ -140,17 +139,20 @@ def test_cancel_stops_a_running_track_and_drops_a_queued_one(peer, engine):
     queued = peer.request(header, parts)
     assert queued["position"] == 1
     assert peer.request({"type": "cancel", "job": queued["job"]})["jobs"][0]["state"] == "cancelled"
-    while True:
-        got = peer.recv(60)
-        if got[0].get("job") == running and got[0]["type"] == "progress" and got[0]["step"] >= 3:
-            break
-    assert got[0]["step"] < got[0]["total"]
+    def third_frame() -> dict | None:
+        got = peer.recv(limit(60))
+        assert got is not None, "the engine sent nothing"
+        header = got[0]
+        return header if header.get("job") == running and header["type"] == "progress" and header["step"] >= 3 else None
+
+    progress = wait_for(third_frame, "the track's third frame", every_s=0)
+    assert progress["step"] < progress["total"]
     started = time.monotonic()
     assert peer.request({"type": "cancel", "job": running})["jobs"][0]["state"] == "running"
     stream = collect_stream(peer, running, timeout=30)
     assert stream[-1][0]["type"] == "error" and stream[-1][0]["code"] == "cancelled"
     assert not [m for m in stream if m[0]["type"] == "matte"]
-    assert time.monotonic() - started < 5  # one tracked frame takes a few hundredths of a second
+    assert time.monotonic() - started < limit(5)  # one tracked frame takes a few hundredths of a second
     assert peer.request({"type": "status", "job": running})["jobs"][0]["state"] == "cancelled"
     assert peer.request({"type": "ping"})["type"] == "pong"
 
@@ -260,7 +262,7 @@ def test_the_reference_client_tracks(engine, blobs, tmp_path):
     try:
         assert "flow" in client.hello()["trackers"]
         job = client.track(clip, [{0: truth[0, 0], FRAMES - 1: truth[0, -1]}], names=["red blob"])
-        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=60) if m.type == "matte"]
+        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=limit(60)) if m.type == "matte"]
         assert len(mattes) == FRAMES and np.array_equal(mattes[-1] == 255, truth[0, -1])
         assert np.mean([iou(m == 255, t) for m, t in zip(mattes, truth[0])]) >= 0.9
         write_png(tmp_path / "key.png", truth[0, 0].astype(np.uint8) * 255)
@@ -268,7 +270,7 @@ def test_the_reference_client_tracks(engine, blobs, tmp_path):
             write_png(tmp_path / "clip" / f"{f}.png", frame)
         keyframes = [{"frame": 0, "path": str(tmp_path / "key.png")}]
         job = client.track_paths({"path": str(tmp_path / "clip")}, [{"keyframes": keyframes}])
-        assert [m.header["index"] for m in client.events(job, timeout_s=60) if m.type == "matte"] == [0, 1, 2]
+        assert [m.header["index"] for m in client.events(job, timeout_s=limit(60)) if m.type == "matte"] == [0, 1, 2]
         with pytest.raises(Exception, match="empty"):
             client.track(clip, [{0: np.zeros((HEIGHT, WIDTH), bool)}])
     finally:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import limit, wait_for
 
 from videograin.engine.demo import write_demo_inputs
 from videograin.engine.inputs.job import load_job
@@ -115,7 +116,7 @@ def test_edit_with_ray_runs_the_passes_on_a_local_cluster(tmp_path, tiny_pipe, o
     out = tmp_path / "out"
     # A process of its own: `--ray` alone starts (and stops) a local cluster, apart from this module's.
     done = subprocess.run([sys.executable, "-m", "videograin", "edit", str(job_file), "--out", str(out), "--ray",
-                           "--workers", "2"], capture_output=True, text=True, timeout=600,
+                           "--workers", "2"], capture_output=True, text=True, timeout=limit(600),
                           cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     frames = read_sequence(out / "frames", list(range(len(list_frames(out / "frames")))), "ray")
@@ -140,7 +141,7 @@ def test_serve_with_ray_lists_its_workers_and_stops_on_sigterm(tmp_path):
         assert reply["summary"]["clip"]["frames"] == 4 and layout.startswith(b"\x89PNG")  # fitted in this process
         client.close()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 0
+        assert process.wait(timeout=limit(120)) == 0
         assert not connection.exists()
     finally:
         if process.poll() is None:
@@ -158,7 +159,7 @@ def test_ray_bench_times_one_and_two_workers(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "videograin", "bench", "--ray", "2", "--frames", "6", "--window", "3",
                           "--steps", "2", "--device", "cpu", "--json", str(out)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=limit(600), env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert report["passes"] == 3 and len(report["ray_2"]["workers"]) == 2
@@ -191,7 +192,7 @@ def worker(pool):
 def _run(worker: RayWorker, jobs: list[Job], on_event=lambda events: None, timeout_s: float = 300.0):
     """Every event of `jobs` until each has ended, as (kind, job id, payload); `on_event` sees the events
     so far after each one."""
-    events, ended, deadline = [], set(), time.monotonic() + timeout_s
+    events, ended, deadline = [], set(), time.monotonic() + limit(timeout_s)
     for job in jobs:
         worker.submit(job)
     while len(ended) < len(jobs):
@@ -267,14 +268,14 @@ def test_a_lost_worker_costs_only_its_pass(tmp_path, tiny_pipe, pool, worker, ca
     assert [p[0] for kind, _, p in events if kind == "frame"] == list(range(12))
     _assert_same_frames(job.result.frames, reference.frames)
     # Ray restarts the killed actor: it answers again and stays in the pool.
-    deadline = time.monotonic() + 120
-    while True:
+    def answers() -> bool:
         try:
-            assert ray.get(pool.actors[0].describe.options(concurrency_group="control").remote(), timeout=10)
-            break
+            return bool(ray.get(pool.actors[0].describe.options(concurrency_group="control").remote(),
+                                timeout=limit(10)))
         except ray.exceptions.ActorUnavailableError:
-            assert time.monotonic() < deadline, "the killed worker did not come back"
-            time.sleep(0.5)
+            return False
+
+    wait_for(answers, "the killed worker to come back", 120, every_s=0.5)
     assert len(worker.workers()) == 2
 
 
@@ -306,7 +307,7 @@ def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_p
         edit = _job(tmp_path / "input", steps=3)
         settings = {**edit.settings.to_dict(), "window": 4}
         job = client.submit(settings, list(edit.frames), [list(m) for m in edit.masks])
-        messages = list(client.events(job, timeout_s=300))
+        messages = list(client.events(job, timeout_s=limit(300)))
         assert messages[-1].type == "done" and messages[-1].header["frames"] == 12
         assert [m.header["index"] for m in messages if m.type == "frame"] == list(range(12))
         edited = {m.header["pass"] for m in messages if m.type == "progress" and m.header["phase"] == "edit"}
@@ -314,7 +315,7 @@ def test_the_engine_on_ray_reports_its_workers_and_streams_frames_in_order(tmp_p
         # A track job needs no pipeline: it runs in the engine's process, beside the pool.
         clip, truth = crossing_blobs(6, 96, 64)
         job = client.track(clip, [{0: truth[0, 0]}])
-        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=120) if m.type == "matte"]
+        mattes = [matte_images(m)[0] for m in client.events(job, timeout_s=limit(120)) if m.type == "matte"]
         assert len(mattes) == 6 and np.array_equal(mattes[0] == 255, truth[0, 0])
     finally:
         client.close()

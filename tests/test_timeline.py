@@ -24,6 +24,7 @@ otio = pytest.importorskip("opentimelineio")
 from opentimelineio.opentime import RationalTime, TimeRange  # noqa: E402
 
 from conformance import interruptible  # noqa: E402
+from conftest import limit, wait_for  # noqa: E402
 
 from videograin.engine.cli import main  # noqa: E402
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip  # noqa: E402
@@ -483,23 +484,23 @@ def test_on_an_engine_ctrl_c_cancels_the_running_shot(project, tmp_path, tiny_en
     client = EngineClient(tiny_engine)
     client.hello()
     try:
-        deadline = time.monotonic() + 120
+        def second_shot_running() -> list[str]:
+            assert process.poll() is None, process.stdout.read()
+            return any(results.glob("runners-*/result.json")) and _running(client)
+
         # Ctrl-C once shot 1 is done and shot 2 runs on the engine.
-        while not (any(results.glob("runners-*/result.json")) and _running(client)):
-            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-            time.sleep(0.2)
-        running = _running(client)
+        running = wait_for(second_shot_running, "shot 1 done and shot 2 running", 120, every_s=0.2)
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=180)[0]
+        output = process.communicate(timeout=limit(180))[0]
         assert process.returncode == 130, output
         assert "not written" in output and not out.exists()
         assert [p.name.split("-")[0] for p in results.iterdir()] == ["runners"]  # nothing for the cancelled shot
         report = json.loads(next(results.glob("runners-*/result.json")).read_text())
         assert report["engine"] and report["frames"] == 4
-        deadline = time.monotonic() + 30
-        while client.status(running[0])[0]["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert client.status(running[0])[0]["state"] == "cancelled"  # the engine stopped its work too
+        # The engine stopped its work too.
+        wait_for(lambda: client.status(running[0])[0]["state"] != "running", "the engine to stop shot 2", 30,
+                 every_s=0.1)
+        assert client.status(running[0])[0]["state"] == "cancelled"
     finally:
         client.close()
 

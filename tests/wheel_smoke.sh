@@ -11,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 
 "$root/.venv/bin/pip" wheel -q --no-deps --wheel-dir "$work/dist" "$root"
 python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install -q --no-compile torch==2.13.0 "$work"/dist/videograin-*.whl
+"$work/venv/bin/pip" install -q --no-compile torch==2.13.0 "$work"/dist/videograin-*.whl -c "$root/constraints.txt"
 
 mkdir "$work/empty"
 cd "$work/empty"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import configure_edit, finish, new_scene, register_addon, run_until_done, strip_summary
+from scene_setup import configure_edit, finish, limit, new_scene, register_addon, run_until_done, strip_summary
 
 register_addon()
 from videograin.blender_addon import operators  # noqa: E402
@@ -22,7 +22,7 @@ before = strip_summary(scene)
 vg = scene.videograin
 assert bpy.ops.videograin.edit() == {"FINISHED"}
 assert (folder / "videograin_results").is_dir()  # the edit's staging folder is in there
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + limit(60)
 while vg.phase not in ("invert", "edit"):
     assert operators.tick(scene.name) is not None and time.monotonic() < deadline
     time.sleep(0.05)
@@ -36,7 +36,7 @@ vg.steps = 10  # previews come every 5 edit steps
 assert operators.preview_of(scene.name) is None
 assert bpy.ops.videograin.edit() == {"FINISHED"}
 shown = []
-deadline = time.monotonic() + 120
+deadline = time.monotonic() + limit(120)
 while operators.tick(scene.name) is not None:
     assert time.monotonic() < deadline, vg.status
     preview = operators.preview_of(scene.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import configure_edit, finish, new_scene, register_addon
+from scene_setup import configure_edit, finish, limit, new_scene, register_addon
 
 register_addon()
 from videograin.blender_addon import operators  # noqa: E402
@@ -22,7 +22,7 @@ configure_edit(scene, sys.argv[1], steps=400)
 assert bpy.ops.videograin.check_engine(wait=True) == {"FINISHED"}  # an edit without `wait` needs an answer first
 assert bpy.ops.videograin.edit() == {"FINISHED"}
 job = operators._sessions[scene.name].job
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + limit(60)
 while scene.videograin.phase not in ("invert", "edit"):
     assert operators.tick(scene.name) is not None and time.monotonic() < deadline
     time.sleep(0.05)
@@ -31,7 +31,7 @@ bpy.ops.wm.save_mainfile()  # saved with the edit running
 bpy.ops.wm.open_mainfile(filepath=str(blend))
 assert operators._sessions == {}
 client = connect(sys.argv[1])
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + limit(30)
 while client.status(job)[0]["state"] != "cancelled":
     assert time.monotonic() < deadline, client.status(job)
     time.sleep(0.1)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from recording_layout import RecordingLayout, draw, labels
-from scene_setup import finish, new_scene, register_addon
+from scene_setup import finish, limit, new_scene, register_addon
 
 register_addon()
 from videograin.blender_addon import operators, panel  # noqa: E402
@@ -33,7 +33,7 @@ dead = folder / "dead.json"
 dead.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "key": "00" * 32}))
 vg.connection_file = str(dead)
 assert any("Waiting for the engine at tcp://127.0.0.1:9" in text for text in labels(draw(context), "TIME"))
-operators.engine_watch(vg.connection_file).wait(10)
+operators.engine_watch(vg.connection_file).wait(limit(10))
 assert any("does not answer" in text for text in labels(draw(context), "ERROR"))
 
 vg.running, vg.phase, vg.step, vg.total, vg.progress = True, "edit", 3, 10, 55.0

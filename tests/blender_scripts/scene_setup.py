@@ -23,6 +23,12 @@ def _fail_at_once(kind, value, trace) -> None:
 sys.excepthook = _fail_at_once
 
 
+def limit(seconds: float) -> float:
+    """A limit for something that takes well under `seconds` on a quiet machine, scaled by how slow this one
+    is (tests/conftest.py `slowness`, which the test passes in as VIDEOGRAIN_TEST_SLOWNESS)."""
+    return seconds * float(os.environ.get("VIDEOGRAIN_TEST_SLOWNESS", "1"))
+
+
 def finish() -> None:
     """Report success and leave at once: bpy 4.5 can hang in its own teardown after a render."""
     print("OK", flush=True)
@@ -115,7 +121,7 @@ def run_until_done(scene, limit_s: float = 120.0) -> None:
 
     from videograin.blender_addon import operators
 
-    deadline = time.monotonic() + limit_s
+    deadline = time.monotonic() + limit(limit_s)
     while operators.tick(scene.name) is not None:
         assert time.monotonic() < deadline, "edit did not finish"
         time.sleep(0.05)

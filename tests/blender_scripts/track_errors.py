@@ -12,7 +12,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from scene_setup import (FRAMES, HEIGHT, START, WIDTH, configure_edit, count_renders, finish, new_scene,
+from scene_setup import (FRAMES, HEIGHT, START, WIDTH, configure_edit, count_renders, finish, limit, new_scene,
                          operator_error, png, rectangle_mask, register_addon, run_until_done, strip_summary)
 
 register_addon()
@@ -94,7 +94,7 @@ blocker = blocker_client.submit(settings, list(frames), [[np.full((HEIGHT, WIDTH
 region.matte_source, region.image = "IMAGE", painted
 summary, folders = strip_summary(scene), sorted(results.iterdir())
 assert track() == {"FINISHED"} and vg.running
-deadline = time.monotonic() + 30
+deadline = time.monotonic() + limit(30)
 while vg.phase != "queued" or not operators._sessions[scene.name].job:
     assert operators.tick(scene.name) is not None and time.monotonic() < deadline
 assert bpy.ops.videograin.cancel() == {"FINISHED"}
@@ -103,7 +103,7 @@ assert not vg.running and vg.status == "Cancelled" and vg.error == "", (vg.statu
 assert strip_summary(scene) == summary and sorted(results.iterdir()) == folders
 blocker_client.cancel(blocker)
 try:
-    list(blocker_client.events(blocker, timeout_s=60))
+    list(blocker_client.events(blocker, timeout_s=limit(60)))
 except EngineError as exc:
     assert exc.code == "cancelled"
 blocker_client.close()
