@@ -383,3 +383,13 @@ def test_edit_session_keeps_attention_maps_beside_its_frames(tiny_engine, tmp_pa
         assert [p.name for p in maps] == ["00000.png", "00001.png", "00002.png"]
         assert decode_png(maps[0].read_bytes()).shape == (64, 64, 3)
     session.close()
+
+
+def test_a_region_may_have_no_phrase_and_still_counts():
+    request = jobspec.EditRequest(prompt="an iron man under cherry blossoms", source_prompt="",
+                                  phrases=["iron man", "", "  "], background_phrase="cherry blossoms")
+    assert jobspec.problems(request) == []
+    assert jobspec.settings(request, 64, 64)["regions"] == [{"phrase": "iron man"}, {"phrase": ""}, {"phrase": "  "}]
+    twice = jobspec.EditRequest(prompt="an iron man", source_prompt="", phrases=["iron man", "Iron Man", ""])
+    assert jobspec.problems(twice) == ["Two regions share a phrase: give each its own words."]
+
