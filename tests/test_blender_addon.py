@@ -82,6 +82,14 @@ def test_check_shows_the_layout_of_the_playhead_frame_and_the_warnings(run_in_bl
     run_in_blender("check_layout.py", tiny_engine, str(MARGIN + CELL + GAP))
 
 
+def test_each_strip_keeps_its_own_edit_through_save_rename_move_duplicate_and_paste(run_in_blender):
+    run_in_blender("strip_edits.py")
+
+
+def test_a_file_of_the_previous_version_opens_with_its_edit_on_its_strip(run_in_blender):
+    run_in_blender("old_file.py")
+
+
 def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
     run_in_blender("renamed.py", tiny_engine)
 
