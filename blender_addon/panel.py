@@ -265,11 +265,13 @@ class VIDEOGRAIN_PT_queue(VideograinPanel, bpy.types.Panel):
         if waiting:
             layout.label(text=waiting, icon="TIME")
         for shot in queued:
+            strip = runs.strip_of(context.scene, shot)
+            name = strip.name if strip is not None else shot.name  # renamed since the last tick, or gone
             box = layout.box()
             row = box.row(align=True)
-            row.label(text=f"{shot.name}" + (" (tracking)" if shot.kind == "track" else ""), icon="SEQUENCE")
-            if shot.active:
-                row.operator("videograin.cancel", text="", icon="CANCEL").strip = shot.name
+            row.label(text=name + (" (tracking)" if shot.kind == "track" else ""), icon="SEQUENCE")
+            if shot.active and strip is not None:
+                row.operator("videograin.cancel", text="", icon="CANCEL").strip = name
                 box.progress(factor=shot.session.progress, text=shots.describe(shot))
             else:
                 wrapped(box, shots.describe(shot), "CHECKMARK" if shot.state == "done" else "ERROR")

@@ -80,6 +80,7 @@ def _follow(scene, shot: Shot) -> None:
     if preview is not None:
         previews.show_preview(shot.key, preview)
     if strip is not None:
+        shot.name = strip.name  # renamed meanwhile: the queue shows it, and it breaks a tie with a duplicate
         edit = strip.videograin
         edit.phase, edit.step, edit.total = session.phase, session.step, session.total
         edit.progress = 100.0 * session.progress

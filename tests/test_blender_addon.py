@@ -90,6 +90,11 @@ def test_a_file_of_the_previous_version_opens_with_its_edit_on_its_strip(run_in_
     run_in_blender("old_file.py")
 
 
+def test_edit_selected_queues_the_checked_strips_each_result_above_its_own_and_re_edits_keep_takes(
+        run_in_blender, tiny_engine):
+    run_in_blender("edit_selected.py", tiny_engine)
+
+
 def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
     run_in_blender("renamed.py", tiny_engine)
 
