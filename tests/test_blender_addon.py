@@ -118,6 +118,10 @@ def test_start_check_and_stop_a_local_engine_logs_in_one_place(run_in_blender):
     run_in_blender("local_engine.py")
 
 
+def test_a_started_engine_that_dies_is_reported_on_the_next_tick_with_its_log(run_in_blender):
+    run_in_blender("engine_death.py")
+
+
 def test_opening_another_file_stops_the_edit(run_in_blender, tiny_engine):
     run_in_blender("file_change.py", tiny_engine)
 
