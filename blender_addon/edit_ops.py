@@ -91,8 +91,11 @@ class VIDEOGRAIN_OT_edit_selected(bpy.types.Operator):
                 break
             try:
                 shot = submit(scene, strip, client)
-            except (EngineError, RuntimeError) as exc:
-                _refuse(vg, strip, exc.message if isinstance(exc, EngineError) else f"Exporting the frames failed: {exc}")
+            except EngineError as exc:
+                _refuse(vg, strip, exc.message)
+                continue
+            except RuntimeError as exc:  # Blender could not render the frames or mattes
+                _refuse(vg, strip, f"Exporting the frames failed: {exc}")
                 continue
             runs.launch(scene, shot)
             queued.append(shot.key)

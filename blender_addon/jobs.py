@@ -128,7 +128,8 @@ def send(scene, edit, source, request: jobspec.EditRequest, client, by_path, inl
     if run is not None:
         scratch = Path(tempfile.mkdtemp(prefix="videograin-export-"))
         try:
-            mattes = [_matte_run(scene, region, frames, run, scratch / f"matte-{i}") for i, region in enumerate(edit.regions)]
+            mattes = [_matte_run(scene, region, frames, run, scratch / f"matte-{i}")
+                      for i, region in enumerate(edit.regions)]
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

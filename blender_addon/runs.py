@@ -8,7 +8,7 @@ import time
 
 import bpy
 
-from . import engine_ops, previews, timeline
+from . import engine_ops, jobs, previews, timeline
 from .session import DONE
 from .shots import Shot
 
@@ -135,8 +135,7 @@ class VIDEOGRAIN_OT_cancel(bpy.types.Operator):
                                     description="The strip whose job to stop (empty: the active strip)")
 
     def execute(self, context):
-        scene = context.scene
-        strip = timeline.all_strips_of(scene).get(self.strip) if self.strip else scene.sequence_editor.active_strip
+        strip = jobs.named_or_active(context.scene, self.strip)
         key = strip.get(timeline.KEY) if strip is not None else None
         if not key or not cancel(key):
             self.report({"WARNING"}, "No edit or tracking of that strip is running")

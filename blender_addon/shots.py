@@ -65,7 +65,8 @@ def describe(shot: Shot) -> str:
     """One line of the queue panel: the phase and step, or how it ended."""
     session = shot.session
     if not shot.active:
-        return session.state.capitalize() + (f": {session.message}" if session.message and session.state != "done" else "")
+        said = session.message and session.state != "done"
+        return session.state.capitalize() + (f": {session.message}" if said else "")
     if session.phase == "queued":
         return "Queued on the engine"
     steps = f" {session.step}/{session.total}" if session.total else ""

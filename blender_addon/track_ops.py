@@ -37,13 +37,14 @@ class VIDEOGRAIN_OT_track_matte(bpy.types.Operator):
         scene = context.scene
         source = jobs.named_or_active(scene, self.strip)
         if source is None or not source.videograin.enabled:
-            return jobs.fail(self, scene.videograin, "Select a strip with an edit: its regions are what Track Matte follows.")
+            return jobs.fail(self, scene.videograin, "Select a strip with an edit: Track Matte follows its regions.")
         edit = source.videograin
         index = self.region if self.region >= 0 else edit.active_region
         if not 0 <= index < len(edit.regions):
             return jobs.fail(self, edit, "Add a region first, with a mask or a painted image to track.")
         if edit.running:
-            return jobs.fail(self, edit, f"An edit or a tracking of '{source.name}' is already running: wait for it or cancel it.")
+            return jobs.fail(self, edit, f"An edit or a tracking of '{source.name}' is already running: wait for it "
+                                         "or cancel it.")
         region = edit.regions[index]
         name = jobs.region_name(region, index)
         if region.matte_source == "STRIP":

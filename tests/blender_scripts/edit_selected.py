@@ -71,7 +71,8 @@ assert bpy.ops.videograin.edit_selected() == {"FINISHED"}
 assert [shot.name for shot in runs.shots() if shot.active] == ["source", "shot 2"]
 scene.sequence_editor.active_strip = three  # the user works elsewhere meanwhile
 one.name = "hero"
-tick_until(lambda: two.videograin.phase in ("queued", "invert", "edit") and runs.shot_of(two["videograin_key"]).session.job)
+tick_until(lambda: two.videograin.phase in ("queued", "invert", "edit")
+           and runs.shot_of(two["videograin_key"]).session.job)
 calls = draw(bpy.context)
 bars = [call[2]["text"] for call in calls if call[0] == "progress"]
 assert len(bars) == 2 and any(text.startswith("Queued") or "/" in text for text in bars), bars

@@ -4,7 +4,6 @@ the timeline is as it was."""
 
 import os
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
