@@ -153,15 +153,20 @@ def submit(scene, source, client) -> Shot:
     return Shot(scene.name, key, source.name, session, scene.videograin.connection_file, _finish, prompt=edit.prompt)
 
 
+def own_takes(source) -> list[tuple[int, object]]:
+    """(index, strip) of the takes of the strip's edit whose strips lie above it: a duplicate carries its
+    original's list of takes, whose strips lie above the original, not above the duplicate."""
+    takes = [(index, referenced_strip(take, "strip")) for index, take in enumerate(source.videograin.takes)]
+    return [(index, strip) for index, strip in takes if strip is not None and timeline.lies_above(strip, source)]
+
+
 def _finish(scene, shot: Shot) -> None:
     """The new take above its strip, shown; the strip's earlier takes stay, muted."""
     session = shot.session
     source = runs.strip_of(scene, shot)
     edit = source.videograin
-    for take in edit.takes:
-        earlier = referenced_strip(take, "strip")
-        if earlier is not None:
-            earlier.mute = True
+    for _, earlier in own_takes(source):
+        earlier.mute = True
     strip = timeline.insert_result_strip(scene, source, session.frame_paths(), f"{source.name} edit")
     take = edit.takes.add()
     take.strip, take.prompt, take.summary = strip.name, shot.prompt, session.message
@@ -188,12 +193,11 @@ class VIDEOGRAIN_OT_take_show(bpy.types.Operator):
 
     def execute(self, context):
         strip = context.scene.sequence_editor.active_strip if context.scene.sequence_editor else None
-        if strip is None or not 0 <= self.index < len(strip.videograin.takes):
+        takes = dict(own_takes(strip)) if strip is not None else {}
+        if self.index not in takes:
             return {"CANCELLED"}
-        for index, take in enumerate(strip.videograin.takes):
-            shown = referenced_strip(take, "strip")
-            if shown is not None:
-                shown.mute = index != self.index
+        for index, shown in takes.items():
+            shown.mute = index != self.index
         return {"FINISHED"}
 
 

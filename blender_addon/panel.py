@@ -9,7 +9,7 @@ import time
 
 import bpy
 
-from . import check_report, engine_ops, jobs, previews, runs, shots, timeline
+from . import check_report, edit_ops, engine_ops, jobs, previews, runs, shots, timeline
 from .engine_link import ABSENT, ALIVE, CONNECTING, SILENT
 
 STATE_ICONS = {ALIVE: "CHECKMARK", CONNECTING: "TIME", SILENT: "ERROR", ABSENT: "UNLINKED"}
@@ -136,8 +136,9 @@ def draw_run(context, layout, strip) -> None:
         wrapped(layout, edit.error, "ERROR")
     if edit.check_status:
         draw_check(context, layout.box(), edit)
-    if len(edit.takes):
-        draw_takes(layout.box(), edit)
+    takes = edit_ops.own_takes(strip)
+    if takes:
+        draw_takes(layout.box(), edit, takes)
 
 
 def draw_check(context, box, edit) -> None:
@@ -154,16 +155,12 @@ def draw_check(context, box, edit) -> None:
     wrapped(box, f"Layout of frame {edit.check_frame}: '{check_report.LAYOUT_IMAGE}', {where}", "IMAGE_DATA")
 
 
-def draw_takes(box, edit) -> None:
+def draw_takes(box, edit, takes: list) -> None:
     """The take stack, newest first: each take's strip, shown or muted, and its prompt."""
     box.label(text="Takes", icon="RENDERLAYERS")
-    for index in reversed(range(len(edit.takes))):
+    for index, strip in reversed(takes):
         take = edit.takes[index]
-        strip = timeline.find_strip(edit.id_data, take.strip_key, take.strip_name)
         row = box.row(align=True)
-        if strip is None:
-            row.label(text=f"{take.strip_name} (deleted)", icon="X")
-            continue
         row.operator("videograin.take_show", text=strip.name, icon="HIDE_ON" if strip.mute else "HIDE_OFF",
                      depress=not strip.mute).index = index
         row.label(text=take.prompt)

@@ -58,6 +58,12 @@ def find_strip(scene: bpy.types.Scene, key: str, name: str):
     return next((s for s in stamped if s.name == name), stamped[0] if stamped else None)
 
 
+def lies_above(upper, lower) -> bool:
+    """Whether `upper` is on a higher channel than `lower` and shares some of its frames."""
+    return (upper.channel > lower.channel and upper.frame_final_start < lower.frame_final_end
+            and upper.frame_final_end > lower.frame_final_start)
+
+
 def free_channel_above(scene, strip, start: int, end: int) -> int:
     """The lowest channel above `strip` with nothing between frames `start` and `end`."""
     for channel in range(strip.channel + 1, MAX_CHANNEL + 1):

@@ -9,10 +9,11 @@ from pathlib import Path
 import bpy
 
 from recording_layout import draw
-from scene_setup import (configure_edit, finish, new_scene, operator_error, rectangle_mask, register_addon,
-                         sequencer_context, shot_strips)
+from scene_setup import (configure_edit, finish, image_strip, new_scene, operator_error, rectangle_mask,
+                         register_addon, sequencer_context, shot_strips)
 
 register_addon()
+from videograin.blender_addon import edit_ops  # noqa: E402
 
 folder = Path(tempfile.mkdtemp())
 scene, *_ = new_scene(folder)
@@ -57,11 +58,16 @@ moved = strips["shot 2"]
 moved.name, moved.channel = "the spider shot", 4
 assert shown_edit(moved) == expected("shot 2")
 
-# Duplicated (Shift+D): the copy carries the edit, an independent copy of it.
+# Duplicated (Shift+D): the copy carries the edit, an independent copy of it. Its list of takes comes
+# along too, but those strips lie above the original: they are not the copy's takes once it moves.
 override = sequencer_context(scene)
 for strip in scene.sequence_editor.strips_all:
     strip.select = False
 original = strips["source"]
+result = image_strip(scene, "source edit", folder / "source", 5)
+take = original.videograin.takes.add()
+take.strip, take.prompt = result.name, original.videograin.prompt
+assert edit_ops.own_takes(original) == [(0, result)]
 original.select = True
 scene.sequence_editor.active_strip = original
 with bpy.context.temp_override(**override):
@@ -71,6 +77,11 @@ assert copy != original and copy.name != original.name
 assert shown_edit(copy) == expected("source") and copy.videograin.regions[0].strip == "left mattes"
 copy.videograin.prompt = "a knight jogging under cherry blossoms"
 assert original.videograin.prompt == expected("source")[0], "the duplicate's edit is its own"
+copy.frame_start += 100
+assert len(copy.videograin.takes) == 1 and edit_ops.own_takes(copy) == [] and edit_ops.own_takes(original)
+scene.sequence_editor.active_strip = copy
+assert not [call for call in draw(bpy.context) if call[0] == "operator" and call[1][0] == "videograin.take_show"]
+assert bpy.ops.videograin.take_show(index=0) == {"CANCELLED"} and not result.mute
 
 # Copied and pasted: the pasted strip carries the edit too.
 for strip in scene.sequence_editor.strips_all:
