@@ -79,7 +79,7 @@ assert len(bars) == 2 and any(text.startswith("Queued") or "/" in text for text 
 cancels = [call for call in calls if call[0] == "operator_setting" and call[1][0] == "strip"]
 assert [call[1][1] for call in cancels] == ["hero", "shot 2"], cancels
 assert bpy.ops.videograin.cancel(strip="shot 2") == {"FINISHED"}
-run_until_done(limit_s=120)
+run_until_done()
 assert two.videograin.status == "Cancelled" and two.videograin.error == "" and len(two.videograin.takes) == 1
 edit = one.videograin
 assert edit.status.startswith("Done") and len(edit.takes) == 2, (edit.status, edit.error)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import bpy
 
-from scene_setup import configure_edit, finish, new_scene, register_addon, strip_summary, tick_until
+from scene_setup import configure_edit, finish, new_scene, register_addon, strip_summary
 
 register_addon()
 from videograin.blender_addon import engine_ops, runs  # noqa: E402
@@ -24,7 +24,7 @@ edit = configure_edit(scene, vg.connection_file, steps=400)
 before = strip_summary(scene)
 assert bpy.ops.videograin.check_engine(wait=True) == {"FINISHED"}  # an edit without `wait` needs an answer first
 assert bpy.ops.videograin.edit() == {"FINISHED"}
-tick_until(lambda: edit.phase in ("invert", "edit"), limit_s=120)
+assert runs.tick() is not None and runs.shot_of(source["videograin_key"]).session.job  # accepted, running
 
 process = engine_ops.local_process()
 process.send_signal(signal.SIGKILL)

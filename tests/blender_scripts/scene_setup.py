@@ -118,7 +118,7 @@ def strip_summary(scene) -> list[tuple]:
     return sorted((s.name, s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in all_strips_of(scene))
 
 
-def run_until_done(limit_s: float = 120.0) -> None:
+def run_until_done(limit_s: float = 300.0) -> None:
     """Drive the timer of jobs started without `wait` by hand: timers do not fire in headless Blender."""
     import time
 
@@ -130,8 +130,8 @@ def run_until_done(limit_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def tick_until(condition, limit_s: float = 60.0) -> None:
-    """Drive the tick until `condition()` holds."""
+def tick_until(condition, limit_s: float = 300.0) -> None:
+    """Drive the tick until `condition()` holds (the limit only stops a hang: a loaded machine is slow)."""
     import time
 
     from videograin.blender_addon import runs
