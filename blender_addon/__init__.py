@@ -1,23 +1,25 @@
 """VideoGrain for Blender's Video Sequence Editor: paint regions, prompt each, edit, get a new strip.
 
-The bpy layer (properties, operators, panel, export, timeline) is thin; job building, the edit session
-and the engine link are plain modules, testable without Blender.
+The bpy layer is thin and split by what it does: what is stored (properties), the edit and the queue
+(edit_ops, runs), Check (check_ops), Track Matte (track_ops), the engine (engine_ops), regions
+(region_ops), files opening (files) and the panels. Job building, the edit session, the shots of the
+queue and the engine link are plain modules, testable without Blender.
 """
 
 from __future__ import annotations
 
 
-def register() -> None:
-    from . import operators, panel, properties
+def _modules():
+    from . import check_ops, edit_ops, engine_ops, files, panel, previews, properties, region_ops, runs, track_ops
 
-    properties.register()
-    operators.register()
-    panel.register()
+    return (properties, previews, runs, engine_ops, edit_ops, check_ops, track_ops, region_ops, files, panel)
+
+
+def register() -> None:
+    for module in _modules():
+        module.register()
 
 
 def unregister() -> None:
-    from . import operators, panel, properties
-
-    panel.unregister()
-    operators.unregister()
-    properties.unregister()
+    for module in reversed(_modules()):
+        module.unregister()

@@ -41,11 +41,10 @@ def problems(request: EditRequest) -> list[str]:
         found.append("Write the target prompt: it names every region.")
     if not request.phrases:
         found.append("Add at least one region with its phrase and matte.")
-    phrases = [p for p in request.phrases] + ([request.background_phrase] if request.background_phrase else [])
+    # A region without a phrase is allowed: it still groups self-attention, with no words of its own.
+    phrases = [p for p in [*request.phrases, request.background_phrase] if p.strip()]
     for phrase in phrases:
-        if not phrase.strip():
-            found.append("A region has no phrase: give it the words of the prompt that describe it.")
-        elif not re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", request.prompt, re.IGNORECASE):
+        if not re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", request.prompt, re.IGNORECASE):
             found.append(f"The phrase '{phrase}' is not in the prompt: each phrase must be words of the prompt.")
     if len({p.strip().lower() for p in phrases}) != len(phrases):
         found.append("Two regions share a phrase: give each its own words.")

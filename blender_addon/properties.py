@@ -1,5 +1,5 @@
-"""Scene settings under `scene.videograin` and the add-on's preferences: what the panel shows and the
-operators read."""
+"""What the add-on stores: each source strip's edit on the strip (`strip.videograin`), the scene's engine
+and view settings (`scene.videograin`), and the add-on's preferences."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import timeline
+from . import timeline, watches
 
 MATTE_SOURCES = [
     ("MASK", "Mask", "A mask datablock, painted in the mask editor"),
@@ -64,14 +64,30 @@ def referenced_strip(owner, key: str):
     return timeline.find_strip(owner.id_data, getattr(owner, f"{key}_key"), getattr(owner, f"{key}_name"))
 
 
+def _remember_datablocks(self, context) -> None:
+    self.mask_name = self.mask.name if self.mask is not None else ""
+    self.image_name = self.image.name if self.image is not None else ""
+
+
+def restore_datablocks(region) -> None:
+    """Point a region at its mask or image again after Blender dropped the pointer: a strip pasted from
+    the sequencer's copy buffer carries its edit, but not the datablocks the edit points at."""
+    if region.mask is None and region.mask_name:
+        region.mask = bpy.data.masks.get(region.mask_name)
+    if region.image is None and region.image_name:
+        region.image = bpy.data.images.get(region.image_name)
+
+
 class VIDEOGRAIN_PG_region(bpy.types.PropertyGroup):
     phrase: StringProperty(name="Phrase", description="Words of the prompt that describe this region")
     matte_source: EnumProperty(name="Matte", items=MATTE_SOURCES, default="MASK")
-    mask: PointerProperty(name="Mask", type=bpy.types.Mask)
+    mask: PointerProperty(name="Mask", type=bpy.types.Mask, update=_remember_datablocks)
+    mask_name: StringProperty(options={"HIDDEN"})
     strip: strip_reference("Matte Strip", "The strip holding this region's mattes", "strip")
     strip_key: StringProperty(options={"HIDDEN"})
     strip_name: StringProperty(options={"HIDDEN"})
-    image: PointerProperty(name="Image", type=bpy.types.Image)
+    image: PointerProperty(name="Image", type=bpy.types.Image, update=_remember_datablocks)
+    image_name: StringProperty(options={"HIDDEN"})
     color: FloatVectorProperty(name="Colour", subtype="COLOR", size=3, min=0.0, max=1.0, default=(1.0, 0.3, 0.2))
     # Tracking: the region's identity while its matte is tracked (its index may change meanwhile), and
     # the strip that shows its tracked matte over the source.
@@ -96,30 +112,21 @@ def region_key(region) -> str:
     return region.key
 
 
-def _show_mattes(self, context) -> None:
-    for region in self.regions:
-        overlay = referenced_strip(region, "overlay")
-        if overlay is not None:
-            overlay.mute = not self.show_mattes
+class VIDEOGRAIN_PG_take(bpy.types.PropertyGroup):
+    """One result strip of a strip's edit: the take stack keeps every one, the latest shown."""
+
+    strip: strip_reference("Take", "A result strip of this edit", "strip")
+    strip_key: StringProperty(options={"HIDDEN"})
+    strip_name: StringProperty(options={"HIDDEN"})
+    prompt: StringProperty(name="Prompt", description="The prompt this take was edited with")
+    summary: StringProperty(name="Summary", description="What the engine said of it")
 
 
-def _watch_engine(self, context) -> None:
-    from . import operators  # operators imports this module
+class VIDEOGRAIN_PG_edit(bpy.types.PropertyGroup):
+    """A source strip's edit, stored on the strip (`strip.videograin`): it goes with the strip through
+    renames, moves, copy and paste, and a duplicate carries a copy of it."""
 
-    operators.engine_watch(self.connection_file, restart=True)
-
-
-class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
-    engine_python: StringProperty(
-        name="Engine Python", default=sys.executable if "blender" not in sys.executable.lower() else "python3",
-        description="Python with videograin installed, used to start a local engine",
-    )
-    engine_args: StringProperty(name="Engine Arguments", default="", description="Extra `videograin serve` arguments, e.g. --model PATH")
-    connection_file: StringProperty(name="Connection File", subtype="FILE_PATH", description="An engine's connection file",
-                                    update=_watch_engine)
-    source_strip: strip_reference("Source", "Strip to edit (empty: the active strip)", "source_strip")
-    source_strip_key: StringProperty(options={"HIDDEN"})
-    source_strip_name: StringProperty(options={"HIDDEN"})
+    enabled: BoolProperty(name="Has an Edit", default=False)
     prompt: StringProperty(name="Prompt", description="Target prompt naming every region")
     source_prompt: StringProperty(name="Source Prompt", description="What the clip shows now (for inversion)")
     background_phrase: StringProperty(name="Background", description="Phrase for pixels in no region (optional)")
@@ -135,17 +142,15 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     working_size: IntProperty(name="Working Size", default=512, min=64, max=2048, step=64, description="Longest side while editing")
     model: StringProperty(name="Model", description="Model for this edit (empty: the engine's)")
     keep_partial: BoolProperty(name="Keep Partial Results", default=False)
-    keep_preview: BoolProperty(name="Keep Preview", default=False, description="Keep the last step preview in the panel after the edit")
     attention_maps: BoolProperty(
         name="Attention Maps", default=False,
         description="Bring back where each phrase attends, shown per region for the current frame")
     tracker: EnumProperty(name="Tracker", items=TRACKERS, default="flow", description="How Track Matte follows a region")
     tracker_model: StringProperty(
         name="Tracker Model", description="SAM 2 weights: a hub id or a folder on the engine's disk (empty: the default)")
-    show_mattes: BoolProperty(
-        name="Show Mattes", default=True, update=_show_mattes,
-        description="Tracked mattes in their region's colour over the source (they render too: turn off before rendering)")
-    # Live state, written by the timer that drives an edit.
+    # The results: every take, the latest last.
+    takes: CollectionProperty(type=VIDEOGRAIN_PG_take)
+    # Live state of this strip's job, written by the tick that follows it.
     status: StringProperty(name="Status", default="")
     error: StringProperty(name="Error", default="")
     running: BoolProperty(name="Running", default=False)
@@ -153,7 +158,6 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     step: IntProperty(name="Step", default=0)
     total: IntProperty(name="Total", default=0)
     progress: FloatProperty(name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, default=0.0)
-    result_strip: StringProperty(name="Result Strip", default="", description="Name of the strip the last edit added")
     # The last Check: its verdict, findings and estimate, and the timeline frame its layout picture shows
     # (empty check_status: no check yet, or the last one failed).
     check_status: StringProperty(name="Check", default="")
@@ -165,6 +169,60 @@ class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
     # timeline frame of its first frame.
     attention_folder: StringProperty(options={"HIDDEN"})
     attention_start: IntProperty(options={"HIDDEN"})
+
+    @property
+    def result_strip(self) -> str:
+        """The name of the latest take's strip ("" when there is none)."""
+        return self.takes[-1].strip if len(self.takes) else ""
+
+
+# What copying an edit to another strip leaves behind: that strip's results, job and check are its own.
+NOT_COPIED = {"takes", "status", "error", "running", "phase", "step", "total", "progress", "check_status",
+              "check_ok", "check_estimate", "check_frame", "check_findings", "attention_folder", "attention_start"}
+
+
+def copy_edit(source, target) -> None:
+    """`source`'s edit (prompts, regions with their mattes, settings) onto `target`, a strip's edit."""
+    for name in [p.identifier for p in source.bl_rna.properties if p.identifier not in ("rna_type", "name")]:
+        if name in NOT_COPIED:
+            continue
+        if name in source:  # stored: copied as stored (regions, datablock pointers, enum values alike)
+            target[name] = source[name]
+        elif name in target:  # never set on the source: the default
+            del target[name]
+    target.enabled = True
+
+
+def _show_mattes(self, context) -> None:
+    for strip in timeline.all_strips_of(self.id_data) if self.id_data.sequence_editor else ():
+        for region in strip.videograin.regions:
+            overlay = referenced_strip(region, "overlay")
+            if overlay is not None:
+                overlay.mute = not self.show_mattes
+
+
+def _watch_engine(self, context) -> None:
+    watches.engine_watch(self.connection_file, restart=True)
+
+
+class VIDEOGRAIN_PG_settings(bpy.types.PropertyGroup):
+    """The scene's: which engine edits its strips, and what the panels show of every edit."""
+
+    engine_python: StringProperty(
+        name="Engine Python", default=sys.executable if "blender" not in sys.executable.lower() else "python3",
+        description="Python with videograin installed, used to start a local engine",
+    )
+    engine_args: StringProperty(name="Engine Arguments", default="", description="Extra `videograin serve` arguments, e.g. --model PATH")
+    connection_file: StringProperty(name="Connection File", subtype="FILE_PATH", description="An engine's connection file",
+                                    update=_watch_engine)
+    keep_preview: BoolProperty(name="Keep Preview", default=False, description="Keep the last step preview in the panel after the edit")
+    show_mattes: BoolProperty(
+        name="Show Mattes", default=True, update=_show_mattes,
+        description="Tracked mattes in their region's colour over the source (they render too: turn off before rendering)")
+    # What concerns no one strip: the engine, and the strips Edit Selected refused (with why).
+    status: StringProperty(name="Status", default="")
+    error: StringProperty(name="Error", default="")
+    refused: CollectionProperty(type=VIDEOGRAIN_PG_finding)
 
 
 class VIDEOGRAIN_AP_preferences(bpy.types.AddonPreferences):
@@ -188,16 +246,24 @@ def preferences(context) -> VIDEOGRAIN_AP_preferences | None:
     return addon.preferences if addon is not None else None
 
 
-classes = (VIDEOGRAIN_PG_region, VIDEOGRAIN_PG_finding, VIDEOGRAIN_PG_settings, VIDEOGRAIN_AP_preferences)
+def strip_type():
+    """The strips' RNA type: `Strip` from Blender 4.4, `Sequence` before."""
+    return getattr(bpy.types, "Strip", None) or bpy.types.Sequence
+
+
+classes = (VIDEOGRAIN_PG_region, VIDEOGRAIN_PG_finding, VIDEOGRAIN_PG_take, VIDEOGRAIN_PG_edit,
+           VIDEOGRAIN_PG_settings, VIDEOGRAIN_AP_preferences)
 
 
 def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.videograin = PointerProperty(type=VIDEOGRAIN_PG_settings)
+    strip_type().videograin = PointerProperty(type=VIDEOGRAIN_PG_edit)
 
 
 def unregister() -> None:
+    del strip_type().videograin
     del bpy.types.Scene.videograin
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -55,6 +55,7 @@ class EngineSession:
         self.job = ""
         self.state = ACTIVE
         self.phase, self.step, self.total = "queued", 0, 0
+        self.eta_s: float | None = None  # the engine's estimate of the seconds to go, when it sends one
         self.frames_received = 0
         self.message = ""
         self.preview: np.ndarray | None = None
@@ -100,6 +101,7 @@ class EngineSession:
                 continue
             if message.type == "progress":
                 self.phase, self.step, self.total = h["phase"], h["step"], h["total"]
+                self.eta_s = h.get("eta_s")
                 if "preview" in h:
                     self.preview, self._preview_is_new = frame_image(message, "preview"), True
             elif message.type == "done":
@@ -130,6 +132,11 @@ class EngineSession:
                 self.client.cancel(self.job)
             except EngineError as exc:
                 self._end(FAILED, exc.message)
+
+    def fail(self, message: str) -> None:
+        """End the job as failed from outside the stream (its engine is known to be gone)."""
+        if self.state == ACTIVE:
+            self._end(FAILED, message)
 
     def abandon(self) -> None:
         """Stop for good without waiting for the engine's answer: the file or the add-on is going away."""

@@ -41,12 +41,27 @@ def stamp(strip) -> str:
     return strip[KEY]
 
 
+def own_key(scene: bpy.types.Scene, strip) -> str:
+    """The strip's key, made its own first when a duplicate shares it (a duplicate carries its original's
+    custom properties): a job must find its own strip again, whatever is renamed meanwhile."""
+    key = stamp(strip)
+    if any(other.get(KEY) == key and other != strip for other in all_strips_of(scene)):
+        strip[KEY] = key = uuid.uuid4().hex
+    return key
+
+
 def find_strip(scene: bpy.types.Scene, key: str, name: str):
     """The strip stamped with `key` (the one still called `name` when a duplicate shares the key), or None."""
     if not key or scene.sequence_editor is None:
         return None
     stamped = [s for s in all_strips_of(scene) if s.get(KEY) == key]
     return next((s for s in stamped if s.name == name), stamped[0] if stamped else None)
+
+
+def lies_above(upper, lower) -> bool:
+    """Whether `upper` is on a higher channel than `lower` and shares some of its frames."""
+    return (upper.channel > lower.channel and upper.frame_final_start < lower.frame_final_end
+            and upper.frame_final_end > lower.frame_final_start)
 
 
 def free_channel_above(scene, strip, start: int, end: int) -> int:

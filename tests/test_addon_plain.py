@@ -4,6 +4,7 @@ real engine."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -23,7 +24,9 @@ from videograin.blender_addon.engine_link import (
     connect,
     shares_disk,
 )
+from videograin.blender_addon.legacy import legacy_edit, stale_names
 from videograin.blender_addon.session import CANCELLED, DONE, FAILED, EditSession, TrackSession, attention_map, slug
+from videograin.blender_addon.shots import Shot, describe, eta_text
 from videograin.engine.demo import synthetic_clip
 from videograin.engine.inputs.mattes import crossing_blobs, iou
 from videograin.engine.inputs.media import decode_png, encode_png, list_frames, write_png
@@ -387,6 +390,53 @@ def test_edit_session_keeps_attention_maps_beside_its_frames(tiny_engine, tmp_pa
     session.close()
 
 
+def test_a_region_may_have_no_phrase_and_still_counts():
+    request = jobspec.EditRequest(prompt="an iron man under cherry blossoms", source_prompt="",
+                                  phrases=["iron man", "", "  "], background_phrase="cherry blossoms")
+    assert jobspec.problems(request) == []
+    assert jobspec.settings(request, 64, 64)["regions"] == [{"phrase": "iron man"}, {"phrase": ""}, {"phrase": "  "}]
+    twice = jobspec.EditRequest(prompt="an iron man", source_prompt="", phrases=["iron man", "Iron Man", ""])
+    assert jobspec.problems(twice) == ["Two regions share a phrase: give each its own words."]
+
+
+def _shot(session, started: float = 0.0) -> Shot:
+    return Shot("Scene", "key", "hero", session, "engine.json", finish=lambda scene, shot: None, started=started)
+
+
+def test_a_shot_says_its_state_progress_and_time_to_go(tmp_path):
+    def progress(step: int, eta_s=None) -> Message:
+        return Message({"type": "progress", "job": "job-1", "phase": "edit", "step": step, "total": 10, "eta_s": eta_s})
+
+    client = ScriptedClient([])
+    session = EditSession(client, tmp_path / "result")
+    session.submit({}, [], [])
+    shot = _shot(session, started=time.monotonic() - 40.0)
+    assert shot.active and shot.state == "queued" and shot.eta_s() is None and describe(shot) == "Queued on the engine"
+    client.messages = [progress(5)]  # no estimate from the engine: the pace so far (40 s for 2/3 of the job)
+    session.tick()
+    assert shot.eta_s(now=shot.started + 40.0) == pytest.approx(20.0) and shot.state == "edit"
+    client.messages = [progress(6, eta_s=75.0)]  # the engine's own estimate wins
+    session.tick()
+    assert shot.eta_s() == 75.0 and describe(shot) == "edit 6/10, about 1 min 15 s to go"
+    session.fail("The engine exited (code -9)")
+    assert not shot.active and shot.state == FAILED and shot.eta_s() is None
+    assert describe(shot) == "Failed: The engine exited (code -9)" and not list(tmp_path.iterdir())
+    assert eta_text(None) == "" and eta_text(59.6) == "1 min 00 s" and eta_text(7) == "7 s"
+
+
+def test_an_old_scene_edit_is_found_with_its_source_and_result():
+    stored = {"connection_file": "e.json", "prompt": "an iron man", "regions": ["region group"], "steps": 7,
+              "source_strip_key": "k1", "source_strip_name": "hero", "result_strip": "hero edit", "status": "Done",
+              "check_findings": []}
+    found = legacy_edit(stored)
+    assert found.values == {"prompt": "an iron man", "regions": ["region group"], "steps": 7}
+    assert (found.source_key, found.source_name, found.result_name) == ("k1", "hero", "hero edit")
+    assert stale_names(stored) == ["prompt", "regions", "steps", "source_strip_key", "source_strip_name", "result_strip",
+                                   "status", "check_findings"]
+    assert legacy_edit({"connection_file": "e.json", "status": "Engine ready"}) is None  # nothing to move
+    assert legacy_edit({"prompt": "a cat"}).source_key == ""  # the edit was of the active strip
+
+
 def test_plain_modules_need_no_bpy_and_the_bpy_layer_has_no_import_cycle():
     import ast
     import subprocess
@@ -397,16 +447,15 @@ def test_plain_modules_need_no_bpy_and_the_bpy_layer_has_no_import_cycle():
     blocked = "import sys; sys.modules['bpy'] = None; " + "; ".join(f"import videograin.blender_addon.{m}" for m in plain)
     done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    folder = Path(jobspec.__file__).parent
-    imports = {}
-    for path in folder.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        imports[path.stem] = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1
-                              and not node.module for alias in node.names} | \
-                             {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                              and node.level == 1 and node.module}
+    imports: dict[str, set[str]] = {}
+    for path in Path(jobspec.__file__).parent.glob("*.py"):
+        relative = [node for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.level == 1]
+        imports[path.stem] = {node.module.split(".")[0] if node.module else alias.name
+                              for node in relative for alias in node.names}
 
-    def reaches(start: str, goal: str, seen: set) -> bool:
-        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in imports.get(start, ()))
+    def reaches(start: str, goal: str, seen: frozenset) -> bool:
+        return any(name == goal or (name not in seen and reaches(name, goal, seen | {name}))
+                   for name in imports.get(start, ()))
 
-    assert not [m for m in imports if m != "__init__" and reaches(m, m, set())], imports
+    assert imports["properties"] and not [name for name in imports if reaches(name, name, frozenset())], imports

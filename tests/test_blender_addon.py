@@ -84,6 +84,19 @@ def test_check_shows_the_layout_of_the_playhead_frame_and_the_warnings(run_in_bl
     run_in_blender("check_layout.py", tiny_engine, str(MARGIN + CELL + GAP))
 
 
+def test_each_strip_keeps_its_own_edit_through_save_rename_move_duplicate_and_paste(run_in_blender):
+    run_in_blender("strip_edits.py")
+
+
+def test_a_file_of_the_previous_version_opens_with_its_edit_on_its_strip(run_in_blender):
+    run_in_blender("old_file.py")
+
+
+def test_edit_selected_queues_the_checked_strips_each_result_above_its_own_and_re_edits_keep_takes(
+        run_in_blender, tiny_engine):
+    run_in_blender("edit_selected.py", tiny_engine)
+
+
 def test_renamed_strips_still_edit(run_in_blender, tiny_engine):
     run_in_blender("renamed.py", tiny_engine)
 
@@ -105,6 +118,10 @@ def test_built_zip_installs_and_enables(run_in_blender, tmp_path, extension_whee
 
 def test_start_check_and_stop_a_local_engine_logs_in_one_place(run_in_blender):
     run_in_blender("local_engine.py")
+
+
+def test_a_started_engine_that_dies_is_reported_on_the_next_tick_with_its_log(run_in_blender):
+    run_in_blender("engine_death.py")
 
 
 def test_opening_another_file_stops_the_edit(run_in_blender, tiny_engine):

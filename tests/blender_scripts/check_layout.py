@@ -24,9 +24,8 @@ from videograin.blender_addon.check_report import LAYOUT_IMAGE  # noqa: E402
 folder = Path(tempfile.mkdtemp(dir=Path(tempfile.tempdir).parent))
 scene, source, mattes, frames = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
-configure_edit(scene, sys.argv[1])
+vg = configure_edit(scene, sys.argv[1])
 one_column = int(sys.argv[2])
-vg = scene.videograin
 vg.prompt = "an iron man holding a wire under cherry blossoms"
 wire = bpy.data.images.new("wire", WIDTH, HEIGHT)  # a painted still: a vertical wire 3 px wide
 pixels = np.zeros((HEIGHT, WIDTH, 4), np.float32)

@@ -24,7 +24,7 @@ assert hasattr(bpy.ops.videograin, "edit") and hasattr(bpy.types.Scene, "videogr
 engine_link = sys.modules[f"{module}.engine_link"]
 assert engine_link.EngineClient.__module__ == f"{module}.protocol.client", engine_link.EngineClient.__module__
 # Logs and connection files go to the extension's own user folder, and its preferences exist.
-folder = sys.modules[f"{module}.operators"].data_folder()
+folder = sys.modules[f"{module}.engine_ops"].data_folder()
 assert folder.parent.parent.name == "extensions" or "extensions" in folder.parts, folder
 assert folder.name == "videograin" and str(folder).startswith(os.environ["BLENDER_USER_RESOURCES"]), folder
 assert bpy.context.preferences.addons[module].preferences.media_transfer == "AUTO"

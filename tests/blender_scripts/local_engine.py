@@ -12,7 +12,7 @@ from scene_setup import finish, register_addon
 
 tempfile.tempdir = tempfile.mkdtemp()  # to see that nothing lands in the temp folder
 register_addon()
-from videograin.blender_addon import operators  # noqa: E402
+from videograin.blender_addon import engine_ops, jobs  # noqa: E402
 
 known = Path(os.environ["BLENDER_USER_RESOURCES"]) / "datafiles" / "videograin"
 vg = bpy.context.scene.videograin
@@ -21,15 +21,15 @@ assert bpy.ops.videograin.start_engine(wait=True) == {"FINISHED"}
 assert Path(vg.connection_file).parent == known and vg.status == "Engine ready", (vg.connection_file, vg.status)
 assert bpy.ops.videograin.check_engine(wait=True) == {"FINISHED"}
 assert "on cpu, model tiny" in vg.status, vg.status
-watch = operators.engine_watch(vg.connection_file)
+watch = jobs.engine_watch(vg.connection_file)
 assert watch.alive and watch.last_heard is not None
-log = operators.engine_log()
+log = engine_ops.engine_log()
 assert log.parent == known / "logs" and "videograin engine on" in log.read_text(), log
 
-process = operators._engine["local"].process
+process = engine_ops.local_process()
 assert bpy.ops.videograin.stop_engine() == {"FINISHED"}
 assert process.poll() is not None
-assert not Path(vg.connection_file).exists() and log.exists() and operators.engine_log() == log
+assert not Path(vg.connection_file).exists() and log.exists() and engine_ops.engine_log() == log
 assert os.listdir(tempfile.tempdir) == [], os.listdir(tempfile.tempdir)
 
 logs = sorted((known / "logs").iterdir())

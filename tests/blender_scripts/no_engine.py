@@ -11,7 +11,7 @@ import bpy
 from scene_setup import configure_edit, finish, new_scene, register_addon, strip_summary
 
 register_addon()
-from videograin.blender_addon import operators  # noqa: E402
+from videograin.blender_addon import jobs  # noqa: E402
 
 
 def edit_error(**options) -> str:
@@ -25,16 +25,15 @@ def edit_error(**options) -> str:
 folder = Path(tempfile.mkdtemp())
 scene, *_ = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
-configure_edit(scene, str(folder / "missing.json"))
+vg = configure_edit(scene, str(folder / "missing.json"))
 before = strip_summary(scene)
-vg = scene.videograin
 assert "No engine is running" in edit_error(), vg.error  # a missing file is known at once
 assert "No engine is running" in vg.error and not vg.running
 
 dead = folder / "dead.json"
 dead.write_text(json.dumps({"address": "tcp://127.0.0.1:9", "key": "00" * 32}))
-vg.connection_file = str(dead)
-watch = operators.engine_watch(vg.connection_file)
+scene.videograin.connection_file = str(dead)
+watch = jobs.engine_watch(str(dead))
 assert "Waiting for the engine at tcp://127.0.0.1:9" in edit_error()
 assert watch.state == "connecting", "Edit waited for the engine's hello"
 assert "does not answer" in edit_error(wait=True), vg.error  # a script may wait for the answer

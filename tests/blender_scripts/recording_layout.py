@@ -50,7 +50,7 @@ def draw(context) -> list:
 
     calls: list = []
     for cls in panel.classes:
-        if issubclass(cls, bpy.types.Panel):
+        if issubclass(cls, bpy.types.Panel) and (not hasattr(cls, "poll") or cls.poll(context)):
             holder = type("PanelSelf", (), {})()
             holder.layout = RecordingLayout(calls)
             cls.draw(holder, context)

@@ -21,9 +21,9 @@ root = Path(tempfile.mkdtemp())
 project = root / "project"
 scene, source, mattes, frames = new_scene(project)
 bpy.ops.wm.save_as_mainfile(filepath=str(project / "edit.blend"))
-configure_edit(scene, sys.argv[1])
-assert bpy.ops.videograin.edit(wait=True) == {"FINISHED"}, scene.videograin.error
-name = scene.videograin.result_strip
+edit = configure_edit(scene, sys.argv[1])
+assert bpy.ops.videograin.edit(wait=True) == {"FINISHED"}, edit.error
+name = edit.result_strip
 bpy.ops.wm.save_mainfile()
 
 moved = root / "elsewhere" / "project moved"
@@ -43,8 +43,7 @@ assert np.array_equal(shown, cv2.imread(str(files[0]))[..., ::-1]), "Blender doe
 bpy.ops.wm.read_homefile(use_empty=True)
 scene = bpy.context.scene
 scene, source, mattes, frames = new_scene(root / "unsaved")
-configure_edit(scene, sys.argv[1])
-vg = scene.videograin
+vg = configure_edit(scene, sys.argv[1])
 tempfile.tempdir = tempfile.mkdtemp()
 try:
     bpy.ops.videograin.edit(wait=True)

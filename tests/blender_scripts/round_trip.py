@@ -12,7 +12,7 @@ import bpy
 from scene_setup import FRAMES, START, configure_edit, count_renders, finish, new_scene, register_addon, strip_summary
 
 register_addon()
-from videograin.blender_addon import export, operators  # noqa: E402
+from videograin.blender_addon import export, previews  # noqa: E402
 from videograin.blender_addon.jobspec import FileRun  # noqa: E402
 from videograin.blender_addon.timeline import all_strips_of  # noqa: E402
 
@@ -21,9 +21,8 @@ tempfile.tempdir = str(folder / "tmp")  # the export's scratch files land here, 
 Path(tempfile.tempdir).mkdir()
 scene, source, mattes, frames = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
-configure_edit(scene, sys.argv[1])
-vg = scene.videograin
-vg.keep_preview = True
+vg = configure_edit(scene, sys.argv[1])
+scene.videograin.keep_preview = True
 before = strip_summary(scene)
 renders = count_renders()
 
@@ -45,7 +44,7 @@ assert results_dir.parent == folder / "videograin_results", results_dir
 assert sorted(p.name for p in results_dir.glob("*.png")) == [f"{i:05d}.png" for i in range(FRAMES)]
 assert not [p for p in results_dir.parent.iterdir() if ".partial-" in p.name]
 assert strip_summary(scene) == sorted(before + [(result.name, result.channel, START, START + FRAMES, False)])
-assert operators.preview_of(scene.name) is not None, "Keep Preview is on: the last preview stays"
+assert previews.preview_of(source["videograin_key"]) is not None, "Keep Preview is on: the last preview stays"
 
 # A path the engine cannot read (as behind a forwarded port): the edit renders and sends pixels.
 plain_run = export.plain_run

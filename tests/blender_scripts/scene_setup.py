@@ -17,6 +17,9 @@ WIDTH, HEIGHT, FRAMES, START = 64, 48, 4, 10
 def _fail_at_once(kind, value, trace) -> None:
     traceback.print_exception(kind, value, trace)
     sys.stderr.flush()
+    runs = sys.modules.get("videograin.blender_addon.runs")
+    if runs is not None:  # the engine is shared by a test module's scripts: stop what this one sent
+        runs.abandon_all()
     os._exit(1)  # as finish(): a failing script must not hang in bpy 4.5's teardown either
 
 
@@ -90,16 +93,22 @@ def new_scene(folder: Path):
     return scene, source, mattes, frames
 
 
-def configure_edit(scene, connection_file: str, steps: int = 3) -> None:
-    vg = scene.videograin
-    vg.connection_file = connection_file
-    vg.prompt = "an iron man jogging under cherry blossoms"
-    vg.source_prompt = "a man jogging"
-    vg.background_phrase = "cherry blossoms"
-    vg.steps, vg.working_size = steps, 64
+def configure_edit(scene, connection_file: str, steps: int = 3, strip=None, matte: str = "left mattes"):
+    """An edit of `strip` (the active strip): a prompt with a background and one region on a matte strip.
+    Returns the strip's edit."""
+    scene.videograin.connection_file = connection_file
+    strip = strip or scene.sequence_editor.active_strip
+    scene.sequence_editor.active_strip = strip
+    assert bpy.ops.videograin.edit_new() == {"FINISHED"}
+    edit = strip.videograin
+    edit.prompt = "an iron man jogging under cherry blossoms"
+    edit.source_prompt = "a man jogging"
+    edit.background_phrase = "cherry blossoms"
+    edit.steps, edit.working_size = steps, 64
     bpy.ops.videograin.region_add()
-    region = vg.regions[0]
-    region.phrase, region.matte_source, region.strip = "iron man", "STRIP", "left mattes"
+    region = edit.regions[0]
+    region.phrase, region.matte_source, region.strip = "iron man", "STRIP", matte
+    return edit
 
 
 def count_renders() -> list:
@@ -115,15 +124,27 @@ def strip_summary(scene) -> list[tuple]:
     return sorted((s.name, s.channel, s.frame_final_start, s.frame_final_end, s.mute) for s in all_strips_of(scene))
 
 
-def run_until_done(scene, limit_s: float = 120.0) -> None:
-    """Drive the timer of an edit started without `wait` by hand: timers do not fire in headless Blender."""
+def run_until_done(limit_s: float = 300.0) -> None:
+    """Drive the timer of jobs started without `wait` by hand: timers do not fire in headless Blender."""
     import time
 
-    from videograin.blender_addon import operators
+    from videograin.blender_addon import runs
 
     deadline = time.monotonic() + limit(limit_s)
-    while operators.tick(scene.name) is not None:
-        assert time.monotonic() < deadline, "edit did not finish"
+    while runs.tick() is not None:
+        assert time.monotonic() < deadline, "the jobs did not finish"
+        time.sleep(0.05)
+
+
+def tick_until(condition, limit_s: float = 300.0) -> None:
+    """Drive the tick until `condition()` holds (the limit only stops a hang: a loaded machine is slow)."""
+    import time
+
+    from videograin.blender_addon import runs
+
+    deadline = time.monotonic() + limit(limit_s)
+    while not condition():
+        assert runs.tick() is not None and time.monotonic() < deadline, "the condition never came"
         time.sleep(0.05)
 
 
@@ -150,3 +171,28 @@ def operator_error(operator, **options) -> str:
     except RuntimeError as exc:
         return str(exc)
     raise AssertionError(f"{operator} did not fail")
+
+
+def sequencer_context(scene) -> dict:
+    """A context for the sequencer's own operators (duplicate, copy, paste): headless Blender has a window
+    but no sequencer area, so its first area becomes one."""
+    window = bpy.context.window_manager.windows[0]
+    area = window.screen.areas[0]
+    area.type = "SEQUENCE_EDITOR"
+    region = next(region for region in area.regions if region.type == "WINDOW")
+    if hasattr(bpy.context.workspace, "sequencer_scene"):  # 5.x: the sequencer edits its own scene
+        bpy.context.workspace.sequencer_scene = scene
+    return {"window": window, "area": area, "region": region, "scene": scene}
+
+
+def shot_strips(scene, folder: Path, count: int) -> list:
+    """`count` source strips on channel 1, each with its own matte strip above it, 10 frames apart
+    (the first is new_scene's "source" with "left mattes")."""
+    from videograin.blender_addon.timeline import all_strips_of
+
+    source_dir, mattes_dir = folder / "source", folder / "mattes"
+    strips = [all_strips_of(scene)["source"]]
+    for index in range(1, count):
+        strips.append(image_strip(scene, f"shot {index + 1}", source_dir, 1, start=START + 10 * index))
+        image_strip(scene, f"shot {index + 1} mattes", mattes_dir, 2, start=START + 10 * index).mute = True
+    return strips

@@ -6,17 +6,16 @@ stays as it was."""
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import bpy
 import numpy as np
 
 from scene_setup import (FRAMES, HEIGHT, START, WIDTH, configure_edit, count_renders, finish, limit, new_scene,
-                         operator_error, png, rectangle_mask, register_addon, run_until_done, strip_summary)
+                         operator_error, png, rectangle_mask, register_addon, run_until_done, strip_summary, tick_until)
 
 register_addon()
-from videograin.blender_addon import export, operators  # noqa: E402
+from videograin.blender_addon import export, runs  # noqa: E402
 from videograin.blender_addon.jobspec import FileRun  # noqa: E402
 from videograin.blender_addon.timeline import all_strips_of  # noqa: E402
 from videograin.protocol.client import EngineClient, EngineError  # noqa: E402
@@ -24,8 +23,7 @@ from videograin.protocol.client import EngineClient, EngineError  # noqa: E402
 folder = Path(tempfile.mkdtemp())
 scene, source, mattes, frames = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
-configure_edit(scene, sys.argv[1])
-vg = scene.videograin
+vg = configure_edit(scene, sys.argv[1])
 region = vg.regions[0]
 results = folder / "videograin_results"
 before = strip_summary(scene)
@@ -94,11 +92,9 @@ blocker = blocker_client.submit(settings, list(frames), [[np.full((HEIGHT, WIDTH
 region.matte_source, region.image = "IMAGE", painted
 summary, folders = strip_summary(scene), sorted(results.iterdir())
 assert track() == {"FINISHED"} and vg.running
-deadline = time.monotonic() + limit(30)
-while vg.phase != "queued" or not operators._sessions[scene.name].job:
-    assert operators.tick(scene.name) is not None and time.monotonic() < deadline
+tick_until(lambda: vg.phase == "queued" and runs.shot_of(source["videograin_key"]).session.job, limit_s=30)
 assert bpy.ops.videograin.cancel() == {"FINISHED"}
-run_until_done(scene, limit_s=30)
+run_until_done(limit_s=30)
 assert not vg.running and vg.status == "Cancelled" and vg.error == "", (vg.status, vg.error)
 assert strip_summary(scene) == summary and sorted(results.iterdir()) == folders
 blocker_client.cancel(blocker)

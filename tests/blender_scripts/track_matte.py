@@ -16,14 +16,13 @@ from scene_setup import (FRAMES, HEIGHT, START, WIDTH, configure_edit, finish, n
                          register_addon, strip_summary)
 
 register_addon()
-from videograin.blender_addon import export, operators  # noqa: E402
+from videograin.blender_addon import export, previews  # noqa: E402
 from videograin.blender_addon.timeline import all_strips_of  # noqa: E402
 
 folder = Path(tempfile.mkdtemp())
 scene, source, mattes, frames = new_scene(folder)
 bpy.ops.wm.save_as_mainfile(filepath=str(folder / "project.blend"))
-configure_edit(scene, sys.argv[1])
-vg = scene.videograin
+vg = configure_edit(scene, sys.argv[1])
 region = vg.regions[0]
 region.color = (1.0, 0.0, 0.0)
 mask = rectangle_mask("runner", 0.1, 0.45, 0.45, 0.75)
@@ -70,9 +69,9 @@ shown, inside = picture("shown"), tracked[1] == 255
 clip = frames[1][..., ::-1]  # written by OpenCV, which takes the array as BGR
 tint = (clip.astype(int) + np.array([255, 0, 0])) / 2
 assert np.abs(shown[inside] - tint[inside]).max() <= 2 and np.array_equal(shown[~inside], clip[~inside])
-vg.show_mattes = False
+scene.videograin.show_mattes = False
 assert overlay.mute and np.array_equal(picture("hidden"), clip)
-vg.show_mattes = True
+scene.videograin.show_mattes = True
 assert not overlay.mute
 
 # Edit uses the tracked mattes (a plain strip: the engine reads its files); attention maps come along.
@@ -87,14 +86,14 @@ assert vg.attention_folder.startswith("//videograin_results/") and vg.attention_
 maps = Path(bpy.path.abspath(vg.attention_folder)) / "attention"
 assert sorted(p.name for p in maps.iterdir()) == ["cherry_blossoms", "iron_man"], list(maps.iterdir())
 assert all(len(list((maps / name).glob("*.png"))) == FRAMES for name in ("cherry_blossoms", "iron_man"))
-shown_maps = {index: operators.attention_of(scene.name, index) for index in (0, 1)}
+shown_maps = {index: previews.attention_of(scene, source, index) for index in (0, 1)}
 assert all(p is not None and p.image_size[0] > 0 for p in shown_maps.values()), "no map for the current frame"
 scene.frame_set(START + FRAMES + 2)  # past the edit: no map there
-assert operators.attention_of(scene.name, 0) is None
+assert previews.attention_of(scene, source, 0) is None
 scene.frame_set(START)
-assert operators.attention_of(scene.name, 0) is not None
+assert previews.attention_of(scene, source, 0) is not None
 # A new edit drops the last one's maps.
 vg.attention_maps = False
 assert bpy.ops.videograin.edit(wait=True) == {"FINISHED"}, vg.error
-assert vg.attention_folder == "" and operators.attention_of(scene.name, 0) is None
+assert vg.attention_folder == "" and previews.attention_of(scene, source, 0) is None
 finish()
