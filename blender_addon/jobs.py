@@ -123,7 +123,8 @@ def send(scene, edit, source, request: jobspec.EditRequest, client, by_path, inl
     (it may not see our disk after all: a forwarded port looks local) is sent again with pixels, whose
     answer is the one that counts. Returns what the send returned."""
     frames = export.frame_range(source)
-    settings = jobspec.settings(request, scene.render.resolution_x, scene.render.resolution_y)
+    settings = jobspec.settings(request, scene.render.resolution_x, scene.render.resolution_y,
+                                jobspec.size_multiple(client.capabilities))
     run = plain_run_if_local(scene, source, frames, client)
     if run is not None:
         scratch = Path(tempfile.mkdtemp(prefix="videograin-export-"))

@@ -27,7 +27,7 @@ class EditRequest:
     seed: int = 0
     cross_strength: float = 1.0
     self_strength: float = 0.3
-    control_type: str = "canny"
+    control_type: str = "auto"  # the engine's model family picks: a canny ControlNet on SD-1.5, none on Wan
     control_scale: float = 1.0
     working_size: int = 512  # longest side of the working size
     model: str = ""  # empty: the engine's own model
@@ -51,15 +51,22 @@ def problems(request: EditRequest) -> list[str]:
     return found
 
 
-def working_size(width: int, height: int, longest: int) -> tuple[int, int]:
-    """The source's aspect at `longest` pixels on the long side, both sides multiples of 8, at least 64."""
+def working_size(width: int, height: int, longest: int, multiple: int = 8) -> tuple[int, int]:
+    """The source's aspect at `longest` pixels on the long side, both sides multiples of `multiple` (what
+    the engine's model takes: 8 for SD-1.5, 16 for Wan, its `welcome` says), at least 64."""
     scale = longest / max(width, height)
-    fit = lambda side: max(64, int(round(side * scale / 8)) * 8)  # noqa: E731
+    smallest = -(-64 // multiple) * multiple
+    fit = lambda side: max(smallest, int(round(side * scale / multiple)) * multiple)  # noqa: E731
     return fit(width), fit(height)
 
 
-def settings(request: EditRequest, source_width: int, source_height: int) -> dict[str, Any]:
-    width, height = working_size(source_width, source_height, request.working_size)
+def size_multiple(capabilities: dict[str, Any] | None) -> int:
+    """The working-size multiple of an engine's model, from its `welcome` (8 for an engine that predates it)."""
+    return int(((capabilities or {}).get("family") or {}).get("size_multiple", 8))
+
+
+def settings(request: EditRequest, source_width: int, source_height: int, multiple: int = 8) -> dict[str, Any]:
+    width, height = working_size(source_width, source_height, request.working_size, multiple)
     mapping: dict[str, Any] = {
         "prompt": request.prompt,
         "source_prompt": request.source_prompt or request.prompt,

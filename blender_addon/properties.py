@@ -29,11 +29,13 @@ TRACKERS = [
     ("flow", "Optical Flow", "Follow the keyframes along optical flow, re-cut to each frame's colours (no weights)"),
     ("sam2", "SAM 2", "Segment Anything 2's video model, the keyframes as prompts (engine needs its weights)"),
 ]
+# Numbered: .blend files store an enum's number, and files saved before "auto" existed hold 0-3.
 CONTROL_TYPES = [
-    ("canny", "Canny edges", "Edges of the source frames (no extra weights)"),
-    ("depth", "Depth", "A depth estimator's maps (engine needs its weights)"),
-    ("pose", "Pose", "A pose estimator's skeletons (engine needs its weights)"),
-    ("none", "None", "No ControlNet"),
+    ("auto", "Model Default", "What the engine's model takes by default: canny edges on SD-1.5, none on Wan", "", 4),
+    ("canny", "Canny edges", "Edges of the source frames (no extra weights)", "", 0),
+    ("depth", "Depth", "A depth estimator's maps (engine needs its weights)", "", 1),
+    ("pose", "Pose", "A pose estimator's skeletons (engine needs its weights)", "", 2),
+    ("none", "None", "No ControlNet (or no VACE control on Wan)", "", 3),
 ]
 MEDIA_TRANSFERS = [
     ("AUTO", "Files When Local", ("An engine on this machine reads plain image sequences and movies from disk; "
@@ -137,7 +139,7 @@ class VIDEOGRAIN_PG_edit(bpy.types.PropertyGroup):
     seed: IntProperty(name="Seed", default=0, min=0)
     cross_strength: FloatProperty(name="Cross Modulation", default=1.0, min=0.0, max=1.0)
     self_strength: FloatProperty(name="Self Modulation", default=0.3, min=0.0, max=1.0)
-    control_type: EnumProperty(name="Control", items=CONTROL_TYPES, default="canny")
+    control_type: EnumProperty(name="Control", items=CONTROL_TYPES, default="auto")
     control_scale: FloatProperty(name="Control Scale", default=1.0, min=0.0, max=2.0)
     working_size: IntProperty(name="Working Size", default=512, min=64, max=2048, step=64, description="Longest side while editing")
     model: StringProperty(name="Model", description="Model for this edit (empty: the engine's)")

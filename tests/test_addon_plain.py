@@ -459,3 +459,13 @@ def test_plain_modules_need_no_bpy_and_the_bpy_layer_has_no_import_cycle():
                    for name in imports.get(start, ()))
 
     assert imports["properties"] and not [name for name in imports if reaches(name, name, frozenset())], imports
+
+
+def test_working_sizes_fit_the_engines_model():
+    assert jobspec.working_size(1920, 1080, 512) == (512, 288)
+    assert jobspec.working_size(1920, 1080, 512, 16) == (512, 288)
+    assert jobspec.working_size(1280, 720, 500, 16) == (496, 288)  # 500 × 281 → multiples of 16
+    assert jobspec.size_multiple({"family": {"name": "wan", "size_multiple": 16}}) == 16
+    assert jobspec.size_multiple({}) == 8 and jobspec.size_multiple(None) == 8
+    request = jobspec.EditRequest(prompt="a cat", source_prompt="", phrases=["cat"])
+    assert jobspec.settings(request, 100, 60)["control"]["type"] == "auto"  # the engine's model decides

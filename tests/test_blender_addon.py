@@ -146,3 +146,20 @@ def test_bench_reports_export_and_import(blender_python, tmp_path):
                                 "engine_reads_files_fps", "export_mask_fps", "import_fps"}, figures
         assert all(value > 0 for value in figures.values()), figures
     assert "export_render_fps:" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def wan_engine(tmp_path_factory) -> str:
+    """A `videograin serve` process on the tiny random Wan model."""
+    from conformance import start_engine
+
+    process, _, connection = start_engine(tmp_path_factory.mktemp("wan-engine"), "--model", "wan-tiny")
+    yield str(connection)
+    process.kill()
+    process.wait()
+
+
+def test_the_same_script_edits_on_a_wan_engine(run_in_blender, wan_engine):
+    # The add-on as a user has it: control left at the model's default, the working size fitted to the
+    # multiple the engine's welcome gives (16 for Wan), the 4-frame strip padded inside the engine.
+    run_in_blender("round_trip.py", wan_engine)
