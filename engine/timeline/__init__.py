@@ -44,7 +44,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--movie",
         action="store_true",
-        help="new clips point at MP4 movies, not PNG sequences (always for .otioz and other formats; Resolve needs it)",
+        help="new clips point at movies, not PNG sequences (always for .otioz and other formats; Resolve needs it)",
+    )
+    p.add_argument(
+        "--movie-codec", choices=["h264", "prores"], default="h264",
+        help="the edited shots' movies: H.264 in .mp4 (default) or ProRes 422 HQ in .mov, as editors prefer to cut",
     )
     p.add_argument(
         "--force", action="store_true", help="edit every shot again, even those already in the results folder"
