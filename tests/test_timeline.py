@@ -251,7 +251,7 @@ def test_marked_clips_come_back_edited_on_a_new_track(project, tmp_path, capsys)
     # A second run reuses both results, writing nothing new.
     results = out.parent / "cut_edited-videograin"
     before = snapshot(results)
-    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
     assert snapshot(results) == before and capsys.readouterr().out.count("reused") == 2
 
 
@@ -263,7 +263,7 @@ def test_a_changed_note_is_edited_again_and_force_edits_all(project, tmp_path):
     first = {p.name: json.loads((p / "result.json").read_text())["written"] for p in results.iterdir()}
     time.sleep(1.1)  # result.json times are in seconds
     otio.adapters.write_to_file(build_timeline(project.parent, b=note(spider_mask="right_b", seed=4)), str(project))
-    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu", "--force"]) == 0
+    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu", "--overwrite", "--force"]) == 0
     second = {p.name: json.loads((p / "result.json").read_text())["written"] for p in results.iterdir()}
     assert len(second) == 3 and set(first) < set(second)  # the changed shot in a new folder, the old one kept
     runners = next(name for name in first if name.startswith("runners-"))
@@ -400,7 +400,7 @@ def test_a_region_given_by_keyframes_is_tracked_through_its_shot(project, tmp_pa
     before = {p.name for p in (tmp_path / "out-videograin").iterdir()}
     time.sleep(0.01)
     write_png(folder / "spider_key.png", mattes[1, 3].astype(np.uint8) * 255)
-    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
     assert len({p.name for p in (tmp_path / "out-videograin").iterdir()} - before) == 1
 
 
@@ -497,7 +497,7 @@ def test_otioz_bundle_in_and_out(project, tmp_path, capsys):
     results = tmp_path / "out-videograin"
     before = snapshot(results)
     capsys.readouterr()
-    assert main(["timeline", str(bundle), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["timeline", str(bundle), "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
     assert capsys.readouterr().out.count("reused") == 1 and snapshot(results) == before
 
 
@@ -646,3 +646,13 @@ def test_an_otioz_reads_notes_next_to_it_and_names_its_own_files(project, tmp_pa
         plan(bundle, tmp_path / "out.otioz")
     assert f"'{bundle}/media/runners.mp4', which has 16" in str(error.value)
     assert "videograin-otio-" not in str(error.value)
+
+
+def test_an_existing_out_is_not_overwritten_without_a_word(project, tmp_path, capsys):
+    out = tmp_path / "cut_edited.otio"
+    out.write_text("the user's own file")
+    assert main(["timeline", str(project), "--out", str(out), "--device", "cpu"]) == 2
+    assert "exists: pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_text() == "the user's own file" and not (tmp_path / "cut_edited-videograin").exists()
+
+

@@ -53,5 +53,6 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--force", action="store_true", help="edit every shot again, even those already in the results folder"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists (else refused)")
     add_cache_arguments(p)  # in-process shots; an engine keeps its own cache
     p.set_defaults(run=run)

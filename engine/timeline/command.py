@@ -71,14 +71,19 @@ class Plan:
 
 def plan(
     timeline_path: Path, out: Path, results: Path | None = None, model: str | None = None, movie: bool = False,
-    device: str = "auto", codec: str = "h264",
+    device: str = "auto", codec: str = "h264", overwrite: bool = False,
 ) -> Plan:
     """Read and validate everything, tracking mattes given by keyframes (trackers with a model run on
     `device`); raises one VideograinError naming the clip, the track and the fix. Movies, when asked for
-    or needed, are `codec` (MOVIE_CODECS)."""
+    or needed, are `codec` (MOVIE_CODECS); an existing `out` is replaced only with `overwrite`."""
     if out.resolve() == timeline_path.resolve():
         raise JobError(
             f"--out is the input timeline '{timeline_path}': the input is never overwritten, name another file"
+        )
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise JobError(
+            f"--out '{out}' exists: pass --overwrite to replace it (finished shots are reused either way), "
+            "or name another file"
         )
     adapter_for(out)
     if timeline_path.suffix.lower() == BUNDLE and out.suffix.lower() != BUNDLE:
@@ -256,7 +261,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     out = Path(args.out)
     the_plan = plan(
         Path(args.timeline), out, Path(args.results) if args.results else None, args.model, args.movie, args.device,
-        args.movie_codec,
+        args.movie_codec, args.overwrite,
     )
     try:
         started = time.perf_counter()
