@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -323,6 +324,11 @@ def _broken(project: Path, change: str) -> None:
         (folder / "runners.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     elif change == "range without a rate":  # nothing foreseen: still one error, no traceback
         shot_a.source_range = TimeRange(RationalTime(2, 0), RationalTime(2, 0))
+    elif change == "alias bomb":  # 408 bytes that a YAML loader with aliases expands to gigabytes
+        rows = ["a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]"] + [
+            f"{b}: &{b} [*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a},*{a}]" for a, b in itertools.pairwise("abcdefghi")
+        ]
+        shot_a.markers[0].comment = "\n".join(rows)
     otio.adapters.write_to_file(timeline, str(project))
 
 
@@ -353,6 +359,7 @@ def _broken(project: Path, change: str) -> None:
         ("variable frame rate", r"clip 'runners' on track 'V1': its media '.*runners.mp4' has a variable frame rate"),
         ("damaged movie", r"clip 'runners' on track 'V1': its media: '.*runners.mp4' cannot be read"),
         ("range without a rate", r"clip 'runners' on track 'V1': its media or marker cannot be read \(\w+Error"),
+        ("alias bomb", r"clip 'runners' on track 'V1': the note of its 'videograin' marker .*aliases are not read"),
     ],
 )
 def test_each_bad_input_gives_its_error_and_writes_nothing(project, tmp_path, capsys, change, message):
@@ -646,6 +653,36 @@ def test_an_otioz_reads_notes_next_to_it_and_names_its_own_files(project, tmp_pa
         plan(bundle, tmp_path / "out.otioz")
     assert f"'{bundle}/media/runners.mp4', which has 16" in str(error.value)
     assert "videograin-otio-" not in str(error.value)
+
+
+def test_an_otioz_that_would_unpack_past_its_budget_is_refused(tmp_path):
+    bundle = tmp_path / "bomb.otioz"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("content.otio", otio.adapters.write_to_string(otio.schema.Timeline("cut")))
+        with archive.open("media/zeros.mov", "w") as member:
+            for _ in range(100):
+                member.write(bytes(2**20))  # 100 MiB of zeros: about 100 KiB packed
+    assert bundle.stat().st_size < 2**20
+    with pytest.raises(JobError, match=r"would unpack to 100.0 MiB, more than this bundle may take"):
+        plan(bundle, tmp_path / "out.otioz")
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("videograin-otio-*/media/zeros.mov"))
+
+
+def test_an_otioz_naming_media_outside_itself_is_refused(project, tmp_path):
+    """A bundle whose timeline names files of this machine (`../`, absolute): the result bundle would
+    carry them back to whoever sent it."""
+    (tmp_path / "secret.txt").write_text("mine")
+    for target in ("../../../../../../../../" + str(tmp_path / "secret.txt"), str(tmp_path / "secret.txt")):
+        timeline = otio.schema.Timeline("cut")
+        track = otio.schema.Track("V1", kind=otio.schema.TrackKind.Video)
+        track.append(otio.schema.Clip("innocent", otio.schema.ExternalReference(target), tr(0, 1)))
+        timeline.tracks.append(track)
+        bundle = tmp_path / "in.otioz"
+        bundle.unlink(missing_ok=True)
+        with zipfile.ZipFile(bundle, "w") as archive:
+            archive.writestr("content.otio", otio.adapters.write_to_string(timeline))
+        with pytest.raises(JobError, match=r"names media outside the bundle \(clip 'innocent': .*secret.txt'\)"):
+            plan(bundle, tmp_path / "out.otioz")
 
 
 def test_an_existing_out_is_not_overwritten_without_a_word(project, tmp_path, capsys):

@@ -1,12 +1,14 @@
-"""`.otioz` bundles: unpacked, their files known by what the bundle says of them.
+"""`.otioz` bundles: unpacked within a size budget, their files known by what the bundle says of them.
 
-A bundle is a zip of `content.otio` and its media (`media/...`). The unpacked files get fresh
-modification times on every run; their identity (for reusing finished shots) is what the bundle
-records: name, size and CRC.
+A bundle is a zip of `content.otio` and its media (`media/...`). Unpacking is refused before a byte is
+written when its members would take more than the budget (a zip bomb declares sizes far beyond what it
+occupies). The unpacked files get fresh modification times on every run; their identity (for reusing
+finished shots) is what the bundle records: name, size and CRC.
 """
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,11 @@ import opentimelineio as otio
 from videograin.engine.errors import JobError
 
 CONTENT = "content.otio"
+# Media in a bundle are stored, not compressed, by OTIO's writer (video and PNG do not deflate anyway):
+# members may take at most this many times the bundle's size, plus some room for the timeline itself.
+MAX_EXPANSION = 10
+EXPANSION_ALLOWANCE = 64 * 2**20
+FREE_SPACE_RESERVE = 2**30  # what unpacking leaves free on the disk it unpacks to
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,17 @@ def unpack(path: Path, folder: Path) -> tuple[otio.schema.Timeline, Bundle]:
         raise JobError(f"timeline '{path}' is not a readable .otioz bundle: {exc}") from None
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
+        total = sum(info.file_size for info in infos)
+        budget = min(
+            MAX_EXPANSION * path.stat().st_size + EXPANSION_ALLOWANCE,
+            shutil.disk_usage(folder).free - FREE_SPACE_RESERVE,
+        )
+        if total > budget:
+            raise JobError(
+                f"timeline '{path}' would unpack to {_size(total)}, more than this bundle may take "
+                f"({_size(budget)}: {MAX_EXPANSION}x its size, within the free space of '{folder}'): "
+                "it is damaged or not an OpenTimelineIO bundle; export the timeline again"
+            )
         try:
             timeline = otio.adapters.read_from_string(archive.read(CONTENT).decode(), "otio_json")
             archive.extractall(folder)  # member names are made safe: nothing lands outside `folder`
@@ -52,4 +70,8 @@ def unpack(path: Path, folder: Path) -> tuple[otio.schema.Timeline, Bundle]:
             raise JobError(f"timeline '{path}' cannot be read as .otioz: {type(exc).__name__}: {exc}") from None
     members = {(folder / info.filename).resolve(): (info.filename, info.file_size, info.CRC) for info in infos}
     return timeline, Bundle(path, folder, members)
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 

@@ -59,7 +59,24 @@ def read_timeline(path: Path, unpack_to: Path) -> tuple[otio.schema.Timeline, Pl
         places = Places(path.parent, path.parent)
     if not isinstance(timeline, otio.schema.Timeline):
         raise JobError(f"'{path}' holds a {type(timeline).__name__}, not a timeline: export the timeline itself")
+    if places.bundle is not None and (outside := outside_media(timeline, places.media)):
+        raise JobError(
+            f"timeline '{path}' names media outside the bundle ({'; '.join(outside[:3])}): the result bundle "
+            "would pack those files of this machine; a bundle holds its own media: export it again from the editor"
+        )
     return timeline, places
+
+
+def outside_media(timeline: otio.schema.Timeline, folder: Path) -> list[str]:
+    """The clips whose media lie outside `folder`, as `clip 'name': 'path'`."""
+    found = []
+    for clip in timeline.find_clips():
+        ref = clip.media_reference
+        if isinstance(ref, otio.schema.ExternalReference | otio.schema.ImageSequenceReference) and ref.target_url:
+            text = url_path(ref.target_url)
+            if not resolve_path(folder, text).resolve().is_relative_to(folder.resolve()):
+                found.append(f"clip '{clip.name}': '{text}'")
+    return found
 
 
 def adapter_for(path: Path) -> str:

@@ -39,6 +39,8 @@ from videograin.engine.timeline.bundle import Bundle
 MARKER_NAME = "videograin"
 # Job keys a note may set under `source`: the rest (path, start, count, stride) comes from the clip.
 NOTE_SOURCE_KEYS = {"width", "height"}
+# A note is a few lines of job keys; the limit keeps a hostile one from costing memory and time.
+MAX_NOTE_CHARS = 64 * 1024
 MAX_MESSAGE_CHARS = 1000  # an error quotes at most this much of what it refuses
 log = logging.getLogger(__name__)
 
@@ -208,8 +210,13 @@ def marked_job(clip: otio.core.Item) -> dict | None:
             text = rest
         else:
             continue
+        if len(text) > MAX_NOTE_CHARS:
+            raise JobError(
+                f"the note of its '{MARKER_NAME}' marker has {len(text)} characters, more than a note may "
+                f"({MAX_NOTE_CHARS}): keep the edit's keys in it, nothing else"
+            )
         try:
-            from_note = yaml.safe_load(text) if text.strip() else {}
+            from_note = yaml.load(text, Loader=_NoteLoader) if text.strip() else {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{getattr(exc, 'problem', None) or 'cannot be parsed'}" + (
@@ -228,6 +235,20 @@ def marked_job(clip: otio.core.Item) -> dict | None:
         base = dict(from_metadata) if isinstance(from_metadata, Mapping) else {}
         return _plain({**base, **from_note})
     return None
+
+
+class _NoteLoader(yaml.SafeLoader):
+    """YAML without aliases: `*name` repeats a value, and a few hundred bytes of nested aliases repeat one
+    into gigabytes. A note has no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"an alias (*{bounded(event.anchor, 40)}): aliases are not read in notes, write "
+                "each value out", event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _note(marker: otio.schema.Marker) -> str:
