@@ -7,6 +7,7 @@ from the wrong place, turned the wrong way or converted with the wrong matrix sh
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -235,3 +236,12 @@ def test_a_mask_without_read_permission_is_one_error_naming_the_file(tmp_path):
                           preexec_fn=_without_dac_override, timeout=300)
     assert done.returncode == 2, done.stderr
     assert f"mask of region car: '{mask}' cannot be read: Permission denied" in done.stdout
+
+
+def test_the_decode_bench_reads_both_codecs_with_both_libraries(tmp_path, capsys):
+    report_path = tmp_path / "decode.json"
+    assert main(["bench", "--decode", "--decode-frames", "2", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    for codec in ("h264", "prores"):
+        assert report[codec]["opencv_frames_read"] == 2
+        assert report[codec]["pyav_rgb_fps"] > 0 and report[codec]["pyav_decode_only_fps"] > 0
