@@ -192,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--track", action="store_true", help="benchmark matte tracking (flow at 720p/1080p, SAM 2)")
     bench.add_argument("--ray", type=int, metavar="N",
                        help="edit time on 1 vs N Ray workers (local cluster) and time to the first frame")
+    bench.add_argument("--decode", action="store_true",
+                       help="reading 1080p H.264 and ProRes to RGB: PyAV against OpenCV, frames/s")
+    bench.add_argument("--decode-frames", type=int, default=48)
     bench.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     bench.set_defaults(run=handler("videograin.engine.bench", "cmd_bench"))
 
@@ -215,10 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--model", help="override every shot's model: hub id, local folder, or a random stand-in "
                                           "(tiny, sd15-random, wan-tiny, wan-1.3b-random)")
     timeline.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (in-process)")
-    timeline.add_argument("--movie", action="store_true", help="new clips point at MP4 movies, not PNG sequences "
+    timeline.add_argument("--movie", action="store_true", help="new clips point at movies, not PNG sequences "
                           "(always for .otioz and other formats; Resolve needs it)")
+    timeline.add_argument("--movie-codec", choices=["h264", "prores"], default="h264",
+                          help="the edited shots' movies: H.264 in .mp4 (default) or ProRes 422 HQ in .mov, as "
+                          "editors prefer to cut")
     timeline.add_argument("--force", action="store_true",
                           help="edit every shot again, even those already in the results folder")
+    timeline.add_argument("--overwrite", action="store_true", help="replace OUT when it exists (else refused)")
     add_cache_arguments(timeline)  # in-process shots; an engine keeps its own cache
     timeline.set_defaults(run=handler("videograin.engine.timeline", "run"))
 

@@ -1,22 +1,58 @@
-"""Reading clips and mattes, writing frames and previews. Images are RGB uint8 arrays (H, W, 3).
+"""Reading clips and mattes, writing frames and movies. Images are RGB uint8 arrays (H, W, 3).
 
-Writes are atomic: a file appears complete under its final name or not at all.
+Video goes through FFmpeg's libraries (PyAV): exact frame counts, frame-accurate seeking, start
+timecode, rotation and 10-bit sources; OpenCV reads and writes image files. Writes are atomic: a file
+appears complete under its final name or not at all.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 from videograin.engine.errors import JobError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
+
+
+def _video_suffixes() -> frozenset[str]:
+    """Every suffix FFmpeg here opens: its demuxers' own, and those of the muxers of formats it also
+    demuxes (`.mpg`, `.mxf` are named only there); image files stay with OpenCV."""
+    suffixes: set[str] = set()
+    for name in av.formats_available:
+        if name.startswith("image2"):
+            continue
+        for mode in ("r", "w"):
+            try:
+                suffixes |= av.ContainerFormat(name, mode).extensions
+            except ValueError:  # no demuxer (then its muxer is not asked) or no muxer of that name
+                if mode == "r":
+                    break
+    return frozenset(f".{suffix}" for suffix in suffixes) - IMAGE_SUFFIXES
+
+
+VIDEO_SUFFIXES = _video_suffixes()
+# YUV to RGB where the file does not say: BT.709 for HD and larger, BT.601 below (what players assume).
+HD_HEIGHT = 720
+_COLORSPACES = {1: "ITU709", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M", 9: "BT2020"}  # AVColorSpace
+# swscale's defaults are off by up to 3 levels on flat colour: exact rounding and full chroma resolution.
+_SCALING = (
+    av.video.reformatter.Interpolation.BILINEAR
+    | av.video.reformatter.Interpolation.ACCURATE_RND
+    | av.video.reformatter.Interpolation.FULL_CHR_H_INT
+    | av.video.reformatter.Interpolation.FULL_CHR_H_INP
+)
 
 
 def natural_key(path: Path) -> list:
@@ -27,28 +63,46 @@ def list_frames(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
 
 
-def sequence_length(path: Path) -> int:
-    """Number of frames in a folder of images or a video file."""
-    if path.is_dir():
-        return len(list_frames(path))
-    capture = cv2.VideoCapture(str(path))
+@contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Every OS or FFmpeg error while reading `path` as the one clear error that names the file."""
     try:
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
-    finally:
-        capture.release()
-    return count
+        yield
+    except JobError:
+        raise
+    except (OSError, av.FFmpegError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise JobError(f"{what}: '{path}' cannot be read: {reason[:200]}") from None
+
+
+def sequence_length(path: Path, what: str = "media") -> int:
+    """Number of frames in a folder of images, a video file (exact) or an image file (one)."""
+    with reading(path, what):
+        if path.is_dir():
+            return len(list_frames(path))
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return 1
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return probe_video(path, what).frames
+    raise JobError(f"{what}: '{path}' is neither a folder of images, an image nor a video file")
 
 
 def read_sequence(path: Path, indices: list[int], what: str, grey: bool = False) -> np.ndarray:
-    """Read the frames at `indices` of a folder or video as (F, H, W, 3) RGB or (F, H, W) grey uint8."""
+    """Read the frames at `indices` of a folder, a video or one image (frame 0) as (F, H, W, 3) RGB or
+    (F, H, W) grey uint8."""
     if not path.exists():
         raise JobError(f"{what}: '{path}' does not exist")
-    if path.is_dir():
-        frames = [read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
-    elif path.suffix.lower() in VIDEO_SUFFIXES:
-        frames = _read_video(path, indices, what, grey)
-    else:
-        raise JobError(f"{what}: '{path}' is neither a folder of images nor a video file")
+    with reading(path, what):
+        if path.is_dir():
+            frames = [read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            frames = _read_video(path, indices, what, grey)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            if max(indices) > 0:
+                raise JobError(f"{what}: '{path}' is one image, frame {max(indices)} was asked for")
+            frames = [read_image(path, what, grey)] * len(indices)
+        else:
+            raise JobError(f"{what}: '{path}' is neither a folder of images, an image nor a video file")
     shapes = {f.shape for f in frames}
     if len(shapes) != 1:
         raise JobError(f"{what}: frames of '{path}' differ in size: {sorted(shapes)}")
@@ -64,7 +118,8 @@ def _pick(files: list[Path], indices: list[int], folder: Path, what: str) -> lis
 
 
 def read_image(path: Path, what: str, grey: bool) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
+    with reading(path, what):
+        data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise JobError(f"{what}: '{path}' is not a readable image")
@@ -85,22 +140,144 @@ def _to_uint8(image: np.ndarray, grey: bool) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if grey else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video file's first video stream, as FFmpeg reads it."""
+
+    frames: int  # exact: the container's sample index (QuickTime/MP4, MXF) or counted by decoding
+    rate: Fraction  # frames per second (the average, when the rate varies)
+    width: int  # as shown: after rotation
+    height: int
+    rotation: int  # degrees counterclockwise that each decoded frame is turned: 0, 90, 180 or 270
+    start_frame: int  # the start timecode as a frame number at `rate` (0 without a timecode)
+    variable_rate: bool  # frames not on a fixed grid: frame numbers and times do not map by the rate
+    pixel_format: str  # as decoded, e.g. yuv422p10le (10-bit 4:2:2)
+    time_base: Fraction
+    start_pts: int  # the first frame's timestamp, in time_base
+
+
+def probe_video(path: Path, what: str = "media") -> VideoInfo:
+    """What a video file holds; read once per file version (size, modification time) in a process."""
+    with reading(path, what):
+        stat = path.stat()
+        return _probe(str(path), stat.st_size, stat.st_mtime_ns, what)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(path: str, size: int, mtime_ns: int, what: str) -> VideoInfo:
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise JobError(f"{what}: '{path}' has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        first = next(container.decode(stream), None)
+        if first is None:
+            raise JobError(f"{what}: '{path}' has no decodable frame")
+        rate = Fraction(stream.average_rate or stream.base_rate or stream.guessed_rate or 0)
+        base = Fraction(stream.base_rate or rate)
+        rotation = round(first.rotation / 90) % 4 * 90
+        frames = _indexed_frames(container, stream)
+        timecode = stream.metadata.get("timecode") or container.metadata.get("timecode") or next(
+            (s.metadata["timecode"] for s in container.streams if "timecode" in s.metadata), None
+        )
+        start_pts = first.pts if first.pts is not None else 0
+        time_base = Fraction(stream.time_base)  # read while the container is open
+    if frames is None:
+        with av.open(path) as container:  # no exact index: count by decoding
+            container.streams.video[0].thread_type = "AUTO"
+            frames = sum(1 for _ in container.decode(video=0))
+    width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
+    return VideoInfo(
+        frames,
+        rate,
+        width,
+        height,
+        rotation,
+        _timecode_frame(timecode, rate) if timecode else 0,
+        bool(rate and base and abs(rate / base - 1) > Fraction(1, 100)),
+        first.format.name,
+        time_base,
+        start_pts,
+    )
+
+
+def _indexed_frames(container, stream) -> int | None:
+    """The frame count the container states exactly: QuickTime/MP4's sample table, MXF's duration in
+    edit units; None for containers whose count is an estimate (MPEG-PS/TS, Matroska, AVI...)."""
+    if "mov" in container.format.name.split(",") and stream.frames > 0:
+        return stream.frames
+    edit_unit = 1 / stream.base_rate if stream.base_rate else None
+    if container.format.name == "mxf" and stream.duration and stream.time_base == edit_unit:
+        return stream.duration
+    return None
+
+
+def _timecode_frame(timecode: str, rate: Fraction) -> int:
+    """'HH:MM:SS:FF' (';' before FF: drop-frame) as a frame number at `rate`."""
+    match = re.fullmatch(r"(\d+):(\d+):(\d+)([:;.,])(\d+)", timecode.strip())
+    if not match or not rate:
+        return 0
+    hours, minutes, seconds, separator, frame = match.groups()
+    nominal = round(rate)
+    total_minutes = int(hours) * 60 + int(minutes)
+    number = (total_minutes * 60 + int(seconds)) * nominal + int(frame)
+    if separator in ";,":  # drop-frame: frame numbers 0 and 1 (2 per 30) skipped each minute but every tenth
+        number -= round(nominal / 15) * (total_minutes - total_minutes // 10)
+    return number
+
+
 def _read_video(path: Path, indices: list[int], what: str, grey: bool) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise JobError(f"{what}: '{path}' cannot be opened as a video")
-    wanted, frames, index = set(indices), {}, 0
-    try:
-        while index <= max(indices):
-            ok, image = capture.read()
-            if not ok:
-                raise JobError(f"{what}: '{path}' has {index} frames, frame {max(indices)} was asked for")
-            if index in wanted:
-                frames[index] = _to_uint8(image, grey)
-            index += 1
-    finally:
-        capture.release()
+    info = probe_video(path, what)
+    if max(indices) >= info.frames:
+        raise JobError(f"{what}: '{path}' has {info.frames} frames, frame {max(indices)} was asked for")
+    wanted, frames = set(indices), {}
+    for index, frame in _decoded(path, info, min(indices)):
+        if index in wanted:
+            frames[index] = _to_rgb(frame, info.rotation, grey)
+        if index >= max(indices):
+            break
+    if len(frames) < len(wanted):
+        missing = min(wanted - frames.keys())
+        raise JobError(f"{what}: frame {missing} of '{path}' cannot be decoded (the file is damaged or cut short)")
     return [frames[i] for i in indices]
+
+
+def _decoded(path: Path, info: VideoInfo, first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+    """(frame number, frame) from `first` on, or from a frame before it. A constant-rate file is entered
+    at the keyframe before `first`, each frame numbered by its timestamp; otherwise (variable rate,
+    missing timestamps, a seek that lands past `first`) frames are decoded from the start and counted."""
+    if first > 0 and not info.variable_rate and info.rate:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            per_frame = 1 / (info.rate * info.time_base)  # timestamp units per frame
+            container.seek(info.start_pts + int(first * per_frame), stream=stream, backward=True)
+            numbered = ((None if f.pts is None else round((f.pts - info.start_pts) / per_frame), f)
+                        for f in container.decode(stream))
+            head = next(numbered, None)
+            if head is not None and head[0] is not None and head[0] <= first:
+                yield head
+                for index, frame in numbered:
+                    if index is None:
+                        break  # a frame without a timestamp: numbers from here on would be guesses
+                    yield index, frame
+                return
+    with av.open(str(path)) as container:
+        container.streams.video[0].thread_type = "AUTO"
+        yield from enumerate(container.decode(video=0))
+
+
+def _to_rgb(frame: av.VideoFrame, rotation: int, grey: bool) -> np.ndarray:
+    """A decoded frame as 8-bit RGB (or grey), turned upright. YUV (8, 10 or 12 bit) is converted with the
+    matrix and range the file states (else BT.709 for HD, BT.601 below; limited range but for JPEG YUV)."""
+    colorspace = _COLORSPACES.get(frame.colorspace, "ITU709" if frame.height >= HD_HEIGHT else "ITU601")
+    color_range = frame.color_range or (2 if frame.format.name.startswith("yuvj") else 1)
+    image = frame.reformat(
+        format="rgb24", src_colorspace=colorspace, dst_colorspace=colorspace, src_color_range=color_range,
+        dst_color_range="JPEG", interpolation=_SCALING,
+    ).to_ndarray()
+    image = np.ascontiguousarray(np.rot90(image, rotation // 90)) if rotation else image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if grey else image
 
 
 def resize(images: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
@@ -153,20 +330,55 @@ def write_png(path: Path, image: np.ndarray) -> None:
     write_atomic(path, encode_png(image))
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: float = 12.0) -> None:
-    """Write an MP4 preview (mp4v, OpenCV's bundled encoder) through a temporary name."""
+# Movie encoders: H.264 plays everywhere; ProRes 422 HQ (10-bit) is what editors prefer to cut with.
+MOVIE_CODECS = {
+    "h264": ("libx264", "yuv420p", "mp4", {"crf": "16", "preset": "medium"}),
+    "prores": ("prores_ks", "yuv422p10le", "mov", {"profile": "3"}),
+}
+
+
+def movie_suffix(codec: str) -> str:
+    return f".{MOVIE_CODECS[codec][2]}"
+
+
+def write_movie(path: Path, frames: np.ndarray, fps: float, codec: str = "h264") -> None:
+    """Write RGB frames as a movie (BT.709, limited range, tagged so) through a temporary name."""
+    encoder, pixel_format, container_format, options = MOVIE_CODECS[codec]
+    frames = _even_sized(frames) if pixel_format == "yuv420p" else frames
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write MP4 to '{tmp}'")
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+        with av.open(tmp, "w", format=container_format) as container:
+            stream = container.add_stream(encoder, rate=Fraction(fps).limit_denominator(1001), options=options)
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = pixel_format
+            context = stream.codec_context
+            context.colorspace = context.color_primaries = context.color_trc = 1  # BT.709
+            context.color_range = 1  # limited ("MPEG")
+            for image in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(
+                    format=pixel_format, src_colorspace="ITU709", dst_colorspace="ITU709",
+                    src_color_range="JPEG", dst_color_range="MPEG", interpolation=_SCALING,
+                )
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: float = 12.0) -> None:
+    """The preview movie: H.264 in MP4."""
+    write_movie(path, frames, fps, "h264")
+
+
+def _even_sized(frames: np.ndarray) -> np.ndarray:
+    """4:2:0 needs even sides: an odd one gets its last row or column repeated."""
+    height, width = frames.shape[1:3]
+    return np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
 HEAT_LEGEND = "attention of the phrase's words at a pixel: 0 (blue) to its peak over the clip (red)"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from videograin.engine.cache import InversionCache, cache_from_args
 from videograin.engine.errors import JobError
-from videograin.engine.inputs.media import read_sequence, write_mp4
+from videograin.engine.inputs.media import movie_suffix, read_sequence, write_movie
 from videograin.engine.models import get_pipeline, resolve_device
 from videograin.engine.runner import EngineEdit, edit_in_process, edit_on_engine
 from videograin.engine.timeline.conform import (
@@ -39,18 +39,18 @@ from videograin.engine.timeline.conform import (
     read_timeline,
     write_timeline,
 )
-from videograin.engine.timeline.shots import Shot, find_shots
+from videograin.engine.timeline.shots import Places, Shot, find_shots
 from videograin.protocol.client import EngineClient
 
 
 @dataclass
 class Plan:
     timeline: object  # otio.schema.Timeline
-    base: Path  # where the timeline's relative media paths start
+    places: Places  # where the timeline's relative paths start
     shots: list[Shot]  # validated
     out: Path
     results: Path
-    movies: bool  # edited shots as movies rather than image sequences
+    movies: str | None  # the codec of the edited shots' movies (MOVIE_CODECS), None for image sequences
     scratch: tempfile.TemporaryDirectory  # an unpacked .otioz, removed by close()
     edited: list[Edited] = field(default_factory=list)  # in shot order, filled by edit_shots
     finished: dict[Path, float] = field(default_factory=dict)  # results folder -> seconds, shots edited this run
@@ -63,7 +63,7 @@ class Plan:
     def movie(self, shot: Shot) -> Path | None:
         """Where a shot's movie goes when movies are asked for: a unique name, as a bundle holds files by name."""
         folder = self.folder(shot)
-        return folder / f"{folder.name}.mp4" if self.movies else None
+        return folder / f"{folder.name}{movie_suffix(self.movies)}" if self.movies else None
 
     def close(self) -> None:
         self.scratch.cleanup()
@@ -71,13 +71,19 @@ class Plan:
 
 def plan(
     timeline_path: Path, out: Path, results: Path | None = None, model: str | None = None, movie: bool = False,
-    device: str = "auto",
+    device: str = "auto", codec: str = "h264", overwrite: bool = False,
 ) -> Plan:
     """Read and validate everything, tracking mattes given by keyframes (trackers with a model run on
-    `device`); raises one VideograinError naming the clip, the track and the fix."""
+    `device`); raises one VideograinError naming the clip, the track and the fix. Movies, when asked for
+    or needed, are `codec` (MOVIE_CODECS); an existing `out` is replaced only with `overwrite`."""
     if out.resolve() == timeline_path.resolve():
         raise JobError(
             f"--out is the input timeline '{timeline_path}': the input is never overwritten, name another file"
+        )
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise JobError(
+            f"--out '{out}' exists: pass --overwrite to replace it (finished shots are reused either way), "
+            "or name another file"
         )
     adapter_for(out)
     if timeline_path.suffix.lower() == BUNDLE and out.suffix.lower() != BUNDLE:
@@ -91,14 +97,14 @@ def plan(
     if results.exists() and not results.is_dir():
         raise JobError(f"--results '{results}' is a file: name a folder for the edited shots")
     scratch = tempfile.TemporaryDirectory(prefix="videograin-otio-")
+    places = None
     try:
-        timeline, base = read_timeline(timeline_path, Path(scratch.name))
-        shots = find_shots(timeline, base, model)
+        timeline, places = read_timeline(timeline_path, Path(scratch.name))
+        shots = find_shots(timeline, places, model)
         for shot in shots:
             shot.load(device)  # every pixel-level check (sizes, empty mattes) before the first edit
-        result = Plan(
-            timeline, base, shots, out, results, movie or out.suffix.lower() not in SEQUENCE_SUFFIXES, scratch
-        )
+        movies = codec if movie or out.suffix.lower() not in SEQUENCE_SUFFIXES else None
+        result = Plan(timeline, places, shots, out, results, movies, scratch)
         placeholders = [
             Edited(
                 s,
@@ -108,7 +114,12 @@ def plan(
             )
             for s in shots
         ]
-        check_writable(timeline, out, base, placeholders)
+        check_writable(timeline, out, places.media, placeholders)
+    except JobError as exc:
+        scratch.cleanup()
+        if places is None or places.bundle is None:
+            raise
+        raise JobError(places.bundle.shown(str(exc))) from None  # its media as the user knows them
     except BaseException:
         scratch.cleanup()
         raise
@@ -142,7 +153,7 @@ def edit_shots(plan: Plan, engine: str | None = None, device: str = "auto", forc
         movie = plan.movie(shot)
         if movie is not None and (folder in plan.finished or not movie.is_file()):
             frames = read_sequence(folder / "frames", list(range(report["frames"])), "edited frames")
-            write_mp4(movie, frames, fps=shot.rate)
+            write_movie(movie, frames, shot.rate, plan.movies)
         plan.edited.append(Edited(shot, folder, report, movie, plan.finished.get(folder, 0.0),
                                   reused=folder not in plan.finished))
 
@@ -222,7 +233,7 @@ def _swap_in(target: Path, folder: Path) -> None:
 
 
 def finish(plan: Plan) -> None:
-    write_timeline(conformed(plan.timeline, plan.edited), plan.out, plan.base)
+    write_timeline(conformed(plan.timeline, plan.edited), plan.out, plan.places.media)
 
 
 def summary(plan: Plan) -> str:
@@ -249,7 +260,8 @@ def summary(plan: Plan) -> str:
 def cmd_timeline(args: argparse.Namespace) -> int:
     out = Path(args.out)
     the_plan = plan(
-        Path(args.timeline), out, Path(args.results) if args.results else None, args.model, args.movie, args.device
+        Path(args.timeline), out, Path(args.results) if args.results else None, args.model, args.movie, args.device,
+        args.movie_codec, args.overwrite,
     )
     try:
         started = time.perf_counter()

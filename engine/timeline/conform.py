@@ -20,7 +20,8 @@ from opentimelineio.url_utils import url_from_filepath
 
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.media import write_atomic
-from videograin.engine.timeline.shots import MARKER_NAME, Shot, resolve_path, url_path
+from videograin.engine.timeline import bundle
+from videograin.engine.timeline.shots import MARKER_NAME, Places, Shot, resolve_path, url_path
 
 BUNDLE = ".otioz"
 # Only native OTIO keeps image sequences: the bundle adapter packs movie files only, and the other
@@ -40,24 +41,42 @@ class Edited:
     reused: bool = False  # the result of an earlier run, for the same job
 
 
-def read_timeline(path: Path, unpack_to: Path) -> tuple[otio.schema.Timeline, Path]:
-    """Read a timeline through the OTIO adapter its suffix names; returns it and the folder its relative
-    media paths start from (a bundle is unpacked into `unpack_to`)."""
+def read_timeline(path: Path, unpack_to: Path) -> tuple[otio.schema.Timeline, Places]:
+    """Read a timeline through the OTIO adapter its suffix names; returns it and where its relative paths
+    start: media next to the timeline file, or in a bundle (unpacked into `unpack_to`, which then holds
+    nothing else); paths in notes next to the file the user gave."""
     if not path.is_file():
         raise JobError(f"timeline '{path}' does not exist")
     adapter = adapter_for(path)
-    try:
-        if path.suffix.lower() == BUNDLE:
-            timeline = otio.adapters.read_from_file(str(path), extract_to_directory=str(unpack_to))
-            base = unpack_to
-        else:
+    if path.suffix.lower() == BUNDLE:
+        timeline, unpacked = bundle.unpack(path, unpack_to)
+        places = Places(unpack_to, path.parent, unpacked)
+    else:
+        try:
             timeline = otio.adapters.read_from_file(str(path), adapter_name=adapter)
-            base = path.parent
-    except Exception as exc:  # adapters raise anything from ValueError to their own errors
-        raise JobError(f"timeline '{path}' cannot be read as {adapter}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # adapters raise anything from ValueError to their own errors
+            raise JobError(f"timeline '{path}' cannot be read as {adapter}: {type(exc).__name__}: {exc}") from None
+        places = Places(path.parent, path.parent)
     if not isinstance(timeline, otio.schema.Timeline):
         raise JobError(f"'{path}' holds a {type(timeline).__name__}, not a timeline: export the timeline itself")
-    return timeline, base
+    if places.bundle is not None and (outside := outside_media(timeline, places.media)):
+        raise JobError(
+            f"timeline '{path}' names media outside the bundle ({'; '.join(outside[:3])}): the result bundle "
+            "would pack those files of this machine; a bundle holds its own media: export it again from the editor"
+        )
+    return timeline, places
+
+
+def outside_media(timeline: otio.schema.Timeline, folder: Path) -> list[str]:
+    """The clips whose media lie outside `folder`, as `clip 'name': 'path'`."""
+    found = []
+    for clip in timeline.find_clips():
+        ref = clip.media_reference
+        if isinstance(ref, otio.schema.ExternalReference | otio.schema.ImageSequenceReference) and ref.target_url:
+            text = url_path(ref.target_url)
+            if not resolve_path(folder, text).resolve().is_relative_to(folder.resolve()):
+                found.append(f"clip '{clip.name}': '{text}'")
+    return found
 
 
 def adapter_for(path: Path) -> str:

@@ -9,7 +9,8 @@ otio-fcp-adapter). Kdenlive's markers have no name, only a note: there a note wh
 on top of it.
 
 Everything that can be wrong with a shot is found by `find_shots` and `Shot.load`, each error naming the
-clip, its track and what to fix, before anything is edited or written.
+clip, its track and what to fix, before anything is edited or written; whatever else goes wrong reading a
+clip (an export or a file nobody foresaw) becomes such an error too, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import opentimelineio as otio
@@ -30,29 +33,54 @@ from opentimelineio.opentime import RationalTime, TimeRange
 from videograin.engine.config import EditSettings, RegionConfig, parse_settings, region_name
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, resolve_path, tracked_mattes, validate_job
-from videograin.engine.inputs.media import list_frames, read_sequence, sequence_length
+from videograin.engine.inputs.media import IMAGE_SUFFIXES, list_frames, probe_video, read_sequence, sequence_length
+from videograin.engine.timeline.bundle import Bundle
 
 MARKER_NAME = "videograin"
 # Job keys a note may set under `source`: the rest (path, start, count, stride) comes from the clip.
 NOTE_SOURCE_KEYS = {"width", "height"}
+# A note is a few lines of job keys; the limit keeps a hostile one from costing memory and time.
+MAX_NOTE_CHARS = 64 * 1024
+MAX_MESSAGE_CHARS = 1000  # an error quotes at most this much of what it refuses
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where a timeline's relative paths start: its clips' media (in the unpacked bundle, for an
+    `.otioz`) and the paths its notes name (next to the timeline file or bundle the user gave)."""
+
+    media: Path
+    notes: Path
+    bundle: Bundle | None = None
+
+    def name(self, path: Path) -> str:
+        """A path as a job's identity names it: inside a bundle, relative to it (the unpack folder changes)."""
+        if self.bundle is not None and path.resolve().is_relative_to(self.bundle.folder.resolve()):
+            return f"<bundle>/{path.resolve().relative_to(self.bundle.folder.resolve()).as_posix()}"
+        return str(path)
+
+    def identity(self, path: Path) -> list:
+        """What a result depends on of a file: in a bundle what the bundle records (name, size, CRC: the
+        unpacked copy is new each run), else its path, size and modification time."""
+        recorded = self.bundle.identity(path.resolve()) if self.bundle is not None else None
+        if recorded is not None:
+            return list(recorded)
+        stat = path.stat()
+        return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
 @dataclass
 class Footage:
-    """Frames `indices` of a movie or a folder of images, as `read_sequence` reads them."""
+    """Frames `indices` of a movie, a folder of images or a still (all 0), as `read_sequence` reads them."""
 
     path: Path
     indices: list[int]
 
-    def identity(self) -> list:
-        """What a result depends on: the frames and the files they come from (size, modification time)."""
+    def identity(self, places: Places) -> list:
+        """What a result depends on: the frames and the files they come from."""
         files = [self.path] if self.path.is_file() else [list_frames(self.path)[i] for i in self.indices]
-        return [str(self.path), self.indices[0], len(self.indices), [_file_identity(f) for f in files]]
-
-
-def _file_identity(path: Path) -> tuple[int, int]:
-    """A file's size and modification time: a changed file gives a changed job."""
-    return path.stat().st_size, path.stat().st_mtime_ns
+        return [places.name(self.path), self.indices[0], len(self.indices), [places.identity(f) for f in files]]
 
 
 @dataclass
@@ -66,22 +94,13 @@ class Shot:
     settings: EditSettings  # parsed from the note; source.path/start/count filled from the clip
     source: Footage
     mattes: list[Footage | None]  # one per region, in the note's order; None: tracked from its keyframes
-    control: Footage | None = None
-    job_hash: str = field(init=False)
+    control: Footage | None
+    job_hash: str  # what the result depends on (`job_hash`): a changed job gets a new results folder
     _tracked: dict[int, np.ndarray] | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.job_hash = self._hash()
 
     @property
     def name(self) -> str:
         return f"clip '{self.clip}' on track '{self.track}'"
-
-    def _hash(self) -> str:
-        footage = [self.source, *filter(None, self.mattes), *([self.control] if self.control else [])]
-        keyframes = [_file_identity(Path(key.mask)) for region in self.settings.regions for key in region.keyframes]
-        key = {"settings": self.settings.to_dict(), "media": [f.identity() for f in footage], "keyframes": keyframes}
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def load(self, device: str = "auto") -> EditJob:
         """Read the pixels and validate the job; errors name the clip and its track. Regions given by
@@ -116,19 +135,39 @@ def _matte_name(region: RegionConfig, index: int) -> str:
     return f"the matte of '{region.phrase}'" if region.phrase else f"the matte of {region_name(region, index)}"
 
 
+def job_hash(settings: EditSettings, footage: list[Footage], places: Places) -> str:
+    """A job's identity: its settings and every file it reads, named so that the same bundle or
+    timeline gives the same hash on every run."""
+    keyframes = [places.identity(Path(key.mask)) for region in settings.regions for key in region.keyframes]
+    described = settings.to_dict()
+    described["source"] = {**described["source"], "path": places.name(Path(settings.source.path))}
+    key = {"settings": described, "media": [f.identity(places) for f in footage], "keyframes": keyframes}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 @contextmanager
 def _about(name: str) -> Iterator[None]:
-    """Prefix a JobError raised inside with the clip it concerns."""
+    """Prefix a JobError raised inside with the clip it concerns; any other exception while reading the
+    clip becomes such an error too (its details in the log, `-v`)."""
     try:
         yield
     except JobError as exc:
-        if str(exc).startswith(name):
-            raise
-        raise JobError(f"{name}: {exc}") from None
+        text = bounded(str(exc))
+        raise JobError(text if text.startswith(name) else f"{name}: {text}") from None
+    except Exception as exc:
+        log.info("reading %s failed", name, exc_info=True)
+        raise JobError(
+            f"{name}: its media or marker cannot be read ({type(exc).__name__}: {bounded(str(exc), 200)}): check "
+            "the clip's media plays in the editor, relink it or export the timeline again"
+        ) from None
 
 
-def find_shots(timeline: otio.schema.Timeline, base: Path, model: str | None = None) -> list[Shot]:
-    """Every clip marked `videograin` on a video track, as a shot; relative paths are relative to `base`.
+def bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def find_shots(timeline: otio.schema.Timeline, places: Places, model: str | None = None) -> list[Shot]:
+    """Every clip marked `videograin` on a video track, as a shot.
 
     `model` overrides every shot's model (the CLI's `--model`). Raises one JobError for the first problem.
     """
@@ -145,12 +184,18 @@ def find_shots(timeline: otio.schema.Timeline, base: Path, model: str | None = N
                 with _about(f"clip '{item.name}' on track '{track.name}'"):
                     job = marked_job(item)
                     if job is not None:
-                        shots.append(_shot(item, track, job, timeline, video, base, model))
-            elif isinstance(item, otio.core.Composition) and any(marked_job(c) is not None for c in item.find_clips()):
-                raise JobError(
-                    f"a clip inside the nested sequence '{item.name}' on track '{track.name}' is marked "
-                    f"'{MARKER_NAME}': nested sequences are not read; mark a clip on a top-level track"
-                )
+                        shots.append(_shot(item, track, job, timeline, video, places, model))
+            elif isinstance(item, otio.core.Composition):
+                name = f"the nested sequence '{item.name}' on track '{track.name}'"
+                with _about(name):
+                    itself = marked_job(item) is not None  # a Resolve compound clip's or nested sequence's marker
+                    inside = any(marked_job(c) is not None for c in item.find_clips())
+                if itself or inside:
+                    raise JobError(
+                        f"{'' if itself else 'a clip inside '}{name} is marked '{MARKER_NAME}': nested sequences "
+                        "are not read; decompose it onto the timeline (Resolve: Decompose in Place) or render it "
+                        "to a new clip, and mark a clip on a top-level track"
+                    )
     if not shots:
         raise JobError(
             f"no clip carries a marker named '{MARKER_NAME}': add one to each clip to edit, its note holding the "
@@ -160,7 +205,7 @@ def find_shots(timeline: otio.schema.Timeline, base: Path, model: str | None = N
     return shots
 
 
-def marked_job(clip: otio.schema.Clip) -> dict | None:
+def marked_job(clip: otio.core.Item) -> dict | None:
     """The job mapping a clip's `videograin` marker and metadata give, or None when it has no such marker."""
     for marker in clip.markers:
         note = _note(marker)
@@ -171,8 +216,13 @@ def marked_job(clip: otio.schema.Clip) -> dict | None:
             text = rest
         else:
             continue
+        if len(text) > MAX_NOTE_CHARS:
+            raise JobError(
+                f"the note of its '{MARKER_NAME}' marker has {len(text)} characters, more than a note may "
+                f"({MAX_NOTE_CHARS}): keep the edit's keys in it, nothing else"
+            )
         try:
-            from_note = yaml.safe_load(text) if text.strip() else {}
+            from_note = yaml.load(text, Loader=_NoteLoader) if text.strip() else {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{getattr(exc, 'problem', None) or 'cannot be parsed'}" + (
@@ -185,12 +235,26 @@ def marked_job(clip: otio.schema.Clip) -> dict | None:
         if not isinstance(from_note, dict):
             raise JobError(
                 f"the note of its '{MARKER_NAME}' marker must hold job keys (`prompt: ...`, `regions: ...`), "
-                f"not {type(from_note).__name__} {from_note!r}"
+                f"not {type(from_note).__name__} {bounded(repr(from_note), 80)}"
             )
         from_metadata = clip.metadata.get(MARKER_NAME)
         base = dict(from_metadata) if isinstance(from_metadata, Mapping) else {}
         return _plain({**base, **from_note})
     return None
+
+
+class _NoteLoader(yaml.SafeLoader):
+    """YAML without aliases: `*name` repeats a value, and a few hundred bytes of nested aliases repeat one
+    into gigabytes. A note has no use for them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"an alias (*{bounded(event.anchor, 40)}): aliases are not read in notes, write "
+                "each value out", event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def _note(marker: otio.schema.Marker) -> str:
@@ -216,7 +280,7 @@ def _plain(value):
     return value
 
 
-def _shot(clip, track, job: dict, timeline, video: list, base: Path, model: str | None) -> Shot:
+def _shot(clip, track, job: dict, timeline, video: list, places: Places, model: str | None) -> Shot:
     source = job.get("source") or {}
     if not isinstance(source, dict) or set(source) - NOTE_SOURCE_KEYS:
         extra = ", ".join(f"source.{k}" for k in (set(source) - NOTE_SOURCE_KEYS if isinstance(source, dict) else []))
@@ -228,7 +292,7 @@ def _shot(clip, track, job: dict, timeline, video: list, base: Path, model: str 
         raise JobError("the clip has a speed change (time effect): render it to a new clip, or remove the change")
     trimmed = clip.trimmed_range()
     in_timeline = clip.transformed_time_range(trimmed, timeline.tracks)
-    footage, rate = clip_footage(clip, trimmed, base)
+    footage, rate = clip_footage(clip, trimmed, places.media)
     job["source"] = {**source, "path": str(footage.path), "start": footage.indices[0], "count": len(footage.indices)}
     if model:
         job["model"] = model
@@ -239,48 +303,71 @@ def _shot(clip, track, job: dict, timeline, video: list, base: Path, model: str 
         name = region_name(region, k)
         if region.keyframes:  # frames counted from the shot's first, as in a job file's edited clip
             for key in region.keyframes:
-                key.mask = str(resolve_path(base, key.mask))
+                what = f"keyframe {key.frame} of {name}"
+                key.mask = str(local_path(places.notes, key.mask, what))
                 if not Path(key.mask).is_file():
-                    raise JobError(
-                        f"keyframe {key.frame} of {name}: '{key.mask}' is not an image file"
-                    )
+                    raise JobError(f"{what}: '{key.mask}' is not an image file")
             mattes.append(None)
         elif region.mask:
-            region.mask = str(resolve_path(base, region.mask))
-            mattes.append(aligned(Path(region.mask), footage, media_length, _matte_name(region, k)))
+            what = _matte_name(region, k)
+            region.mask = str(local_path(places.notes, region.mask, what))
+            mattes.append(aligned(Path(region.mask), footage, media_length, what))
         elif not region.phrase:  # a matte track is found by its region's phrase
             raise JobError(
                 f"{name} has no matte: a region with no phrase names no track, so give it `mask:` (a folder or "
                 "movie of mattes) or `keyframes:` (mattes on a few frames, tracked) in the note"
             )
         else:
-            mattes.append(_matte_track(region.phrase, in_timeline, footage, timeline, video, base))
+            mattes.append(_matte_track(region.phrase, in_timeline, footage, timeline, video, places.media))
     control = None
     if settings.control.path:
-        settings.control.path = str(resolve_path(base, settings.control.path))
+        settings.control.path = str(local_path(places.notes, settings.control.path, "control.path"))
         if settings.control.type == "frames":
             control = aligned(Path(settings.control.path), footage, media_length, "control maps")
+    if settings.flow.path:
+        settings.flow.path = str(local_path(places.notes, settings.flow.path, "flow.path"))
     shot_range = TimeRange(in_timeline.start_time, trimmed.duration)
-    return Shot(clip.name, track.name, shot_range, rate, settings, footage, mattes, control)
+    footages = [footage, *filter(None, mattes), *([control] if control else [])]
+    return Shot(clip.name, track.name, shot_range, rate, settings, footage, mattes, control,
+                job_hash(settings, footages, places))
 
 
 def clip_footage(clip: otio.schema.Clip, trimmed: TimeRange, base: Path) -> tuple[Footage, float]:
-    """The media frames a clip shows over `trimmed` (its source time), and the media's frame rate."""
+    """The media frames a clip shows over `trimmed` (its source time), and the media's frame rate.
+
+    Source times are in the media's time, from the start its `available_range` states; without one, from
+    the file's start timecode when the clip's times lie after it (Resolve, Premiere), else from 0."""
     ref = clip.media_reference
     if isinstance(ref, otio.schema.ImageSequenceReference):
         return _sequence_footage(ref, trimmed, base), ref.rate
     if not isinstance(ref, otio.schema.ExternalReference):
         kind = type(ref).__name__
         raise JobError(f"the clip has no media file ({kind}): relink it to its media in the editor, then export again")
-    path = resolve_path(base, url_path(ref.target_url))
+    if not ref.target_url.strip():  # Kdenlive's missing media
+        raise JobError("its media is offline (the editor wrote no path for it): relink the clip, then export again")
+    path = local_path(base, url_path(ref.target_url), "its media")
     if not path.exists():
         raise JobError(f"its media '{path}' is offline (no such file): relink the clip or restore the file")
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:  # a still, held over the clip
+        rate = trimmed.duration.rate
+        return Footage(path, [0] * max(1, round(trimmed.duration.to_seconds() * rate))), rate
+    info = probe_video(path, "its media") if path.is_file() else None
+    if info is not None and info.variable_rate:
+        raise JobError(
+            f"its media '{path}' has a variable frame rate (on average {float(info.rate):.3f} fps): its frames do not "
+            "sit at fixed times, so the clip's trims cannot be matched frame for frame; convert it to a constant "
+            f"rate (e.g. ffmpeg -i {path.name} -fps_mode cfr -r {round(info.rate)} -c:a copy fixed.mov) and relink"
+        )
     available = ref.available_range
-    rate = available.start_time.rate if available is not None else trimmed.start_time.rate
-    media_start = available.start_time if available is not None else RationalTime(0, rate)
+    declared = available is not None and available.start_time.rate > 0
+    rate = available.start_time.rate if declared else float(info.rate) if info else trimmed.start_time.rate
+    media_start = available.start_time if declared else RationalTime(0, rate)
+    if not declared and info is not None and info.start_frame:
+        timecode = RationalTime(info.start_frame, float(info.rate))
+        media_start = timecode if trimmed.start_time >= timecode else media_start
     first = round((trimmed.start_time - media_start).to_seconds() * rate)
     count = round(trimmed.duration.to_seconds() * rate)
-    length = sequence_length(path)
+    length = info.frames if info is not None else sequence_length(path)
     if count < 1 or first < 0 or first + count > length:
         raise JobError(
             f"the clip shows frames {first}..{first + count - 1} of '{path}', which has {length}: "
@@ -300,7 +387,7 @@ def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRang
         ) from None
     count = round(trimmed.duration.to_seconds() * ref.rate)
     numbers = [(first - ref.start_frame) // ref.frame_step + k for k in range(count)]
-    paths = [resolve_path(base, url_path(ref.target_url_for_image_number(n))) for n in numbers]
+    paths = [local_path(base, url_path(ref.target_url_for_image_number(n)), "its image sequence") for n in numbers]
     folder = paths[0].parent
     missing = next((p for p in paths if not p.is_file()), None)
     if missing is not None:
@@ -318,10 +405,13 @@ def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRang
 
 
 def aligned(path: Path, source: Footage, media_length: int, what: str) -> Footage:
-    """A sequence lined up with the shot: as long as the clip's media (same frames) or as the shot."""
+    """A sequence lined up with the shot: as long as the clip's media (same frames) or as the shot; a
+    single image is held over the shot."""
     if not path.exists():
         raise JobError(f"{what}: '{path}' does not exist")
-    length = sequence_length(path)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        return Footage(path, [0] * len(source.indices))
+    length = sequence_length(path, what)
     if length == media_length:
         return Footage(path, source.indices)
     if length == len(source.indices):
@@ -355,6 +445,8 @@ def _matte_track(phrase: str, shot_range: TimeRange, source: Footage, timeline, 
             start = item.trimmed_range().start_time + offset
             with _about(f"the matte clip '{item.name}' on track '{tracks[0].name}'"):
                 matte, _ = clip_footage(item, TimeRange(start, shot_range.duration), base)
+            if matte.path.is_file() and matte.path.suffix.lower() in IMAGE_SUFFIXES:
+                return Footage(matte.path, [0] * len(source.indices))  # a still matte, held over the shot
             if len(matte.indices) != len(source.indices):
                 raise JobError(
                     f"the matte clip '{item.name}' on track '{tracks[0].name}' has {len(matte.indices)} frames over "
@@ -380,3 +472,15 @@ def _check_overlaps(shots: list[Shot]) -> None:
 def url_path(url: str) -> str:
     """A media reference's target URL (file://, or a plain path) as a path string."""
     return otio.url_utils.filepath_from_url(url) if url.startswith("file:") else url
+
+
+def local_path(base: Path, text: str, what: str) -> Path:
+    """A path the timeline names, on this machine: a relative one starts at `base`. A Windows path (drive
+    letter or share) that is not here is said to be one, rather than taken as a relative path."""
+    path = resolve_path(base, text)
+    if os.name != "nt" and PureWindowsPath(text).drive and not path.exists():
+        raise JobError(
+            f"{what} '{text}' is a Windows path, not found on this machine (the timeline was made on Windows): "
+            "relink the media to where it is here in the editor and export again, or edit on the Windows machine"
+        )
+    return path
