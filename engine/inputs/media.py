@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.limits import check_media_path, read_image_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
@@ -29,6 +30,7 @@ def list_frames(folder: Path) -> list[Path]:
 
 def sequence_length(path: Path) -> int:
     """Number of frames in a folder of images or a video file."""
+    check_media_path(path, "media")
     if path.is_dir():
         return len(list_frames(path))
     capture = cv2.VideoCapture(str(path))
@@ -41,8 +43,7 @@ def sequence_length(path: Path) -> int:
 
 def read_sequence(path: Path, indices: list[int], what: str, grey: bool = False) -> np.ndarray:
     """Read the frames at `indices` of a folder or video as (F, H, W, 3) RGB or (F, H, W) grey uint8."""
-    if not path.exists():
-        raise JobError(f"{what}: '{path}' does not exist")
+    check_media_path(path, what)
     if path.is_dir():
         frames = [read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
     elif path.suffix.lower() in VIDEO_SUFFIXES:
@@ -64,7 +65,7 @@ def _pick(files: list[Path], indices: list[int], folder: Path, what: str) -> lis
 
 
 def read_image(path: Path, what: str, grey: bool) -> np.ndarray:
-    data = np.fromfile(path, dtype=np.uint8)
+    data = np.frombuffer(read_image_file(path, what), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise JobError(f"{what}: '{path}' is not a readable image")
