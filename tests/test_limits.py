@@ -1,9 +1,11 @@
-"""Every limit enforced before the memory is spent, against a real engine (tests/conformance.py) and in
-the CLI: each refusal is a clear error, the engine keeps answering, and then serves a normal job."""
+"""Every limit enforced before the memory is spent, and the trust boundary of SPEC.md §1, against real
+engines (tests/conformance.py) and in the CLI: each refusal is a clear error, the engine keeps
+answering, and then serves a normal job."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -180,11 +182,11 @@ def serves_a_normal_job(peer: RawPeer, engine) -> None:
     assert stream[-1][0]["type"] == "done" and [m[0]["type"] for m in stream].count("frame") == 2
 
 
-def test_welcome_states_the_limits(peer):
+def test_welcome_states_the_limits_and_the_paths(peer):
     engine = peer.request({"type": "hello", "versions": [1]})["engine"]
     limits = engine["limits"]
     assert limits["max_frames"] == MAX_FRAMES and limits["max_width"] == limits["max_height"] == 4096
-    assert limits["max_pixels"] == MAX_PIXELS
+    assert limits["max_pixels"] == MAX_PIXELS and engine["paths"] == "any"
 
 
 def test_an_oversized_working_size_is_refused_before_anything_is_drawn(peer, engine):
@@ -252,6 +254,13 @@ def test_nan_and_infinite_numbers_are_refused_by_name(peer, engine, key, value):
     serves_a_normal_job(peer, engine)
 
 
+@pytest.mark.parametrize("path", ["frames", "~/frames", "./frames"])
+def test_relative_and_home_paths_are_refused(peer, engine, path):
+    header = paths_job(Path("/unused"))
+    header["settings"]["source"]["path"] = path
+    assert "source.path must be an absolute path on the engine's disk" in refused(peer, header)
+
+
 def test_pings_are_answered_while_a_check_draws_its_layout(peer, engine, tmp_path):
     """A check at a large working size takes seconds to draw: a ping sent after it is answered first."""
     folder = write_demo_inputs(tmp_path / "clip", frames=MAX_FRAMES, size=64, steps=2).parent
@@ -265,3 +274,85 @@ def test_pings_are_answered_while_a_check_draws_its_layout(peer, engine, tmp_pat
             order.append(got[0]["type"])
     assert order == ["pong", "check"]
     serves_a_normal_job(peer, engine)
+
+
+# -- the trust boundary ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> tuple[Path, Path]:
+    """A media root holding a demo clip, and a folder outside it holding another."""
+    base = tmp_path_factory.mktemp("media")
+    inside = write_demo_inputs(base / "root" / "shot", frames=2, size=64, steps=2).parent
+    outside = write_demo_inputs(base / "private" / "shot", frames=2, size=64, steps=2).parent
+    return inside, outside
+
+
+@pytest.fixture(scope="module")
+def rooted(tmp_path_factory, media):
+    process, info, _ = start_engine(tmp_path_factory.mktemp("rooted"), "--heartbeat", "1",
+                                    "--media-root", str(media[0].parent))
+    peer = RawPeer(info)
+    yield peer, (process, info)
+    peer.close()
+    process.kill()
+    process.wait()
+
+
+def test_a_rooted_engine_reads_inside_its_roots(rooted, media):
+    peer, engine = rooted
+    welcome = peer.request({"type": "hello", "versions": [1]})["engine"]
+    assert welcome["paths"] == "roots" and welcome["media_roots"] == [str(media[0].parent.resolve())]
+    reply = peer.request(paths_job(media[0]), timeout=60)
+    assert reply["type"] == "check" and reply["ok"], reply
+    submit = {**paths_job(media[0]), "type": "submit"}
+    assert collect_stream(peer, peer.request(submit)["job"])[-1][0]["type"] == "done"
+
+
+def test_no_answer_tells_whether_a_path_outside_the_roots_exists(rooted, media):
+    peer, engine = rooted
+    inside, outside = media
+    answers = {}
+    for name, folder in (("existing", outside), ("missing", outside.parent / "nothing"),
+                         ("missing inside", inside.parent / "nothing")):
+        header = paths_job(inside)
+        header["settings"]["source"]["path"] = str(folder / "frames")
+        answers[name] = refused(peer, header).replace(str(folder / "frames"), "PATH")
+    assert answers["existing"] == answers["missing"] == answers["missing inside"], answers
+    assert "is not a file or folder this engine may read" in answers["existing"]
+    serves_a_normal_job(peer, engine)
+
+
+def test_links_out_of_the_roots_are_refused(rooted, media):
+    peer, engine = rooted
+    inside, outside = media
+    (inside / "escape").symlink_to(outside / "frames")
+    header = paths_job(inside)
+    header["settings"]["source"]["path"] = str(inside / "escape")
+    assert "is not a file or folder this engine may read" in refused(peer, header)
+    header = paths_job(inside)
+    (inside / "frames" / "0001.png").unlink()
+    (inside / "frames" / "0001.png").symlink_to(outside / "frames" / "0001.png")  # one frame links out
+    try:
+        assert "0001.png' is not a file or folder this engine may read" in refused(peer, header)
+    finally:
+        (inside / "frames" / "0001.png").unlink()
+        shutil.copyfile(outside / "frames" / "0001.png", inside / "frames" / "0001.png")
+    header["settings"]["model"] = str(outside)
+    assert "model: " in refused(peer, header)
+    serves_a_normal_job(peer, engine)
+
+
+def test_a_remote_engine_without_roots_reads_no_path(tmp_path, media):
+    process, info, _ = start_engine(tmp_path, "--allow-remote")
+    peer = RawPeer(info)
+    try:
+        assert peer.request({"type": "hello", "versions": [1]})["engine"]["paths"] == "none"
+        assert "this engine reads no paths" in refused(peer, paths_job(media[0]))
+        track = {"type": "track", "inline": False, "source": {"path": str(media[0] / "frames")},
+                 "regions": [{"keyframes": [{"frame": 0, "path": str(media[0] / "masks/left/0000.png")}]}]}
+        assert "this engine reads no paths" in refused(peer, track)
+        serves_a_normal_job(peer, (process, info))
+    finally:
+        peer.close()
+        process.kill()
+        process.wait()

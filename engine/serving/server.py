@@ -34,6 +34,7 @@ from videograin.engine.errors import JobError, VideograinError, excerpt
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.limits import MediaLimits, PixelBudget, encoded_size
 from videograin.engine.inputs.media import decode_png, encode_png
+from videograin.engine.serving.access import MediaAccess
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
@@ -66,16 +67,18 @@ class EngineServer:
         worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
         check_device: str | None = None,
         max_pixels: int = MediaLimits.max_pixels,
+        access: MediaAccess | None = None,
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
         runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
         `check_device`: a device of this process that `check` fits passes to (default `device`; an engine
         on Ray names its workers' kind as `device`, which this process may not have).
         `max_pixels` and `limits`' sizes and frames bound what a request may make the engine decode
-        (inputs/limits.py)."""
+        (inputs/limits.py); `access` which paths it may read (access.py; default: any absolute path)."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.media_limits = MediaLimits(self.limits.max_width, self.limits.max_height, max_pixels, self.limits.max_frames)
+        self.access = access or MediaAccess(None)
         self.default_model = default_model
         self.device = device
         self.check_device = torch.device(check_device or device)
@@ -320,11 +323,13 @@ class EngineServer:
         encoding = self._room_for(message)
 
         def build() -> Any:
+            self.access.check_models({f"regions[{i}].tracker_model": r.get("tracker_model")
+                                      for i, r in enumerate(h["regions"]) if isinstance(r, dict)}, self.default_model)
             budget = PixelBudget(self.media_limits)
             if h["inline"]:
                 read = lambda descriptor, grey: self._images([descriptor], message.parts, grey, budget)[0]  # noqa: E731
                 return inline_track(h, read, self.limits.max_frames)
-            return paths_track(h, self.media_limits, budget)
+            return paths_track(h, self.media_limits, self.access, budget)
 
         def accept(track: Any) -> None:
             self._queue(peer, message, Job(self._new_job_id(), None, len(track.frames), peer, encoding,
@@ -339,11 +344,12 @@ class EngineServer:
         Runs off the loop (`_prepare`)."""
         settings = dict(message.header["settings"])
         settings.setdefault("model", self.default_model)
+        self.access.check_models({key: settings.get(key) for key in ("model", "controlnet")}, self.default_model)
         if message.header["inline"]:
             edit = self._inline_job(settings, message)
         else:
             refuse_keyframes(parse_settings(settings))  # before any media is read
-            edit = load_job_mapping(settings, Path("/"), limits=self.media_limits)
+            edit = load_job_mapping(settings, Path("/"), limits=self.media_limits, locate=self.access.locate)
         return edit
 
     def _capabilities(self) -> dict[str, Any]:
@@ -353,6 +359,7 @@ class EngineServer:
             "limits": {**self.limits.as_dict(), "max_pixels": self.media_limits.max_pixels},
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
             "trackers": list(OFFERED_TRACKERS),
+            "paths": self.access.mode, **({"media_roots": [str(r) for r in self.access.roots]} if self.access.roots else {}),
         }
 
     def _job(self, job_id: str) -> Job:
@@ -380,6 +387,10 @@ class EngineServer:
         if not isinstance(masks_d, list) or len(masks_d) != len(parsed.regions):
             raise ProtocolError("bad_header", f"'masks' needs one list of mattes per region ({len(parsed.regions)})")
         self.media_limits.check_working_clip(len(frames_d), parsed.source.width, parsed.source.height)
+        if parsed.flow.path:  # read by the worker: the same paths as a paths submit
+            parsed.flow.path = str(self.access.locate(parsed.flow.path, "flow.path"))
+        if parsed.control.type in ("depth", "pose"):
+            parsed.control.path = str(self.access.locate(parsed.control.path, "control.path"))
         budget = PixelBudget(self.media_limits)
         images = self._images(frames_d, message.parts, grey=False, budget=budget)
         if len({image.shape for image in images}) != 1:
@@ -594,6 +605,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_bind(args.bind, args.allow_remote)
     limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes)
+    access = MediaAccess.for_engine(args.media_root, args.allow_remote)
     cache, pool = cache_from_args(args), None
     if args.ray is None:
         device = resolve_device(args.device)
@@ -609,7 +621,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = EngineServer(
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
-        check_device=check_device, max_pixels=args.max_pixels,
+        check_device=check_device, max_pixels=args.max_pixels, access=access,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
@@ -637,6 +649,9 @@ def add_parser(sub) -> None:
     serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
     serve.add_argument("--max-pixels", type=int, default=MediaLimits.max_pixels,
                        help="pixels one request may decode: its images' width × height, summed (SPEC.md §5)")
+    serve.add_argument("--media-root", action="append", metavar="DIR",
+                       help="a folder whose files requests may name by path (repeatable); with --allow-remote and "
+                            "none, requests send their pixels inline; on loopback without one, any path (SPEC.md §1)")
     add_cache_arguments(serve)  # one inversion cache for every job and client of this engine
     add_ray_arguments(serve)
     serve.set_defaults(run=cmd_serve)

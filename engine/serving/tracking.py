@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from videograin.engine.inputs.job import MATTE_THRESHOLD, frame_indices, sequenc
 from videograin.engine.inputs.limits import MediaLimits, PixelBudget, image_file_size
 from videograin.engine.inputs.mattes import Keyframe, RegionTrack, check_keyframes
 from videograin.engine.inputs.media import read_image, read_sequence, sequence_length
+from videograin.engine.serving.access import MediaAccess
 from videograin.protocol.wire import ProtocolError
 
 SOURCE_KEYS = ("path", "start", "count", "stride")
@@ -51,20 +51,20 @@ def inline_track(header: dict[str, Any], read: ImageReader, max_frames: int) -> 
     return _checked(frames, _regions(header, lambda key, what: read(key.get("matte"), True)))
 
 
-def paths_track(header: dict[str, Any], limits: MediaLimits, budget: PixelBudget) -> TrackJob:
-    """The job of a paths `track`: the engine reads the clip and each keyframe's matte from its disk,
-    each image's size spent from `budget` before it is read."""
+def paths_track(header: dict[str, Any], limits: MediaLimits, access: MediaAccess, budget: PixelBudget) -> TrackJob:
+    """The job of a paths `track`: the engine reads the clip and each keyframe's matte from its disk, where
+    `access` allows, each image's size spent from `budget` before it is read."""
     source = _source(header.get("source"))
-    path = _engine_path(source.path, "source.path")
+    path = access.locate(source.path, "source.path")
     if not path.exists():
         raise JobError(f"source: '{path}' does not exist")
     indices = frame_indices(source, sequence_length(path))
     limits.check_frames(len(indices), "source")
-    budget.spend(sequence_pixels(path, indices, "source", _engine_path, limits), "source")
+    budget.spend(sequence_pixels(path, indices, "source", access.locate, limits), "source")
     frames = read_sequence(path, indices, "source")
 
     def read_matte(key: dict[str, Any], what: str) -> np.ndarray:
-        matte = _engine_path(key.get("path"), f"{what}: path")
+        matte = access.locate(key.get("path"), f"{what}: path")
         if not matte.is_file():
             raise JobError(f"{what}: '{matte}' is not an image file (a keyframe's matte is one image)")
         width, height = image_file_size(matte, what)
@@ -137,8 +137,3 @@ def _source(source: Any) -> SourceConfig:
         raise JobError("source.start must be >= 0, source.stride >= 1 and source.count >= 1")
     return config
 
-
-def _engine_path(value: Any, what: str) -> Path:
-    if not isinstance(value, str) or not value or not Path(value).is_absolute():
-        raise JobError(f"{what} must be an absolute path on the engine's disk, got {excerpt(value)}")
-    return Path(value)
