@@ -31,7 +31,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         bars.close()
     if args.model:
         job.settings.model = args.model
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # a link to a folder: that folder, which the results' final rename replaces
     check_output_folder(out, job)
     if args.engine:
         summary = edit_on_engine(args.engine, job, out)

@@ -141,6 +141,21 @@ def test_the_cli_reads_no_pixel_past_its_limits(demo_job):
         load_job_mapping(data, demo_job.parent)
 
 
+@pytest.mark.parametrize("command", ["edit", "mattes"])
+def test_out_through_a_link_keeps_the_results(demo_job, tmp_path, command):
+    """`--out` naming a link to an empty folder: the results land in that folder, none is thrown away."""
+    from videograin.engine.cli import main
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    extra = ["--model", "tiny", "--no-cache"] if command == "edit" else []
+    assert main([command, str(demo_job), "--out", str(link), "--device", "cpu", *extra]) == 0
+    assert link.is_symlink() and (target / ("result.json" if command == "edit" else "mattes.json")).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
 # -- against a running engine ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
