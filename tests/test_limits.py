@@ -86,6 +86,14 @@ def test_only_regular_files_are_opened(tmp_path, kind):
         open_regular(path, "frame")
 
 
+def test_a_fifo_is_never_read_as_supplied_flow(tmp_path):
+    from videograin.engine.inputs.flow import read_flow_file
+
+    os.mkfifo(tmp_path / "0000.npy")
+    with pytest.raises(JobError, match="flow: '.*0000.npy' is not a regular file"):
+        read_flow_file(tmp_path / "0000.npy")
+
+
 def test_the_pixel_budget_is_spent_before_reading():
     budget = PixelBudget(MediaLimits(max_pixels=1000))
     budget.spend(600, "source")
