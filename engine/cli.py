@@ -59,7 +59,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         bars.close()
     if args.model:
         job.settings.model = args.model
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # a link to a folder: that folder, which the results' final rename replaces
     check_output_folder(out, job)
     if args.engine:
         summary = edit_on_engine(args.engine, job, out)
@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     serve.add_argument("--max-frames", type=int, default=Limits.max_frames)
     serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
+    serve.add_argument("--max-pixels", type=int, default=None,
+                       help="pixels one request may decode: its images' width × height, summed (default 2^30; SPEC.md §5)")
+    serve.add_argument("--media-root", action="append", metavar="DIR",
+                       help="a folder whose files requests may name by path (repeatable); with --allow-remote and "
+                            "none, requests send their pixels inline; on loopback without one, any path (SPEC.md §1)")
     add_cache_arguments(serve)  # one inversion cache for every job and client of this engine
     add_ray_arguments(serve)
     serve.set_defaults(run=handler("videograin.engine.serving.server", "cmd_serve"))

@@ -6,11 +6,12 @@ Only settings live here: paths are resolved and media read by `inputs.job`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from videograin.engine.errors import JobError
+from videograin.engine.errors import JobError, excerpt
 
 CONTROL_TYPES = ("auto", "canny", "frames", "depth", "pose", "none")
 
@@ -50,6 +51,8 @@ FLOW_LEVELS = (1, 2, 4, 8)  # latent size divided by these: the UNet's four atte
 REFERENCE_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 MAX_REGIONS = 62  # region sets are bit masks in an int64, with bit 0 for the background
 TRACKERS = ("flow", "sam2", "sam3")  # how a region's keyframe mattes are tracked (inputs/mattes.py)
+MAX_FACTOR = 1000.0  # upper bound of guidance, control scale and modulation weights: far past any useful value
+MAX_INT = 2**63 - 1  # integer settings fit 64 bits (seeds, counts), as torch and msgpack take them
 
 
 @dataclass
@@ -226,7 +229,8 @@ def find_phrase(prompt: str, phrase: str) -> tuple[int, int]:
         raise JobError("an empty phrase names no words of the prompt")
     match = re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", prompt, flags=re.IGNORECASE)
     if match is None:
-        raise JobError(f"phrase '{phrase}' does not occur in the prompt '{prompt}': each phrase must be words of it")
+        raise JobError(f"phrase {excerpt(phrase)} does not occur in the prompt {excerpt(prompt)}: each phrase must be "
+                       "words of it")
     return match.span()
 
 
@@ -246,7 +250,7 @@ def _build(cls: type, data: Any, where: str, renames: dict[str, str] | None = No
         dotted = f"{where}.{key}" if where else str(key)
         if name not in fields:
             known = ", ".join(sorted(shown.get(f, f) for f in fields))
-            raise JobError(f"unknown setting '{dotted}' (known here: {known})")
+            raise JobError(f"unknown setting {excerpt(dotted)} (known here: {known})")
         kwargs[name] = _coerce(value, fields[name].type, dotted)
     try:
         return cls(**kwargs)
@@ -264,14 +268,18 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
         raise JobError(f"'{where}' must not be empty")
     if annotation.startswith("list["):
         if not isinstance(value, list):
-            raise JobError(f"'{where}' must be a list, got {value!r}")
+            raise JobError(f"'{where}' must be a list, got {excerpt(value)}")
         return [_coerce(item, annotation[5:-1], f"{where}[{i}]") for i, item in enumerate(value)]
     for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if annotation.startswith(name):
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 return float(value)
             if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
-                raise JobError(f"'{where}' must be {name}, got {value!r}")
+                raise JobError(f"'{where}' must be {name}, got {excerpt(value)}")
+            if kind is float and not math.isfinite(value):  # NaN passes every comparison's range check
+                raise JobError(f"'{where}' must be a finite number, got {value}")
+            if kind is int and not -MAX_INT <= value <= MAX_INT:
+                raise JobError(f"'{where}' must be an integer of at most 64 bits, got {excerpt(value)}")
             return value
     return value
 
@@ -287,6 +295,8 @@ def parse_settings(data: Any) -> EditSettings:
     regions = data.pop("regions")
     if not isinstance(regions, list) or not regions:
         raise JobError("'regions' must be a non-empty list of {phrase, mask}")
+    if len(regions) > MAX_REGIONS:  # before building them
+        raise JobError(f"{len(regions)} regions: at most {MAX_REGIONS} are supported")
     parsed_regions = [_build(RegionConfig, r, f"regions[{i}]") for i, r in enumerate(regions)]
     for i, region in enumerate(parsed_regions):
         if not region.phrase.strip():
@@ -322,8 +332,11 @@ def _check_values(s: EditSettings) -> None:
         raise JobError(f"control.type '{s.control.type}' needs control.path: {what}")
     if not 1 <= s.steps <= 1000:
         raise JobError(f"'steps' must be between 1 and 1000, got {s.steps}")
-    if s.guidance < 1.0:
-        raise JobError(f"'guidance' must be at least 1.0, got {s.guidance}")
+    for key, value, low in (("guidance", s.guidance, 1.0), ("control.scale", s.control.scale, 0.0),
+                            ("modulation.cross", s.modulation.cross, 0.0), ("modulation.self", s.modulation.self_, 0.0),
+                            ("modulation.decay", s.modulation.decay, 0.0)):
+        if not low <= value <= MAX_FACTOR:
+            raise JobError(f"'{key}' must be at least {low} and at most {MAX_FACTOR:g}, got {value}")
     src = s.source
     if src.width % 8 or src.height % 8 or min(src.width, src.height) < 64:
         raise JobError(f"working size {src.width}x{src.height} must be multiples of 8, at least 64")

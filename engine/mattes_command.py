@@ -101,7 +101,7 @@ def write_mattes(out: Path, job: EditJob) -> None:
 def cmd_mattes(args: argparse.Namespace) -> int:
     from videograin.engine.runner import check_empty_folder, check_output_folder
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # a link to a folder: that folder, which the final rename replaces
     check_empty_folder(out)  # before tracking, which takes a while
     bars = ProgressBars()
     try:

@@ -49,6 +49,7 @@ import numpy as np
 
 from videograin.engine.config import FlowConfig
 from videograin.engine.errors import JobError, ModelUnavailableError
+from videograin.engine.inputs.limits import check_media_path
 from videograin.engine.inputs.media import natural_key
 
 DIS_PRESETS = {
@@ -230,6 +231,7 @@ def _flow_files(folder: Path) -> list[Path]:
 
 def read_flow_file(file: Path) -> np.ndarray:
     """One flow field (H, W, 2) float32 from a Middlebury .flo or a .npy file; JobError if malformed."""
+    check_media_path(file, "flow")  # a FIFO would block the reader for good
     try:
         if file.suffix.lower() == ".npy":
             flow = np.load(file, allow_pickle=False)

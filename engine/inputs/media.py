@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.limits import check_media_path, read_image_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 
@@ -77,6 +78,7 @@ def reading(path: Path, what: str) -> Iterator[None]:
 
 def sequence_length(path: Path, what: str = "media") -> int:
     """Number of frames in a folder of images, a video file (exact) or an image file (one)."""
+    check_media_path(path, what)
     with reading(path, what):
         if path.is_dir():
             return len(list_frames(path))
@@ -90,8 +92,7 @@ def sequence_length(path: Path, what: str = "media") -> int:
 def read_sequence(path: Path, indices: list[int], what: str, grey: bool = False) -> np.ndarray:
     """Read the frames at `indices` of a folder, a video or one image (frame 0) as (F, H, W, 3) RGB or
     (F, H, W) grey uint8."""
-    if not path.exists():
-        raise JobError(f"{what}: '{path}' does not exist")
+    check_media_path(path, what)
     with reading(path, what):
         if path.is_dir():
             frames = [read_image(p, what, grey) for p in _pick(list_frames(path), indices, path, what)]
@@ -119,7 +120,7 @@ def _pick(files: list[Path], indices: list[int], folder: Path, what: str) -> lis
 
 def read_image(path: Path, what: str, grey: bool) -> np.ndarray:
     with reading(path, what):
-        data = np.fromfile(path, dtype=np.uint8)
+        data = np.frombuffer(read_image_file(path, what), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise JobError(f"{what}: '{path}' is not a readable image")

@@ -12,10 +12,12 @@ import ipaddress
 import itertools
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -28,11 +30,13 @@ from videograin import __version__
 from videograin.engine.cache import InversionCache, cache_from_args
 from videograin.engine.check import check_job
 from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
-from videograin.engine.errors import JobError, VideograinError
+from videograin.engine.errors import JobError, VideograinError, excerpt
 from videograin.engine.families import capabilities
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
+from videograin.engine.inputs.limits import MediaLimits, PixelBudget, encoded_size
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.models import RANDOM_MODELS
+from videograin.engine.serving.access import MediaAccess
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
@@ -45,6 +49,8 @@ Handler = Callable[[bytes, Message], None]
 # The trackers a `track` request may name (`welcome`'s **trackers**): sam3 cannot run here
 # (inputs/mattes.py SAM3_UNSUPPORTED says why), so it is not offered.
 OFFERED_TRACKERS = tuple(tracker for tracker in TRACKERS if tracker != "sam3")
+PNG_HEADER_BYTES = 1 << 20  # of a PNG part, read for its size: IHDR comes first, ancillary chunks may follow
+INTERNAL_MESSAGE_CHARS = 500  # of an unexpected exception's text in an `internal` error
 
 
 class EngineServer:
@@ -63,14 +69,20 @@ class EngineServer:
         worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
         check_device: str | None = None,
         other_models: tuple[str, ...] = (),
+        max_pixels: int = MediaLimits.max_pixels,
+        access: MediaAccess | None = None,
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
         runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
         `check_device`: a device of this process that `check` fits passes to (default `device`; an engine
         on Ray names its workers' kind as `device`, which this process may not have). `other_models`: what
-        a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded."""
+        a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded.
+        `max_pixels` and `limits`' sizes and frames bound what a request may make the engine decode
+        (inputs/limits.py); `access` which paths it may read (access.py; default: any absolute path)."""
         self.key = key.encode()
         self.limits = limits or Limits()
+        self.media_limits = MediaLimits(self.limits.max_width, self.limits.max_height, max_pixels, self.limits.max_frames)
+        self.access = access or MediaAccess(None)
         self.default_model = default_model
         self.models = list(dict.fromkeys((default_model, *other_models)))
         self.device = device
@@ -108,6 +120,11 @@ class EngineServer:
             self.worker = worker(self.store, self.stopping)
         self._job_numbers = itertools.count(1)
         self._purged_at = 0.0
+        # Requests whose media are read or whose layout is drawn run here, off the loop, so that pings are
+        # answered meanwhile; the loop sends their replies (`_drain_prepared`).
+        self.preparing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videograin-prepare")
+        self.prepared: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending = 0
         # One handler per request type of wire.REQUESTS: a new request is a schema entry there and an
         # `_on_<type>` method here.
         self.handlers: dict[str, Handler] = {kind: getattr(self, f"_on_{kind}") for kind in wire.REQUESTS}
@@ -133,6 +150,7 @@ class EngineServer:
                         self._receive(frames)
                 else:
                     self.read_all_at = time.monotonic()
+                self._drain_prepared()
                 self._drain_events()
                 self._purge_expired()
         finally:
@@ -150,17 +168,44 @@ class EngineServer:
             ref = message.header.get("id") if isinstance(message.header.get("id"), str) else None
             wire.check_request(message.header)
             self.handlers[message.type](peer, message)
-        except ProtocolError as exc:
+        except Exception as exc:  # the engine must keep serving whatever a request does
+            self._refuse(peer, ref, exc)
+
+    def _refuse(self, peer: bytes, ref: str | None, exc: Exception) -> None:
+        """The `error` reply to a request that raised `exc` (none to a forger)."""
+        if isinstance(exc, ProtocolError):
             if exc.code == "bad_signature":
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
                 return
             self.peers_seen[peer] = time.monotonic()  # signed, though refused: the peer is there all the same
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref or exc.ref})
-        except VideograinError as exc:
+        elif isinstance(exc, VideograinError):
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
-        except Exception as exc:  # the engine must keep serving whatever a request does
-            log.exception("request failed")
-            self._send(peer, {"type": "error", "code": "internal", "message": f"{type(exc).__name__}: {exc}", "ref": ref})
+        else:
+            log.error("request failed", exc_info=exc)
+            text = f"{type(exc).__name__}: {exc}"[:INTERNAL_MESSAGE_CHARS]
+            self._send(peer, {"type": "error", "code": "internal", "message": text, "ref": ref})
+
+    def _prepare(self, peer: bytes, message: Message, build: Callable[[], Any], finish: Callable[[Any], None]) -> None:
+        """Run `build` (reading media, drawing) off the loop; the loop then calls `finish` with its result,
+        or answers the request with the error it raised."""
+        if self.pending >= self.limits.max_queue:
+            raise ProtocolError("queue_full", f"{self.pending} requests are being read; try again later")
+        self.pending += 1
+        future = self.preparing.submit(build)
+        future.add_done_callback(lambda done: self.prepared.put((peer, message, done, finish)))
+
+    def _drain_prepared(self) -> None:
+        while True:
+            try:
+                peer, message, done, finish = self.prepared.get_nowait()
+            except queue.Empty:
+                return
+            self.pending -= 1
+            try:
+                finish(done.result())  # raises what `build` raised
+            except Exception as exc:
+                self._refuse(peer, message.header["id"], exc)
 
     def _send(self, peer: bytes, header: dict[str, Any], parts: list | tuple = ()) -> None:
         header = {"id": wire.new_id(), **header}
@@ -191,7 +236,8 @@ class EngineServer:
     def _on_hello(self, peer: bytes, message: Message) -> None:
         h = message.header
         if wire.VERSION not in [v for v in h["versions"] if isinstance(v, int)]:
-            raise ProtocolError("bad_version", f"no common protocol version: client speaks {h['versions']}, engine 1")
+            raise ProtocolError("bad_version", f"no common protocol version: client speaks {excerpt(h['versions'])}, "
+                                               "engine 1")
         spoken = [s for s in h.get("part_macs", []) if s in wire.PART_MACS]
         if spoken:
             self.peer_part_mac[peer] = spoken[0]
@@ -237,12 +283,18 @@ class EngineServer:
     def _on_submit(self, peer: bytes, message: Message) -> None:
         h = message.header
         encoding = self._room_for(message)
-        edit = self._edit_job(message)
         preview_every = h.get("preview_every", 5)
         if preview_every < 1:
             raise ProtocolError("bad_header", "'submit.preview_every' must be at least 1 (edit steps)")
-        job = Job(self._new_job_id(), edit, len(edit.frames), peer, encoding,
-                  h.get("preview", True), preview_every, h.get("attention_maps", False))
+
+        def accept(edit: EditJob) -> None:
+            job = Job(self._new_job_id(), edit, len(edit.frames), peer, encoding,
+                      h.get("preview", True), preview_every, h.get("attention_maps", False))
+            self._queue(peer, message, job)
+
+        self._prepare(peer, message, lambda: self._edit_job(message), accept)
+
+    def _queue(self, peer: bytes, message: Message, job: Job) -> None:
         self.jobs[job.id] = job
         self.worker.submit(job)
         self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
@@ -260,46 +312,58 @@ class EngineServer:
         return f"job-{next(self._job_numbers)}-{wire.new_id()[:6]}"
 
     def _on_check(self, peer: bytes, message: Message) -> None:
-        """The job a `submit` would make, checked and described (check.py) here on the loop: nothing is
+        """The job a `submit` would make, checked and described (check.py) off the loop: nothing is
         queued, no model is loaded; the tokenizer is kept once read."""
         picks = message.header.get("layout_frames")
         if picks is not None and not all(isinstance(f, int) and not isinstance(f, bool) for f in picks):
             raise ProtocolError("bad_header", f"'check.layout_frames' must be a list of integers (clip frame "
-                                              f"indices from 0), got {picks!r}")
-        report = check_job(self._edit_job(message), self.check_device, picks)
-        self._reply(peer, message, {"type": "check", **report.as_dict(), "layout": {"part": 0, "encoding": "png"}},
-                    [encode_png(report.layout)])
+                                              f"indices from 0), got {excerpt(picks)}")
+
+        def build() -> tuple[dict[str, Any], bytes]:
+            report = check_job(self._edit_job(message), self.check_device, picks)
+            return report.as_dict(), encode_png(report.layout)
+
+        def answer(built: tuple[dict[str, Any], bytes]) -> None:
+            report, layout = built
+            self._reply(peer, message, {"type": "check", **report, "layout": {"part": 0, "encoding": "png"}}, [layout])
+
+        self._prepare(peer, message, build, answer)
 
     def _on_track(self, peer: bytes, message: Message) -> None:
         """A tracking job (SPEC.md §3.11): queued, cancelled and attached like a submit; its stream carries
         `matte` messages where an edit's carries `frame`s."""
         h = message.header
         encoding = self._room_for(message)
-        if h["inline"]:
-            read = lambda descriptor, grey: self._images([descriptor], message.parts, grey)[0]  # noqa: E731
-            track = inline_track(h, read, self.limits.max_frames)
-        else:
-            track = paths_track(h, self.limits.max_frames)
-        job = Job(self._new_job_id(), None, len(track.frames), peer, encoding,
-                  preview=False, kind="track", track=track)
-        self.jobs[job.id] = job
-        self.worker.submit(job)
-        self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
+
+        def build() -> Any:
+            self.access.check_models({f"regions[{i}].tracker_model": r.get("tracker_model")
+                                      for i, r in enumerate(h["regions"]) if isinstance(r, dict)}, self.default_model)
+            budget = PixelBudget(self.media_limits)
+            if h["inline"]:
+                read = lambda descriptor, grey: self._images([descriptor], message.parts, grey, budget)[0]  # noqa: E731
+                return inline_track(h, read, self.limits.max_frames)
+            return paths_track(h, self.media_limits, self.access, budget)
+
+        def accept(track: Any) -> None:
+            self._queue(peer, message, Job(self._new_job_id(), None, len(track.frames), peer, encoding,
+                                           preview=False, kind="track", track=track))
+
+        self._prepare(peer, message, build, accept)
 
     # -- jobs --------------------------------------------------------------------------------
 
     def _edit_job(self, message: Message) -> EditJob:
-        """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name."""
+        """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name.
+        Runs off the loop (`_prepare`)."""
         settings = dict(message.header["settings"])
         settings.setdefault("model", self.default_model)
         self._refuse_other_models(settings)
+        self.access.check_models({key: settings.get(key) for key in ("model", "controlnet")}, self.default_model)
         if message.header["inline"]:
             edit = self._inline_job(settings, message)
         else:
             refuse_keyframes(parse_settings(settings))  # before any media is read
-            edit = load_job_mapping(settings, Path("/"))
-        if len(edit.frames) > self.limits.max_frames:
-            raise JobError(f"{len(edit.frames)} frames is over this engine's limit of {self.limits.max_frames}")
+            edit = load_job_mapping(settings, Path("/"), limits=self.media_limits, locate=self.access.locate)
         return edit
 
     def _refuse_other_models(self, settings: dict[str, Any]) -> None:
@@ -319,9 +383,11 @@ class EngineServer:
     def _capabilities(self) -> dict[str, Any]:
         return {
             "name": "videograin", "version": __version__, "device": self.device, "models": self.models,
-            "control_types": list(CONTROL_TYPES), "limits": self.limits.as_dict(), "heartbeat_s": self.heartbeat_s,
+            "control_types": list(CONTROL_TYPES), "heartbeat_s": self.heartbeat_s,
+            "limits": {**self.limits.as_dict(), "max_pixels": self.media_limits.max_pixels},
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
             "trackers": list(OFFERED_TRACKERS), "family": capabilities(self.default_model),
+            "paths": self.access.mode, **({"media_roots": [str(r) for r in self.access.roots]} if self.access.roots else {}),
         }
 
     def _job(self, job_id: str) -> Job:
@@ -348,7 +414,13 @@ class EngineServer:
             raise ProtocolError("too_large", f"{len(frames_d)} frames is over the limit of {self.limits.max_frames}")
         if not isinstance(masks_d, list) or len(masks_d) != len(parsed.regions):
             raise ProtocolError("bad_header", f"'masks' needs one list of mattes per region ({len(parsed.regions)})")
-        images = self._images(frames_d, message.parts, grey=False)
+        self.media_limits.check_working_clip(len(frames_d), parsed.source.width, parsed.source.height)
+        if parsed.flow.path:  # read by the worker: the same paths as a paths submit
+            parsed.flow.path = str(self.access.locate(parsed.flow.path, "flow.path"))
+        if parsed.control.type in ("depth", "pose"):
+            parsed.control.path = str(self.access.locate(parsed.control.path, "control.path"))
+        budget = PixelBudget(self.media_limits)
+        images = self._images(frames_d, message.parts, grey=False, budget=budget)
         if len({image.shape for image in images}) != 1:
             raise JobError("source frames differ in size")
         frames = np.stack(images)
@@ -356,32 +428,34 @@ class EngineServer:
         for region, stack in zip(parsed.regions, masks_d):
             if not isinstance(stack, list) or len(stack) != len(frames_d):
                 raise JobError(f"region '{region.phrase}': {len(stack) if isinstance(stack, list) else 0} mattes for {len(frames_d)} frames")
-            images = self._images(stack, message.parts, grey=True)
+            images = self._images(stack, message.parts, grey=True, budget=budget)
             if any(m.shape != frames.shape[1:3] for m in images):
                 raise JobError(f"region '{region.phrase}': matte size differs from the frames {frames.shape[2]}x{frames.shape[1]}")
             masks.append(np.stack(images) >= MATTE_THRESHOLD)
         control = None
         if isinstance(h.get("control_maps"), list):
-            control = np.stack(self._images(h["control_maps"], message.parts, grey=False))
+            control = np.stack(self._images(h["control_maps"], message.parts, grey=False, budget=budget))
         elif parsed.control.type == "frames":
             raise JobError("control.type 'frames' needs 'control_maps' in an inline submit: one map per frame")
         edit = EditJob(parsed, frames, np.stack(masks), control)
         validate_job(edit)
         return edit
 
-    def _images(self, descriptors: list, parts: list, grey: bool) -> list[np.ndarray]:
+    def _images(self, descriptors: list, parts: list, grey: bool, budget: PixelBudget) -> list[np.ndarray]:
+        """The images of `descriptors`, RGB or grey. Every image's size is known first (a raw descriptor's,
+        a PNG's header) and spent from `budget` before any of them is decoded."""
+        sources = [self._image_source(descriptor, parts) for descriptor in descriptors]
+        budget.spend(sum(size[0] * size[1] for _, size in sources), f"{len(sources)} images of the request")
         images = []
-        for descriptor in descriptors:
-            if isinstance(descriptor, dict) and descriptor.get("encoding") == "png":
-                part = descriptor.get("part")
-                if not isinstance(part, int) or not 0 <= part < len(parts):
-                    raise ProtocolError("bad_header", f"image part {part!r} does not exist")
+        for source, _ in sources:
+            if isinstance(source, np.ndarray):
+                image = source
+            else:
+                part, data = source
                 try:
-                    image = decode_png(bytes(parts[part]))
+                    image = decode_png(bytes(data))
                 except ValueError:
                     raise JobError(f"part {part} is not a decodable PNG") from None
-            else:
-                image = wire.decode_raw(descriptor, parts, self.limits)
             if grey:
                 image = image[..., 0] if image.shape[2] == 1 else image[..., :3].mean(-1).astype(np.uint8)
             elif image.shape[2] == 1:
@@ -390,6 +464,19 @@ class EngineServer:
                 image = image[..., :3]
             images.append(np.ascontiguousarray(image))
         return images
+
+    def _image_source(self, descriptor: Any, parts: list) -> tuple[Any, tuple[int, int]]:
+        """A descriptor's raw pixels (a view of its part) or (part, PNG bytes), with its decoded size."""
+        if not (isinstance(descriptor, dict) and descriptor.get("encoding") == "png"):
+            image = wire.decode_raw(descriptor, parts, self.limits)
+            return image, (image.shape[1], image.shape[0])
+        part = descriptor.get("part")
+        if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part < len(parts):
+            raise ProtocolError("bad_header", f"image part {excerpt(part)} does not exist")
+        data = memoryview(parts[part])
+        size = encoded_size(bytes(data[:PNG_HEADER_BYTES]), f"part {part}")
+        self.media_limits.check_size(*size, f"the PNG of part {part}")
+        return (part, data), size
 
     def _drain_events(self) -> None:
         for kind, job, payload in self.worker.events():
@@ -486,6 +573,7 @@ class EngineServer:
         for job in self.worker.drop_waiting():
             self._finish(job, "cancelled", {"type": "error", "job": job.id, "code": "shutting_down",
                                             "message": "the engine is shutting down"})
+        self.preparing.shutdown(wait=False, cancel_futures=True)
         self.worker.close()
         self._drain_events()
         if self.connection_file is not None:
@@ -541,6 +629,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_bind(args.bind, args.allow_remote)
     limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes)
+    access = MediaAccess.for_engine(args.media_root, args.allow_remote)
     cache, pool = cache_from_args(args), None
     if args.ray is None:
         device = resolve_device(args.device)
@@ -557,6 +646,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
         check_device=check_device, other_models=tuple(args.allow_model),
+        max_pixels=args.max_pixels or MediaLimits.max_pixels, access=access,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from videograin.engine.config import MAX_REGIONS, EditSettings, SourceConfig
-from videograin.engine.errors import JobError
-from videograin.engine.inputs.job import MATTE_THRESHOLD, frame_indices
+from videograin.engine.errors import JobError, excerpt
+from videograin.engine.inputs.job import MATTE_THRESHOLD, frame_indices, sequence_pixels
+from videograin.engine.inputs.limits import MediaLimits, PixelBudget, image_file_size
 from videograin.engine.inputs.mattes import Keyframe, RegionTrack, check_keyframes
 from videograin.engine.inputs.media import read_image, read_sequence, sequence_length
+from videograin.engine.serving.access import MediaAccess
 from videograin.protocol.wire import ProtocolError
 
 SOURCE_KEYS = ("path", "start", "count", "stride")
@@ -50,21 +51,25 @@ def inline_track(header: dict[str, Any], read: ImageReader, max_frames: int) -> 
     return _checked(frames, _regions(header, lambda key, what: read(key.get("matte"), True)))
 
 
-def paths_track(header: dict[str, Any], max_frames: int) -> TrackJob:
-    """The job of a paths `track`: the engine reads the clip and each keyframe's matte from its disk."""
+def paths_track(header: dict[str, Any], limits: MediaLimits, access: MediaAccess, budget: PixelBudget) -> TrackJob:
+    """The job of a paths `track`: the engine reads the clip and each keyframe's matte from its disk, where
+    `access` allows, each image's size spent from `budget` before it is read."""
     source = _source(header.get("source"))
-    path = _engine_path(source.path, "source.path")
+    path = access.locate(source.path, "source.path")
     if not path.exists():
         raise JobError(f"source: '{path}' does not exist")
     indices = frame_indices(source, sequence_length(path))
-    if len(indices) > max_frames:
-        raise JobError(f"{len(indices)} frames is over this engine's limit of {max_frames}")
+    limits.check_frames(len(indices), "source")
+    budget.spend(sequence_pixels(path, indices, "source", access.locate, limits), "source")
     frames = read_sequence(path, indices, "source")
 
     def read_matte(key: dict[str, Any], what: str) -> np.ndarray:
-        matte = _engine_path(key.get("path"), f"{what}: path")
+        matte = access.locate(key.get("path"), f"{what}: path")
         if not matte.is_file():
             raise JobError(f"{what}: '{matte}' is not an image file (a keyframe's matte is one image)")
+        width, height = image_file_size(matte, what)
+        limits.check_size(width, height, f"{what}: '{matte}'")
+        budget.spend(width * height, what)
         return read_image(matte, what, grey=True)
 
     return _checked(frames, _regions(header, read_matte))
@@ -124,7 +129,7 @@ def _source(source: Any) -> SourceConfig:
     for key in ("start", "count", "stride"):
         value = source.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise JobError(f"'source.{key}' must be int, got {value!r}")
+            raise JobError(f"'source.{key}' must be int, got {excerpt(value)}")
     given = {key: value for key, value in source.items() if value is not None}  # nil counts as absent
     config = SourceConfig(path=given.get("path"), start=given.get("start", 0), count=given.get("count"),
                           stride=given.get("stride", 1))
@@ -132,8 +137,3 @@ def _source(source: Any) -> SourceConfig:
         raise JobError("source.start must be >= 0, source.stride >= 1 and source.count >= 1")
     return config
 
-
-def _engine_path(value: Any, what: str) -> Path:
-    if not isinstance(value, str) or not value or not Path(value).is_absolute():
-        raise JobError(f"{what} must be an absolute path on the engine's disk, got {value!r}")
-    return Path(value)

@@ -1,0 +1,167 @@
+"""What a job may make the engine read, checked before the memory is spent.
+
+Media are opened only when they are regular files: a FIFO, device or socket named as a frame would
+block its reader for good. An encoded image's decoded size is read from its header (Pillow reads the
+header alone; OpenEXR's is read here) before it is decoded, so a small file that decodes to gigabytes
+is refused for what it would cost. A job's pixels (every image it decodes, summed) are held to one
+budget, spent before each image or sequence is read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+
+from videograin.engine.errors import JobError
+
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+EXR_HEADER_BYTES = 1 << 16  # an EXR header's attributes, read no further
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    """`max_width`/`max_height` bound every decoded image and the working size; `max_pixels` bounds the
+    pixels of all a job's images together (width × height each, summed) and its frames at the working
+    size; `max_frames` (None: no count of its own) the frames of a clip, checked from its listing."""
+
+    max_width: int = 8192
+    max_height: int = 8192
+    max_pixels: int = 2**30
+    max_frames: int | None = None
+
+    def check_size(self, width: int, height: int, what: str) -> None:
+        if width > self.max_width or height > self.max_height:
+            raise JobError(f"{what} is {width}x{height}, over this engine's limit of {self.max_width}x"
+                           f"{self.max_height} (max_width, max_height)")
+
+    def check_frames(self, count: int, what: str) -> None:
+        if self.max_frames is not None and count > self.max_frames:
+            raise JobError(f"{what}: {count} frames is over this engine's limit of {self.max_frames} (max_frames): "
+                           "edit fewer frames (source.count, source.stride)")
+
+    def check_working_clip(self, frames: int, width: int, height: int) -> None:
+        """The clip at the working size: each side, then frames × width × height."""
+        self.check_size(width, height, "the working size (source.width, source.height)")
+        if frames * width * height > self.max_pixels:
+            raise JobError(f"{frames} frames at the working size {width}x{height} are {frames * width * height:,} "
+                           f"pixels, over this engine's limit of {self.max_pixels:,} (max_pixels): edit fewer "
+                           "frames or at a smaller working size")
+
+
+class PixelBudget:
+    """The pixels one job may still decode; spent before each image or sequence is read."""
+
+    def __init__(self, limits: MediaLimits) -> None:
+        self.limits = limits
+        self.left = limits.max_pixels
+
+    def spend(self, pixels: int, what: str) -> None:
+        if pixels > self.left:
+            raise JobError(f"{what} would decode {pixels:,} pixels, over what is left ({self.left:,}) of this "
+                           f"engine's limit of {self.limits.max_pixels:,} pixels per job (max_pixels): edit fewer "
+                           "or smaller frames")
+        self.left -= pixels
+
+
+def check_media_path(path: Path, what: str) -> None:
+    """A folder or a regular file (stat follows links), else JobError: never a FIFO, device or socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise JobError(f"{what}: '{path}' does not exist") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise JobError(f"{what}: '{path}' is not a regular file or folder (a FIFO, device or socket is never read)")
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """`path` opened for reading when it is a regular file. Checked before the open (a device is never
+    opened) and again on the open file, which O_NONBLOCK opens at once even when a FIFO was swapped in."""
+    check_media_path(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise JobError(f"{what}: '{path}' cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise JobError(f"{what}: '{path}' is not a regular file (a FIFO, device or socket is never read)")
+    return os.fdopen(fd, "rb")
+
+
+def image_size(stream: BinaryIO, what: str) -> tuple[int, int]:
+    """(width, height) an encoded image decodes to, from its header alone."""
+    start = stream.tell()
+    if stream.read(4) == EXR_MAGIC:
+        return _exr_size(stream.read(EXR_HEADER_BYTES), what)
+    stream.seek(start)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limits decide
+            with Image.open(stream) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        raise JobError(f"{what}: its header says it decodes to more than {2 * Image.MAX_IMAGE_PIXELS:,} "
+                       "pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
+        raise JobError(f"{what} is not a readable image (no PNG, JPEG, BMP, TIFF, WebP or EXR header)") from None
+    finally:
+        stream.seek(start)
+
+
+def _exr_size(header: bytes, what: str) -> tuple[int, int]:
+    """OpenEXR's dataWindow attribute (box2i: xMin, yMin, xMax, yMax) from the header's attributes."""
+    at = 4  # after the version field
+    while at < len(header) and header[at] != 0:
+        name_end = header.find(b"\0", at)
+        type_end = header.find(b"\0", name_end + 1)
+        if name_end < 0 or type_end < 0 or type_end + 4 > len(header):
+            break
+        (size,) = struct.unpack_from("<i", header, type_end + 1)
+        value = type_end + 5
+        if header[at:name_end] == b"dataWindow" and size == 16 and value + 16 <= len(header):
+            x0, y0, x1, y1 = struct.unpack_from("<4i", header, value)
+            return x1 - x0 + 1, y1 - y0 + 1
+        at = value + max(size, 0)
+    raise JobError(f"{what} is not a readable image (an EXR header without a dataWindow)")
+
+
+def image_file_size(path: Path, what: str) -> tuple[int, int]:
+    """The decoded size of an image file, from its header; JobError when it is not a regular file."""
+    with open_regular(path, what) as stream:
+        return image_size(stream, f"{what}: '{path}'")
+
+
+def read_image_file(path: Path, what: str, limits: MediaLimits = MediaLimits()) -> bytes:
+    """An image file's bytes, read once it is known to be a regular file whose header says it decodes
+    within `limits`."""
+    with open_regular(path, what) as stream:
+        width, height = image_size(stream, f"{what}: '{path}'")
+        limits.check_size(width, height, f"{what}: '{path}'")
+        return stream.read()
+
+
+def encoded_size(data: bytes, what: str) -> tuple[int, int]:
+    """The decoded size of an image sent as bytes (a PNG part), from its header."""
+    return image_size(io.BytesIO(data), what)
+
+
+def video_size(path: Path, what: str) -> tuple[int, int]:
+    """The frame size a video's container declares, read without decoding its frames."""
+    with open_regular(path, what):
+        pass
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise JobError(f"{what}: '{path}' cannot be opened as a video")
+        return int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        capture.release()
