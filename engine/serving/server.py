@@ -33,6 +33,7 @@ from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapp
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
+from videograin.engine.serving.transport import SEND_HWM, StreamBudget, raise_fd_limit
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
@@ -83,6 +84,10 @@ class EngineServer:
         # parts between max_part_bytes and this get a proper `too_large` reply.
         self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_part_bytes + 2**20)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)  # streams are paced by StreamBudget below this
+        self.budget = StreamBudget()
+        self.waiting_streams: set[str] = set()  # jobs whose next frames wait for room in their peer's queue
+        self.ended_streams: set[str] = set()  # jobs whose stream sent its end to the current peer
         if address.endswith(":0") and address.startswith("tcp://"):
             port = self.socket.bind_to_random_port(address.rsplit(":", 1)[0])
             address = f"{address.rsplit(':', 1)[0]}:{port}"
@@ -123,6 +128,8 @@ class EngineServer:
                             break
                         self._receive(frames)
                 self._drain_events()
+                for job_id in list(self.waiting_streams):
+                    self._pump(self.jobs[job_id])
                 self._purge_expired()
         finally:
             self._shut_down()
@@ -135,9 +142,11 @@ class EngineServer:
         ref = None
         try:
             message = wire.unpack(self.key, body, self.limits)
-            self.peers_seen[peer] = time.monotonic()  # any authenticated message shows the peer is there
             ref = message.header.get("id") if isinstance(message.header.get("id"), str) else None
             wire.check_request(message.header)
+            if peer not in self.peers_seen:
+                self._admit(peer)
+            self.peers_seen[peer] = time.monotonic()  # any accepted request shows the peer is there
             self.handlers[message.type](peer, message)
         except ProtocolError as exc:
             if exc.code == "bad_signature":
@@ -150,18 +159,30 @@ class EngineServer:
             log.exception("request failed")
             self._send(peer, {"type": "error", "code": "internal", "message": f"{type(exc).__name__}: {exc}", "ref": ref})
 
-    def _send(self, peer: bytes, header: dict[str, Any], parts: list | tuple = ()) -> None:
+    def _admit(self, peer: bytes) -> None:
+        """A new peer is served while fewer than max_connections are present (SPEC.md §5)."""
+        now, streaming = time.monotonic(), {job.peer for job in self.jobs.values()}
+        present = sum(1 for p, seen in self.peers_seen.items() if now - seen <= 3 * self.heartbeat_s or p in streaming)
+        if present >= self.limits.max_connections:
+            raise ProtocolError("busy", f"the engine serves {self.limits.max_connections} connections, its limit; "
+                                        "try again later")
+
+    def _send(self, peer: bytes, header: dict[str, Any], parts: list | tuple = (), budget: bool = False) -> None:
+        """Send one message; with `budget`, what ZeroMQ holds of it counts against the peer's stream budget."""
         header = {"id": wire.new_id(), **header}
         try:
             frames = wire.pack(self.key, header, parts, self.peer_part_mac.get(peer))
-            self.socket.send_multipart([peer, *frames], copy=False)
+            tracker = self.socket.send_multipart([peer, *frames], copy=False, track=budget)
         except zmq.ZMQError as exc:
             log.warning("could not send %s to %s: %s", header.get("type"), peer.hex(), exc)
+            return
+        if budget:
+            self.budget.sent(peer, tracker, sum(len(part) for part in parts))
 
     def _reply(self, peer: bytes, request: Message, fields: dict[str, Any], parts: list | tuple = ()) -> None:
         self._send(peer, {"ref": request.header["id"], **fields}, parts)
 
-    def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = ()) -> None:
+    def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = (), budget: bool = False) -> None:
         """Send one message of the job's stream. A peer silent past 3 heartbeats detaches the stream
         (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches."""
         if job.peer is None:
@@ -171,7 +192,26 @@ class EngineServer:
             log.info("peer %s went silent: the stream of %s waits for an attach", job.peer.hex(), job.id)
             job.peer = None
             return
-        self._send(job.peer, header, parts)
+        self._send(job.peer, header, parts, budget)
+
+    def _pump(self, job: Job, fresh: tuple[int, np.ndarray] | None = None) -> None:
+        """Send the ready frames the job's peer lacks, in order, while its stream budget has room (the
+        rest wait on disk for a later turn of the loop); once every frame is out, the attention maps and
+        the stream's end. `fresh`: a frame just made, sent without reading it back."""
+        while job.peer is not None and job.stream_from < job.frames_ready:
+            if not self.budget.room(job.peer):
+                self.waiting_streams.add(job.id)
+                return
+            index = job.stream_from
+            image = fresh[1] if fresh is not None and fresh[0] == index else self.store.get(job.id, index)
+            self._stream(job, *self._frame_message(job, index, image), budget=True)
+            job.stream_from = index + 1
+        self.waiting_streams.discard(job.id)
+        if job.peer is not None and job.final is not None and job.id not in self.ended_streams:
+            self.ended_streams.add(job.id)
+            for message in job.attention:
+                self._stream(job, *message)
+            self._stream(job, job.final)
 
     # -- requests (wire.REQUESTS) ------------------------------------------------------------
 
@@ -201,21 +241,18 @@ class EngineServer:
             self._end(job, "cancelled", {"type": "error", "job": job.id, "code": "cancelled", "message": "the job was cancelled"})
         self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
         if dropped:  # the reply first: a client waiting for it has not read past the stream's end
-            self._stream(job, job.final)
+            self._pump(job)
 
     def _on_attach(self, peer: bytes, message: Message) -> None:
         h = message.header
         job = self._job(h["job"])
         if not 0 <= h["from_frame"] <= job.frames:
             raise ProtocolError("bad_header", f"'attach.from_frame' must be from 0 to the job's {job.frames} frames, got {h['from_frame']}")
+        # One stream per job: an attach moves it (and its place) to this peer, whatever was under way.
         job.peer, job.stream_from = peer, h["from_frame"]
+        self.ended_streams.discard(job.id)
         self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
-        for index in range(job.stream_from, job.frames_ready):
-            self._stream(job, *self._frame_message(job, index, self.store.get(job.id, index)))
-        if job.final is not None:
-            for message in job.attention:
-                self._stream(job, *message)
-            self._stream(job, job.final)
+        self._pump(job)
 
     def _on_shutdown(self, peer: bytes, message: Message) -> None:
         self._reply(peer, message, {"type": "bye"})
@@ -380,13 +417,10 @@ class EngineServer:
             elif kind == "frame":
                 index, image = payload
                 job.frames_ready = index + 1  # stored already, so `attach` may read it from now on
-                if index >= job.stream_from:
-                    self._stream(job, *self._frame_message(job, index, image))
-            elif kind == "attention":
+                self._pump(job, (index, image))
+            elif kind == "attention":  # sent with the stream's end, after the last frame
                 phrase, overlays = payload
-                message = self._attention_message(job, phrase, overlays)
-                job.attention.append(message)
-                self._stream(job, *message)
+                job.attention.append(self._attention_message(job, phrase, overlays))
             elif kind == "done":
                 self._finish(job, "done", {"type": "done", "job": job.id, **payload})
             else:
@@ -422,7 +456,7 @@ class EngineServer:
 
     def _finish(self, job: Job, state: str, final: dict[str, Any]) -> None:
         self._end(job, state, final)
-        self._stream(job, final)
+        self._pump(job)
 
     def _end(self, job: Job, state: str, final: dict[str, Any]) -> None:
         job.state, job.finished_at, job.edit, job.track = state, time.monotonic(), None, None
@@ -434,6 +468,8 @@ class EngineServer:
 
     def _forget(self, job_id: str) -> None:
         del self.jobs[job_id]
+        self.waiting_streams.discard(job_id)
+        self.ended_streams.discard(job_id)
         self.store.drop(job_id)
 
     def _purge_expired(self) -> None:
@@ -516,7 +552,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from videograin.engine.models import resolve_device
 
     check_bind(args.bind, args.allow_remote)
-    limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes)
+    raise_fd_limit()  # each peer holds a descriptor
+    limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes,
+                    max_connections=args.max_connections)
     cache, pool = cache_from_args(args), None
     if args.ray is None:
         device = resolve_device(args.device)
@@ -549,6 +587,8 @@ def add_parser(sub) -> None:
     serve = sub.add_parser("serve", help="run the engine server (protocol v1, see protocol/SPEC.md)")
     serve.add_argument("--bind", default="tcp://127.0.0.1:0", help="tcp://127.0.0.1:PORT (0: any free port) or ipc://PATH")
     serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind address")
+    serve.add_argument("--max-connections", type=int, default=Limits.max_connections,
+                       help="peers served at once; one more gets `busy`")
     serve.add_argument("--connection-file", default=str(wire.DEFAULT_CONNECTION_FILE),
                        help="where clients find the engine (default ~/.videograin/engine.json)")
     serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
