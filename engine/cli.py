@@ -62,6 +62,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """A CURVE client key pair in zmq.auth's certificate format (SPEC.md §1.1), private from the start."""
+    import os
+
+    import zmq.auth
+
+    from videograin.protocol import wire
+
+    folder = Path(args.folder).expanduser()
+    public, secret = folder / f"{args.name}.key", folder / f"{args.name}.key_secret"
+    if public.exists() or secret.exists():
+        raise VideograinError(f"'{public}' or '{secret}' exists: choose another name", code="bad_config")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    umask = os.umask(0o077)  # the certificate writer opens its files with the process's umask
+    try:
+        zmq.auth.create_certificates(folder, args.name)
+    finally:
+        os.umask(umask)
+    print(f"wrote {secret} (secret: keep it to yourself) and {public}: add {public.name} to the engine's "
+          f"--curve-clients folder")
+    if args.connection_file:
+        try:
+            info = wire.read_connection_file(args.connection_file)
+        except wire.ProtocolError as exc:
+            raise VideograinError(str(exc), code="bad_config") from None
+        if not isinstance(info.get("curve"), dict) or "server_key" not in info["curve"]:
+            raise VideograinError(f"'{args.connection_file}' is not a CURVE engine's connection file "
+                                  "(start the engine with --curve or --allow-remote)", code="bad_config")
+        client_public, client_secret = zmq.auth.load_certificate(secret)
+        info["curve"] = {"server_key": info["curve"]["server_key"], "public_key": client_public.decode(),
+                         "secret_key": client_secret.decode()}
+        mine = folder / f"{args.name}.json"
+        wire.write_private_json(mine, info)
+        print(f"wrote {mine}: the engine's connection file with this key pair, for `--engine` or the add-on")
+    return 0
+
+
 def _report(out: Path, summary: dict) -> None:
     print(f"wrote {out}/frames, {out}/preview.mp4, {out}/contact_sheet.png, {out}/result.json")
     if summary["leakage"]:
@@ -103,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20)
     demo.add_argument("--device", default="auto")
     demo.set_defaults(run=cmd_demo)
+
+    keys = sub.add_parser("keys", help="make a CURVE client key pair for an engine's allow-list (SPEC.md §1.1)")
+    keys.add_argument("name", help="the pair's name: NAME.key (public, for the engine) and NAME.key_secret (0600)")
+    keys.add_argument("--folder", default=str(Path.home() / ".videograin" / "keys"),
+                      help="where to write them (default ~/.videograin/keys, made 0700)")
+    keys.add_argument("--connection-file", metavar="ENGINE_JSON",
+                      help="also write NAME.json: this CURVE engine's connection file with the new pair in it")
+    keys.set_defaults(run=cmd_keys)
 
     from videograin.engine import bench, check, evaluate, mattes_command, timeline
     from videograin.engine.serving import server

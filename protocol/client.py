@@ -44,6 +44,8 @@ class EngineClient:
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if info.get("curve") is not None:
+            _use_curve(self._socket, info["curve"])
         self._socket.connect(self.address)
         self._limits = Limits()
         self._pending: list[Message] = []
@@ -58,7 +60,7 @@ class EngineClient:
     # -- low level ---------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], parts: list | tuple = ()) -> str:
-        header = {"id": wire.new_id(), **header}
+        header = {"id": wire.new_id(), "ts": wire.timestamp_ms(), **header}
         self._socket.send_multipart(wire.pack(self._key, header, parts, self._part_mac), copy=False)
         self._last_sent = time.monotonic()
         return header["id"]
@@ -323,6 +325,19 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise EngineError("no_engine", f"engine not running (stale connection file of pid {pid}): start the engine "
                                        f"again, which replaces '{path}'")
     return info
+
+
+def _use_curve(socket: zmq.Socket, keys: Any) -> None:
+    """Make the socket a CURVE client with the connection file's keys (SPEC.md §1.1)."""
+    if not zmq.has("curve"):
+        raise EngineError("no_engine", "the engine speaks CURVE, which this pyzmq's libzmq lacks: install a pyzmq wheel")
+    try:
+        socket.curve_serverkey = keys["server_key"].encode()
+        socket.curve_publickey = keys["public_key"].encode()
+        socket.curve_secretkey = keys["secret_key"].encode()
+    except (TypeError, KeyError, AttributeError, zmq.ZMQError) as exc:
+        raise EngineError("no_engine", "the connection file's 'curve' needs server_key, public_key and secret_key, "
+                                       f"each 40 Z85 characters ({type(exc).__name__}: {exc})") from None
 
 
 def _shared_part_mac(schemes: Any) -> str | None:

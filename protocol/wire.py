@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ except ImportError:  # a plug-in shipped without the wheel still speaks full-mes
 VERSION = 1
 MAX_ID_CHARS = 64
 DEFAULT_CONNECTION_FILE = Path.home() / ".videograin" / "engine.json"
+FRESHNESS_WINDOW_MS = 60_000  # a request's `ts` may be this far from the engine's clock (SPEC.md §2.5)
 MAX_PID = 2**31  # pid_t is a signed 32-bit integer (Windows process ids are 32-bit too)
 
 GMAC = "gmac-aes256"
@@ -87,6 +89,11 @@ def new_key() -> str:
 
 def new_id() -> str:
     return secrets.token_hex(8)
+
+
+def timestamp_ms() -> int:
+    """A request's `ts` (SPEC.md §2.5): milliseconds since the Unix epoch, now."""
+    return time.time_ns() // 1_000_000
 
 
 def sign(key: bytes, frames: list) -> bytes:
@@ -294,11 +301,14 @@ def decode_raw(descriptor: Any, parts: list, limits: Limits) -> np.ndarray:
 
 # -- connection files (SPEC.md §1) ---------------------------------------------------------------
 
-def write_connection_file(path: Path, address: str, key: str) -> None:
-    """Write the engine's connection file (SPEC.md §1)."""
-    write_private_json(path, {"address": address, "key": key, "signature_scheme": "hmac-sha256",
-                              "part_macs": list(PART_MACS), "protocol": VERSION, "pid": os.getpid(),
-                              "host": socket.gethostname()})
+def write_connection_file(path: Path, address: str, key: str, curve: dict[str, str] | None = None) -> None:
+    """Write the engine's connection file (SPEC.md §1). `curve`: the CURVE keys (§1.1) of an engine that
+    speaks it."""
+    info = {"address": address, "key": key, "signature_scheme": "hmac-sha256", "part_macs": list(PART_MACS),
+            "protocol": VERSION, "pid": os.getpid(), "host": socket.gethostname()}
+    if curve is not None:
+        info["curve"] = curve
+    write_private_json(path, info)
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""What one peer may hold (SPEC.md §1, §5): the connection cap, paced streams, private connection files."""
+"""Who gets a message in, and what one peer may hold (SPEC.md §1.1, §2.5, §5): CURVE with an allow-list,
+fresh requests in HMAC mode, the connection cap, paced streams, private connection files."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conformance import RawPeer, start_engine
+from conformance import RawPeer, collect_stream, inline_job, now_ms, start_engine
 
+from videograin.engine.cli import main
 from videograin.protocol import wire
 from videograin.protocol.client import EngineClient, EngineError
 
@@ -23,7 +25,86 @@ def _stop(process) -> None:
     process.wait()
 
 
-# -- the connection cap (SPEC.md §5) -----------------------------------------------------------------
+# -- CURVE mode (SPEC.md §1.1) -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def curve_engine(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("curve-engine")
+    allowed = folder / "clients"
+    allowed.mkdir()
+    process, info, connection = start_engine(folder, "--curve", "--curve-clients", str(allowed))
+    yield process, info, connection, allowed
+    _stop(process)
+
+
+def test_the_connection_file_carries_the_curve_keys(curve_engine):
+    _, info, connection, _ = curve_engine
+    assert connection.stat().st_mode & 0o777 == 0o600
+    keys = info["curve"]
+    assert {len(keys[name]) for name in ("server_key", "public_key", "secret_key")} == {40}
+    assert zmq.curve_public(keys["secret_key"].encode()) == keys["public_key"].encode()
+
+
+def test_a_peer_without_an_allowed_key_gets_nothing_in(curve_engine):
+    process, info, _, _ = curve_engine
+    public, secret = zmq.curve_keypair()
+    stranger = RawPeer({**info, "curve": {**info["curve"], "public_key": public.decode(), "secret_key": secret.decode()}},
+                       heartbeat_s=float("inf"))
+    plain = RawPeer({k: v for k, v in info.items() if k != "curve"}, heartbeat_s=float("inf"))  # no CURVE at all
+    member = RawPeer(info)
+    try:
+        for peer in (stranger, plain):  # each holds the HMAC key: only CURVE keeps them out
+            peer.send({"type": "ping"})
+            peer.send({"type": "shutdown"})
+            assert peer.recv(timeout=2) is None
+        assert member.request({"type": "ping"})["type"] == "pong" and process.poll() is None
+        assert stranger.recv(timeout=0.5) is None  # still nothing, later either
+    finally:
+        for peer in (stranger, plain, member):
+            peer.close()
+
+
+def test_a_curve_client_edits_end_to_end(curve_engine):
+    from videograin.engine.demo import synthetic_clip
+
+    client = EngineClient(curve_engine[2])
+    try:
+        client.hello()
+        clip, mattes = synthetic_clip(2, 64, 64)
+        settings = {"source_prompt": "two men jogging", "prompt": "an iron man and a spider man jogging",
+                    "regions": [{"phrase": "iron man"}, {"phrase": "spider man"}], "steps": 2,
+                    "source": {"width": 64, "height": 64}, "model": "tiny"}
+        job = client.submit(settings, clip, mattes)
+        messages = list(client.events(job, timeout_s=300))
+        assert [m.header["index"] for m in messages if m.type == "frame"] == [0, 1] and messages[-1].type == "done"
+    finally:
+        client.close()
+
+
+def test_keys_made_by_the_cli_are_private_and_let_in_once_allowed(curve_engine, tmp_path):
+    _, _, connection, allowed = curve_engine
+    folder = tmp_path / "keys"
+    assert main(["keys", "editor-7", "--folder", str(folder), "--connection-file", str(connection)]) == 0
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / "editor-7.key_secret").stat().st_mode & 0o777 == 0o600
+    mine = folder / "editor-7.json"
+    assert mine.stat().st_mode & 0o777 == 0o600
+    assert main(["keys", "editor-7", "--folder", str(folder)]) == 2  # never overwrites a pair
+    client = EngineClient(mine)
+    try:
+        with pytest.raises(EngineError, match="no answer"):
+            client.ping(timeout_s=1.5)  # not on the allow-list yet
+    finally:
+        client.close()
+    (allowed / "editor-7.key").write_bytes((folder / "editor-7.key").read_bytes())  # the operator allows it
+    client = EngineClient(mine)
+    try:
+        client.ping(timeout_s=10)
+    finally:
+        client.close()
+
+
+# -- HMAC mode: freshness (SPEC.md §2.5) -------------------------------------------------------------
 
 @pytest.fixture()
 def busy_engine(tmp_path):
@@ -32,6 +113,57 @@ def busy_engine(tmp_path):
     process, info, _ = start_engine(tmp_path, "--max-connections", "3", "--heartbeat", "30")
     yield process, info
     _stop(process)
+
+
+@pytest.fixture()
+def hmac_engine(tmp_path):
+    process, info, _ = start_engine(tmp_path)
+    yield process, info
+    _stop(process)
+
+
+def _jobs(peer: RawPeer) -> int:
+    return len(peer.request({"type": "status"})["jobs"])
+
+
+def test_a_replayed_signed_message_is_ignored(hmac_engine):
+    process, info = hmac_engine
+    victim, attacker = RawPeer(info), RawPeer(info)
+    try:
+        header, parts = inline_job(frames=2, steps=1)
+        body = victim.body({"v": 1, "id": "recorded", **header}, parts)
+        recorded = [victim.sign_body(body), *body]  # what a listener on the wire would have kept
+        victim.send_frames(recorded)
+        accepted = victim.recv(timeout=30)[0]
+        assert accepted["type"] == "accepted"
+        collect_stream(victim, accepted["job"])
+        before = _jobs(victim)
+        for peer in (attacker, victim):  # sent again, from another connection and from the same one
+            peer.send_frames(recorded)
+            reply = peer.recv(timeout=10)[0]
+            assert reply["type"] == "error" and reply["code"] == "stale" and reply["ref"] == "recorded"
+        assert _jobs(victim) == before
+        # A shutdown recorded long ago, or one without a timestamp, stops nothing.
+        for stamp in ({"ts": now_ms() - 120_000}, {"ts": now_ms() + 120_000}, {"ts": None}, {"ts": "now"}):
+            body = attacker.body({"v": 1, "id": wire.new_id(), "type": "shutdown", **stamp})
+            if stamp["ts"] is None:
+                body = [_without_ts(body[0])]
+            attacker.send_frames([attacker.sign_body(body), *body])
+            reply = attacker.recv(timeout=10)[0]
+            assert reply["code"] == "stale", reply
+        assert victim.request({"type": "ping"})["type"] == "pong" and process.poll() is None
+    finally:
+        victim.close()
+        attacker.close()
+
+
+def _without_ts(packed: bytes) -> bytes:
+    """The packed header without its `ts`, as a client written before SPEC.md §2.5 sends it."""
+    import msgpack
+
+    header = msgpack.unpackb(packed)
+    header.pop("ts")
+    return msgpack.packb(header)
 
 
 def test_the_connection_cap_answers_busy(busy_engine):

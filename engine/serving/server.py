@@ -33,7 +33,7 @@ from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapp
 from videograin.engine.inputs.media import decode_png, encode_png
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
-from videograin.engine.serving.transport import SEND_HWM, StreamBudget, raise_fd_limit
+from videograin.engine.serving.transport import SEND_HWM, Freshness, StreamBudget, raise_fd_limit, start_curve
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
@@ -61,11 +61,14 @@ class EngineServer:
         cache: InversionCache | None = None,
         worker: Callable[[FrameStore, threading.Event], JobWorker] | None = None,
         check_device: str | None = None,
+        curve: bool = False,
+        curve_clients: Path | None = None,
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
         runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
         `check_device`: a device of this process that `check` fits passes to (default `device`; an engine
-        on Ray names its workers' kind as `device`, which this process may not have)."""
+        on Ray names its workers' kind as `device`, which this process may not have). `curve`: speak CurveZMQ
+        (SPEC.md §1.1), letting in the connection file's client key and those in `curve_clients`."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.default_model = default_model
@@ -85,6 +88,9 @@ class EngineServer:
         self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_part_bytes + 2**20)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)  # streams are paced by StreamBudget below this
+        self.authenticator, curve_keys = start_curve(self.context, self.socket, curve_clients) if curve else (None, None)
+        # CURVE refuses replays itself (and a remote client's clock is not ours): HMAC mode checks freshness.
+        self.freshness = None if curve else Freshness()
         self.budget = StreamBudget()
         self.waiting_streams: set[str] = set()  # jobs whose next frames wait for room in their peer's queue
         self.ended_streams: set[str] = set()  # jobs whose stream sent its end to the current peer
@@ -109,7 +115,7 @@ class EngineServer:
         # `_on_<type>` method here.
         self.handlers: dict[str, Handler] = {kind: getattr(self, f"_on_{kind}") for kind in wire.REQUESTS}
         if connection_file is not None:
-            wire.write_connection_file(connection_file, self.address, key)
+            wire.write_connection_file(connection_file, self.address, key, curve_keys)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -144,6 +150,8 @@ class EngineServer:
             message = wire.unpack(self.key, body, self.limits)
             ref = message.header.get("id") if isinstance(message.header.get("id"), str) else None
             wire.check_request(message.header)
+            if self.freshness is not None:  # before anything counts: a replay neither acts nor takes a place
+                self.freshness.check(message.header, wire.timestamp_ms())
             if peer not in self.peers_seen:
                 self._admit(peer)
             self.peers_seen[peer] = time.monotonic()  # any accepted request shows the peer is there
@@ -495,6 +503,8 @@ class EngineServer:
             self.connection_file.unlink(missing_ok=True)
         self.store.close()
         self.socket.close(linger=200)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
         log.info("engine stopped")
 
@@ -570,7 +580,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = EngineServer(
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
-        check_device=check_device,
+        check_device=check_device, curve=args.curve or args.allow_remote,
+        curve_clients=Path(args.curve_clients).expanduser() if args.curve_clients else None,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
@@ -586,7 +597,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     serve = sub.add_parser("serve", help="run the engine server (protocol v1, see protocol/SPEC.md)")
     serve.add_argument("--bind", default="tcp://127.0.0.1:0", help="tcp://127.0.0.1:PORT (0: any free port) or ipc://PATH")
-    serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind address")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a non-loopback bind address (CurveZMQ then secures the connections: --curve)")
+    serve.add_argument("--curve", action="store_true",
+                       help="authenticate and encrypt with CurveZMQ on any address (SPEC.md §1.1); on by --allow-remote")
+    serve.add_argument("--curve-clients", metavar="DIR",
+                       help="CURVE allow-list: client public keys (`videograin keys` makes them), beside the "
+                            "connection file's own; read again when the folder changes")
     serve.add_argument("--max-connections", type=int, default=Limits.max_connections,
                        help="peers served at once; one more gets `busy`")
     serve.add_argument("--connection-file", default=str(wire.DEFAULT_CONNECTION_FILE),
