@@ -182,6 +182,27 @@ def test_the_connection_cap_answers_busy(busy_engine):
     assert process.poll() is None
 
 
+def test_only_a_stream_not_yet_ended_keeps_a_silent_peer_present(tmp_path):
+    """A finished job is retained for an hour with its peer: that must not hold one of the places."""
+    from videograin.engine.serving.server import EngineServer
+    from videograin.engine.serving.worker import Job
+    from videograin.protocol.wire import Limits, ProtocolError
+
+    server = EngineServer("tcp://127.0.0.1:0", wire.new_key(), None, "tiny", "cpu", limits=Limits(max_connections=1),
+                          worker=lambda store, stopping: _IdleWorker())
+    try:
+        job = Job("job-old", None, 1, b"gone", state="done", frames_ready=1, final={"type": "done"})
+        server.jobs[job.id] = job
+        server.peers_seen[b"gone"] = time.monotonic() - 3600  # silent for an hour
+        server.ended_streams.add(job.id)
+        server._admit(b"new")  # the one place is free
+        server.ended_streams.discard(job.id)  # its stream still to end: the peer keeps its place
+        with pytest.raises(ProtocolError, match="1 connections"):
+            server._admit(b"new")
+    finally:
+        server._shut_down()
+
+
 # -- a peer that never reads (SPEC.md §5) ------------------------------------------------------------
 
 FRAME_SIDE = 2048  # 12 MiB raw RGB frames: a handful fill the per-peer budget

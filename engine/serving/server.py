@@ -169,7 +169,8 @@ class EngineServer:
 
     def _admit(self, peer: bytes) -> None:
         """A new peer is served while fewer than max_connections are present (SPEC.md §5)."""
-        now, streaming = time.monotonic(), {job.peer for job in self.jobs.values()}
+        now = time.monotonic()
+        streaming = {job.peer for job in self.jobs.values() if job.id not in self.ended_streams}  # a stream not yet ended
         present = sum(1 for p, seen in self.peers_seen.items() if now - seen <= 3 * self.heartbeat_s or p in streaming)
         if present >= self.limits.max_connections:
             raise ProtocolError("busy", f"the engine serves {self.limits.max_connections} connections, its limit; "
