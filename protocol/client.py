@@ -44,8 +44,12 @@ class EngineClient:
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # CURVE mode: ZeroMQ reports a refused key only as a socket event, watched here for a clear error.
+        self._handshakes: zmq.Socket | None = None
         if info.get("curve") is not None:
             _use_curve(self._socket, info["curve"])
+            self._curve_key = info["curve"]["public_key"]
+            self._handshakes = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._socket.connect(self.address)
         self._limits = Limits()
         self._pending: list[Message] = []
@@ -88,6 +92,10 @@ class EngineClient:
                     raise EngineError(message.header.get("code", "internal"), message.header.get("message", ""))
                 return message
             self._keep(message)
+        if self._handshakes is not None and self._handshakes.poll(0):
+            raise EngineError("refused", f"the engine at {self.address} refused this client's CURVE key "
+                                         f"{self._curve_key}: ask its operator to allow it "
+                                         "(SPEC.md §1.1)")
         raise EngineError("no_engine", f"no answer from the engine at {self.address} within {timeout_s:g} s; is it running?")
 
     # -- requests ----------------------------------------------------------------------------
@@ -242,6 +250,9 @@ class EngineClient:
         raise EngineError("timeout", f"job {job} did not finish within {timeout_s:g} s")
 
     def close(self) -> None:
+        if self._handshakes is not None:
+            self._socket.disable_monitor()
+            self._handshakes.close(linger=0)
         self._socket.close(linger=0)
 
     # -- following streams -------------------------------------------------------------------

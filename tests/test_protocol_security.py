@@ -92,8 +92,9 @@ def test_keys_made_by_the_cli_are_private_and_let_in_once_allowed(curve_engine, 
     assert main(["keys", "editor-7", "--folder", str(folder)]) == 2  # never overwrites a pair
     client = EngineClient(mine)
     try:
-        with pytest.raises(EngineError, match="no answer"):
-            client.ping(timeout_s=1.5)  # not on the allow-list yet
+        with pytest.raises(EngineError, match="refused this client's CURVE key") as refused:
+            client.ping(timeout_s=3)  # not on the allow-list yet
+        assert refused.value.code == "refused"
     finally:
         client.close()
     (allowed / "editor-7.key").write_bytes((folder / "editor-7.key").read_bytes())  # the operator allows it
