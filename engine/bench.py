@@ -10,7 +10,8 @@
   the first step preview of each.
 - `--timeline`: the OpenTimelineIO round trip's own cost over 20 shots.
 - `--stream`: 1080p frames through protocol v1 (sign, send, receive, verify, view) over loopback, with
-  part MACs, with whole-message HMAC and unsigned, next to a plain memory copy of the same frame.
+  part MACs, with whole-message HMAC and unsigned, on plain tcp, on tcp inside CurveZMQ and on ipc,
+  next to a plain memory copy of the same frame.
 - `--blender`: the Blender add-on's export and import frames/s at 720p and 1080p, measured in Blender
   as a Python module (bpy) in a subprocess, so that bpy and torch never share a process.
 - `--track`: matte tracking (inputs/mattes.py): `flow` frames/s and IoU at 720p and 1080p on a
@@ -247,9 +248,10 @@ def bench_reedit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
-    """1080p frames over loopback in each signing form, one frame in flight at a time. The forms take
-    turns in rounds so that load from elsewhere on the machine falls on all of them alike; each figure
-    is the median round."""
+    """1080p frames over loopback in each signing form, one frame in flight at a time, on three channels:
+    plain tcp (HMAC mode), tcp inside CurveZMQ (CURVE mode, SPEC.md §1.1: every byte encrypted as well)
+    and ipc. Every channel and form takes its turn in each round, so that load from elsewhere on the
+    machine falls on all of them alike; each figure is the median round."""
     import zmq
 
     from videograin.protocol import wire
@@ -275,42 +277,60 @@ def bench_stream(args: argparse.Namespace) -> dict[str, Any]:
     rounds = 5
     per_round = max(1, args.stream_frames // rounds)
     context = zmq.Context()
-    for transport in ("tcp", "ipc"):
-        router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-        if transport == "tcp":
-            address = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
-        else:
-            address = f"ipc:///tmp/videograin-bench-{os.getpid()}"
-            router.bind(address)
-        dealer.connect(address)
-        dealer.send_multipart(wire.pack(key, {"type": "ping", "id": "hi"}))
-        peer = router.recv_multipart()[0]
-        rates: dict[str, list[float]] = {form: [] for form in forms}
-        for _ in range(rounds):
+    channels = {name: _stream_channel(context, name, key) for name in ("tcp", "curve", "ipc")}
+    rates: dict[str, list[float]] = {f"{name}_{form}": [] for name in channels for form in forms}
+    for _ in range(rounds):
+        for name, (router, dealer, peer) in channels.items():
             for form, part_mac in forms.items():
                 started = time.perf_counter()
                 for index in range(per_round):
                     descriptor, buffer = wire.raw_image(frame, 0)
                     header = {"type": "frame", "id": str(index), "job": "bench", "index": index, "image": descriptor}
-                    if form == "unsigned":
-                        frames = [b"", b"", buffer]
-                    else:
-                        frames = wire.pack(key, header, [buffer], part_mac)
+                    frames = [b"", b"", buffer] if form == "unsigned" else wire.pack(key, header, [buffer], part_mac)
                     router.send_multipart([peer, *frames], copy=False)
                     received = dealer.recv_multipart(copy=False)
                     if form != "unsigned":
                         message = wire.unpack(key, received, limits)
                         wire.decode_raw(message.header["image"], message.parts, limits)
-                rates[form].append(per_round / (time.perf_counter() - started))
-        for form, values in rates.items():
-            report[f"{transport}_{form}_frames_per_s"] = float(np.median(values))
-        report[f"{transport}_signed_over_unsigned"] = report[f"{transport}_signed_frames_per_s"] / report[f"{transport}_unsigned_frames_per_s"]
-        report[f"{transport}_hmac_over_unsigned"] = report[f"{transport}_hmac_frames_per_s"] / report[f"{transport}_unsigned_frames_per_s"]
-        router.close(linger=0)
-        dealer.close(linger=0)
+                rates[f"{name}_{form}"].append(per_round / (time.perf_counter() - started))
+    for sockets in channels.values():
+        for sock in sockets[:2]:
+            sock.close(linger=0)
     context.term()
+    for name, values in rates.items():
+        report[f"{name}_frames_per_s"] = float(np.median(values))
+    for name in channels:
+        for form in ("signed", "hmac"):
+            report[f"{name}_{form}_over_unsigned"] = report[f"{name}_{form}_frames_per_s"] / report[f"{name}_unsigned_frames_per_s"]
+    # What CURVE mode costs next to HMAC mode, both signing as the engine does, and the encryption alone.
+    report["curve_signed_over_tcp_signed"] = report["curve_signed_frames_per_s"] / report["tcp_signed_frames_per_s"]
+    report["curve_unsigned_over_tcp_unsigned"] = report["curve_unsigned_frames_per_s"] / report["tcp_unsigned_frames_per_s"]
     report["mib_per_s_tcp_signed"] = report["tcp_signed_frames_per_s"] * frame.nbytes / 2**20
+    report["mib_per_s_curve_signed"] = report["curve_signed_frames_per_s"] * frame.nbytes / 2**20
     return report
+
+
+def _stream_channel(context, name: str, key: bytes) -> tuple[Any, Any, bytes]:
+    """A connected ROUTER and DEALER over `tcp`, `curve` (tcp with CurveZMQ) or `ipc`, and the dealer's
+    routing id as the router sees it."""
+    import zmq
+
+    from videograin.protocol import wire
+
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    if name == "curve":
+        server_public, server_secret = zmq.curve_keypair()
+        router.curve_secretkey, router.curve_publickey, router.curve_server = server_secret, server_public, True
+        dealer.curve_publickey, dealer.curve_secretkey = zmq.curve_keypair()
+        dealer.curve_serverkey = server_public
+    if name == "ipc":
+        address = f"ipc:///tmp/videograin-bench-{os.getpid()}"
+        router.bind(address)
+    else:
+        address = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    dealer.connect(address)
+    dealer.send_multipart(wire.pack(key, {"type": "ping", "id": "hi"}))
+    return router, dealer, router.recv_multipart()[0]
 
 
 TIMELINE_SHOTS = 20

@@ -6,19 +6,27 @@ trajectories and which steps record injection features; never on the target prom
 modulation. A re-edit that changes only those skips inversion and gives the very frames an uncached run
 gives: the tensors come back bit for bit, in the memory format they were made in.
 
-One file per pass, `<key>.safetensors`, keyed by a SHA-256 of exactly those inputs (`job_key`), written
-atomically (a temporary name, then a rename), so engines sharing one folder never see a torn entry. A
-checksum over the tensors sits in the file's metadata: an entry that is truncated or altered is deleted
-and recomputed, never used. The folder is kept under a size cap by evicting the least recently used
-entries (a hit touches its file).
+One file per pass, `videograin-<key>.vginv`, keyed by a SHA-256 of exactly those inputs (`job_key`),
+written atomically (a temporary name, then a rename), so engines sharing one folder never see a torn
+entry. The folder is untrusted storage (inverted latents decode back to the footage, and whoever can
+write there could plant an inversion): it is made 0700, and every entry carries an HMAC-SHA256, keyed
+with a secret kept beside the entries (`videograin-cache.key`, made once per folder, 0600), over its
+cache key and every byte of its tensors and metadata. An entry that fails it, or that cannot be read
+for any reason, is deleted and recomputed, never used. The folder is kept under a size cap by evicting
+the least recently used entries (a hit touches its file); files that are not named as entries (other
+programs' models, say) are never touched.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
+import secrets
 import struct
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +42,11 @@ from videograin.engine.method.passes import PassInversion
 
 log = logging.getLogger(__name__)
 
-FORMAT = "videograin-inversion-1"
+FORMAT = "videograin-inversion-2"
+ENTRY_PREFIX, ENTRY_SUFFIX = "videograin-", ".vginv"  # the only files the cache reads, writes or evicts
+KEY_FILE = "videograin-cache.key"
+MAGIC = b"VGINV2\n"  # then the 32-byte tag, then a safetensors file
+TAG_BYTES = 32
 DEFAULT_SIZE = 20 * 2**30
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -95,11 +107,52 @@ def _unflatten(tensors: dict[str, torch.Tensor]) -> PassInversion:
     return inversion
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode() + b"\0" + tensors[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def _tag(secret: bytes, key: str, payload: bytes) -> bytes:
+    """The entry's HMAC: its cache key (so an entry renamed to another key fails) and every byte."""
+    return hmac.new(secret, MAGIC + key.encode() + b"\0" + payload, hashlib.sha256).digest()
+
+
+def _folder_secret(folder: Path) -> bytes:
+    """The folder's MAC key, made on first use (0600, published whole by a hard link, so that engines
+    starting together agree on one); a key file that is not 64 hex digits is replaced, which turns
+    every entry made under it into a miss."""
+    path = folder / KEY_FILE
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            _publish_secret(folder, path)
+            continue
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            text = b"a symbolic link"
+        else:
+            with os.fdopen(fd, "rb") as handle:
+                text = handle.read(65).strip()
+            if re.fullmatch(rb"[0-9a-f]{64}", text):
+                return bytes.fromhex(text.decode())
+        log.warning("inversion cache key %s is malformed: making a new one (cached entries are recomputed)", path)
+        path.unlink(missing_ok=True)
+    raise JobError(f"inversion cache key '{path}' cannot be made; choose another folder with --cache")
+
+
+def _publish_secret(folder: Path, path: Path) -> None:
+    tmp = folder / f".{KEY_FILE}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        os.link(tmp, path)  # fails when another engine published first: then theirs is read
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _on(tensor: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    tensor = tensor.to(device)
+    return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
 
 
 def _metadata(data: bytes) -> dict[str, str]:
@@ -115,40 +168,43 @@ class InversionCache:
         self.folder = folder or default_folder()
         self.max_bytes = max_bytes
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._secret = _folder_secret(self.folder)
         except OSError as exc:
             raise JobError(f"inversion cache folder '{self.folder}' cannot be made: {exc}; choose another with --cache") from None
 
     def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.safetensors"
+        return self.folder / f"{ENTRY_PREFIX}{key}{ENTRY_SUFFIX}"
 
     def get(self, key: str, device: torch.device) -> PassInversion | None:
         """The entry for `key` on `device`, or None (missing, or corrupt: then it is deleted)."""
         path = self._path(key)
         try:
             data = path.read_bytes()
+            payload = data[len(MAGIC) + TAG_BYTES :]
+            if data[: len(MAGIC)] != MAGIC or not hmac.compare_digest(data[len(MAGIC) : len(MAGIC) + TAG_BYTES],
+                                                                      _tag(self._secret, key, payload)):
+                raise ValueError("not an entry of this cache, or altered")
+            metadata = _metadata(payload)
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"format {metadata.get('format')!r}")
+            tensors = load_tensors(payload)
+            channels_last = set(json.loads(metadata.get("channels_last", "[]")))
+            inversion = _unflatten({name: _on(tensor, device, name in channels_last) for name, tensor in tensors.items()})
         except FileNotFoundError:
             return None
-        try:
-            metadata = _metadata(data)
-            tensors = load_tensors(data)
-            if metadata.get("format") != FORMAT or metadata.get("checksum") != _checksum(tensors):
-                raise ValueError("checksum or format mismatch")
-        except Exception as exc:  # truncated, altered or foreign: never use it
-            log.warning("inversion cache entry %s is corrupt (%s): recomputing", path.name, exc)
-            path.unlink(missing_ok=True)
+        except Exception as exc:  # unreadable, truncated, altered, foreign or malformed in any way: never use it
+            log.warning("inversion cache entry %s is unusable (%s): recomputing", path.name, exc)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # e.g. a folder of that name: the recomputed entry cannot replace it either
+                pass
             return None
         try:
             os.utime(path)  # least recently used goes first
         except FileNotFoundError:  # evicted by another engine since it was read: what was read is whole
             pass
-        channels_last = set(json.loads(metadata.get("channels_last", "[]")))
-        for name, tensor in tensors.items():
-            tensor = tensor.to(device)
-            if name in channels_last:
-                tensor = tensor.contiguous(memory_format=torch.channels_last)
-            tensors[name] = tensor
-        return _unflatten(tensors)
+        return inversion
 
     def put(self, key: str, inversion: PassInversion) -> None:
         tensors = _flatten(inversion)
@@ -162,17 +218,18 @@ class InversionCache:
                 tensor = tensor.clone()  # e.g. the last step's source latents are the inverted latents
             storages.add(tensor.untyped_storage().data_ptr())
             cpu[name] = tensor
-        metadata = {"format": FORMAT, "checksum": _checksum(cpu), "channels_last": json.dumps(channels_last)}
-        data = save_tensors(cpu, metadata)
+        payload = save_tensors(cpu, {"format": FORMAT, "channels_last": json.dumps(channels_last)})
+        data = MAGIC + _tag(self._secret, key, payload) + payload
         if len(data) > self.max_bytes:
             return  # larger than the whole cache: keeping it would evict everything else for nothing
         write_atomic(self._path(key), data)  # readable by every engine sharing the folder, never torn
         self.evict()
 
     def evict(self) -> None:
-        """Delete least recently used entries until the folder is under the cap."""
+        """Delete least recently used entries until the folder is under the cap; only files named as
+        entries count and go."""
         entries = []
-        for path in self.folder.glob("*.safetensors"):
+        for path in self.folder.glob(f"{ENTRY_PREFIX}*{ENTRY_SUFFIX}"):
             try:
                 stat = path.stat()
             except FileNotFoundError:  # another engine evicted it meanwhile

@@ -90,6 +90,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """A CURVE client key pair in zmq.auth's certificate format (SPEC.md §1.1), private from the start."""
+    import os
+
+    import zmq.auth
+
+    from videograin.protocol import wire
+
+    folder = Path(args.folder).expanduser()
+    public, secret = folder / f"{args.name}.key", folder / f"{args.name}.key_secret"
+    if public.exists() or secret.exists():
+        raise VideograinError(f"'{public}' or '{secret}' exists: choose another name", code="bad_config")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    umask = os.umask(0o077)  # the certificate writer opens its files with the process's umask
+    try:
+        zmq.auth.create_certificates(folder, args.name)
+    finally:
+        os.umask(umask)
+    print(f"wrote {secret} (secret: keep it to yourself) and {public}: add {public.name} to the engine's "
+          f"--curve-clients folder")
+    if args.connection_file:
+        try:
+            info = wire.read_connection_file(args.connection_file)
+        except wire.ProtocolError as exc:
+            raise VideograinError(str(exc), code="bad_config") from None
+        if not isinstance(info.get("curve"), dict) or "server_key" not in info["curve"]:
+            raise VideograinError(f"'{args.connection_file}' is not a CURVE engine's connection file "
+                                  "(start the engine with --curve or --allow-remote)", code="bad_config")
+        client_public, client_secret = zmq.auth.load_certificate(secret)
+        info["curve"] = {"server_key": info["curve"]["server_key"], "public_key": client_public.decode(),
+                         "secret_key": client_secret.decode()}
+        mine = folder / f"{args.name}.json"
+        wire.write_private_json(mine, info)
+        print(f"wrote {mine}: the engine's connection file with this key pair, for `--engine` or the add-on")
+    return 0
+
+
 def _report(out: Path, summary: dict) -> None:
     print(f"wrote {out}/frames, {out}/preview.mp4, {out}/contact_sheet.png, {out}/result.json")
     from videograin.engine.metrics.leakage import describe_leakage
@@ -146,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tiny: SD-1.5's layout (the paper's model); wan-tiny: Wan 2.1's (a video transformer)")
     demo.set_defaults(run=cmd_demo)
 
+    keys = sub.add_parser("keys", help="make a CURVE client key pair for an engine's allow-list (SPEC.md §1.1)")
+    keys.add_argument("name", help="the pair's name: NAME.key (public, for the engine) and NAME.key_secret (0600)")
+    keys.add_argument("--folder", default=str(Path.home() / ".videograin" / "keys"),
+                      help="where to write them (default ~/.videograin/keys, made 0700)")
+    keys.add_argument("--connection-file", metavar="ENGINE_JSON",
+                      help="also write NAME.json: this CURVE engine's connection file with the new pair in it")
+    keys.set_defaults(run=cmd_keys)
+
     check = sub.add_parser("check", help="validate a job in seconds, without model weights, and picture its layout")
     check.add_argument("job", help="job file (YAML)")
     check.add_argument("--out", help="folder for layout.png and check.json (new, empty, or a previous check's)")
@@ -155,7 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the engine server (protocol v1, see protocol/SPEC.md)")
     serve.add_argument("--bind", default="tcp://127.0.0.1:0", help="tcp://127.0.0.1:PORT (0: any free port) or ipc://PATH")
-    serve.add_argument("--allow-remote", action="store_true", help="allow a non-loopback bind address")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a non-loopback bind address (CurveZMQ then secures the connections: --curve)")
+    serve.add_argument("--curve", action="store_true",
+                       help="authenticate and encrypt with CurveZMQ on any address (SPEC.md §1.1); on by --allow-remote")
+    serve.add_argument("--curve-clients", metavar="DIR",
+                       help="CURVE allow-list: client public keys (`videograin keys` makes them), beside the "
+                            "connection file's own; read again when the folder changes")
+    serve.add_argument("--max-connections", type=int, default=Limits.max_connections,
+                       help="peers served at once; one more gets `busy`")
     serve.add_argument("--connection-file", default=str(DEFAULT_CONNECTION_FILE),
                        help="where clients find the engine (default ~/.videograin/engine.json)")
     serve.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -44,6 +44,12 @@ class EngineClient:
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # CURVE mode: ZeroMQ reports a refused key only as a socket event, watched here for a clear error.
+        self._handshakes: zmq.Socket | None = None
+        if info.get("curve") is not None:
+            _use_curve(self._socket, info["curve"])
+            self._curve_key = info["curve"]["public_key"]
+            self._handshakes = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._socket.connect(self.address)
         self._limits = Limits()
         self._pending: list[Message] = []
@@ -58,7 +64,7 @@ class EngineClient:
     # -- low level ---------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], parts: list | tuple = ()) -> str:
-        header = {"id": wire.new_id(), **header}
+        header = {"id": wire.new_id(), "ts": wire.timestamp_ms(), **header}
         self._socket.send_multipart(wire.pack(self._key, header, parts, self._part_mac), copy=False)
         self._last_sent = time.monotonic()
         return header["id"]
@@ -86,6 +92,10 @@ class EngineClient:
                     raise EngineError(message.header.get("code", "internal"), message.header.get("message", ""))
                 return message
             self._keep(message)
+        if self._handshakes is not None and self._handshakes.poll(0):
+            raise EngineError("refused", f"the engine at {self.address} refused this client's CURVE key "
+                                         f"{self._curve_key}: ask its operator to allow it "
+                                         "(SPEC.md §1.1)")
         raise EngineError("no_engine", f"no answer from the engine at {self.address} within {timeout_s:g} s; is it running?")
 
     # -- requests ----------------------------------------------------------------------------
@@ -240,6 +250,9 @@ class EngineClient:
         raise EngineError("timeout", f"job {job} did not finish within {timeout_s:g} s")
 
     def close(self) -> None:
+        if self._handshakes is not None:
+            self._socket.disable_monitor()
+            self._handshakes.close(linger=0)
         self._socket.close(linger=0)
 
     # -- following streams -------------------------------------------------------------------
@@ -323,6 +336,19 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise EngineError("no_engine", f"engine not running (stale connection file of pid {pid}): start the engine "
                                        f"again, which replaces '{path}'")
     return info
+
+
+def _use_curve(socket: zmq.Socket, keys: Any) -> None:
+    """Make the socket a CURVE client with the connection file's keys (SPEC.md §1.1)."""
+    if not zmq.has("curve"):
+        raise EngineError("no_engine", "the engine speaks CURVE, which this pyzmq's libzmq lacks: install a pyzmq wheel")
+    try:
+        socket.curve_serverkey = keys["server_key"].encode()
+        socket.curve_publickey = keys["public_key"].encode()
+        socket.curve_secretkey = keys["secret_key"].encode()
+    except (TypeError, KeyError, AttributeError, zmq.ZMQError) as exc:
+        raise EngineError("no_engine", "the connection file's 'curve' needs server_key, public_key and secret_key, "
+                                       f"each 40 Z85 characters ({type(exc).__name__}: {exc})") from None
 
 
 def _shared_part_mac(schemes: Any) -> str | None:

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ except ImportError:  # a plug-in shipped without the wheel still speaks full-mes
 VERSION = 1
 MAX_ID_CHARS = 64
 DEFAULT_CONNECTION_FILE = Path.home() / ".videograin" / "engine.json"
+FRESHNESS_WINDOW_MS = 60_000  # a request's `ts` may be this far from the engine's clock (SPEC.md §2.5)
+MAX_PID = 2**31  # pid_t is a signed 32-bit integer (Windows process ids are 32-bit too)
 
 GMAC = "gmac-aes256"
 PART_MACS: tuple[str, ...] = (GMAC,) if AESGCM is not None else ()
@@ -58,6 +61,7 @@ class Limits:
     max_width: int = 4096
     max_height: int = 4096
     max_queue: int = 16
+    max_connections: int = 64  # peers served at once; one more gets `busy` (SPEC.md §5)
     max_parts: int = 0  # 0: derived from max_frames
     max_header_bytes: int = 0  # 0: derived from max_parts
 
@@ -85,6 +89,11 @@ def new_key() -> str:
 
 def new_id() -> str:
     return secrets.token_hex(8)
+
+
+def timestamp_ms() -> int:
+    """A request's `ts` (SPEC.md §2.5): milliseconds since the Unix epoch, now."""
+    return time.time_ns() // 1_000_000
 
 
 def sign(key: bytes, frames: list) -> bytes:
@@ -292,15 +301,37 @@ def decode_raw(descriptor: Any, parts: list, limits: Limits) -> np.ndarray:
 
 # -- connection files (SPEC.md §1) ---------------------------------------------------------------
 
-def write_connection_file(path: Path, address: str, key: str) -> None:
-    """Write the connection file with mode 0600 from the start (never readable by others)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"address": address, "key": key, "signature_scheme": "hmac-sha256", "part_macs": list(PART_MACS),
-                   "protocol": VERSION, "pid": os.getpid(), "host": socket.gethostname()}, handle)
-    os.replace(tmp, path)
+def write_connection_file(path: Path, address: str, key: str, curve: dict[str, str] | None = None) -> None:
+    """Write the engine's connection file (SPEC.md §1). `curve`: the CURVE keys (§1.1) of an engine that
+    speaks it."""
+    info = {"address": address, "key": key, "signature_scheme": "hmac-sha256", "part_macs": list(PART_MACS),
+            "protocol": VERSION, "pid": os.getpid(), "host": socket.gethostname()}
+    if curve is not None:
+        info["curve"] = curve
+    write_private_json(path, info)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON with mode 0600 from the start (never readable by others): under a fresh random name,
+    opened with O_EXCL and O_NOFOLLOW (nothing planted there is written through), then renamed over
+    `path`. A folder made for it is 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(8):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o600)
+        except FileExistsError:  # taken (or planted): another random name
+            continue
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    raise OSError(f"no free temporary name beside '{path}'")
 
 
 def read_connection_file(path: str | Path) -> dict[str, Any]:
@@ -323,7 +354,7 @@ def stale_pid(info: dict[str, Any]) -> int | None:
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid runs on this machine (a zombie does not count)."""
-    if pid <= 0:
+    if not 0 < pid < MAX_PID:  # no system numbers processes beyond this: os.kill would overflow
         return False
     if os.name == "nt":
         return _windows_pid_alive(pid)

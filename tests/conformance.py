@@ -26,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 GMAC = "gmac-aes256"
 
 
+def now_ms() -> int:
+    """A request's `ts`: milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
 class RawPeer:
     """A DEALER that signs as SPEC.md §2 says: whole-message HMAC, or (`part_mac`) HMAC over the header
     plus one GMAC tag per part. It keeps its own heartbeat in `recv` (SPEC.md §4)."""
@@ -36,6 +41,10 @@ class RawPeer:
         self.heartbeat_s = heartbeat_s
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if info.get("curve"):  # CURVE mode (SPEC.md §1.1): the client's keys and the engine's public key
+            self.socket.curve_serverkey = info["curve"]["server_key"].encode()
+            self.socket.curve_publickey = info["curve"]["public_key"].encode()
+            self.socket.curve_secretkey = info["curve"]["secret_key"].encode()
         self.socket.connect(info["address"])
         self.last_sent = time.monotonic()
         self.heartbeats: set[str] = set()
@@ -52,7 +61,9 @@ class RawPeer:
         self.last_sent = time.monotonic()
 
     def body(self, header: dict, parts: list[bytes] = ()) -> list[bytes]:
-        """Frames after the signature; with part MACs, the header lists a tag per part."""
+        """Frames after the signature; with part MACs, the header lists a tag per part. A request is
+        stamped with its `ts` (SPEC.md §2.5) unless it names one."""
+        header = {"ts": now_ms(), **header}
         if self.part_mac and parts:
             nonce = os.urandom(16)
             header = {**header, "part_mac": {"scheme": GMAC, "nonce": nonce.hex(), "tags": self.tags(nonce, parts)}}

@@ -30,8 +30,10 @@ def test_edit_bench_on_the_tiny_model(tmp_path):
 def test_stream_bench(tmp_path):
     report, _ = _bench(tmp_path, "--stream", "--stream-frames", "5")
     assert report["frame_bytes"] == 1920 * 1080 * 3
-    for key in ("memcpy_frames_per_s", "tcp_signed_frames_per_s", "ipc_signed_frames_per_s"):
+    for key in ("memcpy_frames_per_s", "tcp_signed_frames_per_s", "ipc_signed_frames_per_s",
+                "curve_signed_frames_per_s", "curve_unsigned_frames_per_s", "curve_hmac_frames_per_s"):
         assert report[key] > 0
+    assert report["curve_signed_over_tcp_signed"] == report["curve_signed_frames_per_s"] / report["tcp_signed_frames_per_s"]
 
 
 def test_features_bench_reports_the_cost_of_the_reference_features(tmp_path):

@@ -93,7 +93,7 @@ def test_every_input_of_inversion_misses(change, small_job, tiny_pipe, tmp_path)
 def test_a_corrupt_entry_is_recomputed_never_used(small_job, tiny_pipe, tmp_path):
     cache = InversionCache(tmp_path / "cache")
     first = edit_clip(small_job, tiny_pipe, cache=cache).frames
-    (entry,) = cache.folder.glob("*.safetensors")
+    (entry,) = cache.folder.glob("*.vginv")
     data = entry.read_bytes()
     entry.write_bytes(data[: len(data) // 2])  # truncated
     again = edit_clip(small_job, tiny_pipe, cache=cache)
@@ -127,7 +127,7 @@ def test_the_size_cap_evicts_the_least_recently_used(tmp_path):
         os.utime(cache._path(f"entry{n}"), (time.time() - 100 + n, time.time() - 100 + n))  # distinct ages
     assert cache.get("entry0", torch.device("cpu")) is not None  # a hit makes entry0 the most recent
     cache.put("entry3", _inversion(3))
-    assert {p.stem for p in cache.folder.glob("*.safetensors")} == {"entry0", "entry2", "entry3"}
+    assert {p.name for p in cache.folder.glob("*.vginv")} == {cache._path(f"entry{n}").name for n in (0, 2, 3)}
     got = cache.get("entry3", torch.device("cpu"))
     torch.testing.assert_close(got.source[0], _inversion(3).source[0], rtol=0, atol=0)
 
@@ -165,7 +165,99 @@ def test_two_engines_sharing_a_folder_never_corrupt_it(tmp_path):
         out, _ = writer.communicate(timeout=limit(120))
         assert writer.returncode == 0 and "done" in out
     cache = InversionCache(folder, max_bytes=6 * 70_000)
-    entries = list(folder.glob("*.safetensors"))
+    entries = list(folder.glob("*.vginv"))
     assert entries and not list(folder.glob(".*.tmp"))
     for entry in entries:
-        assert cache.get(entry.stem, torch.device("cpu")) is not None  # every entry whole
+        key = entry.name.removeprefix("videograin-").removesuffix(".vginv")
+        assert cache.get(key, torch.device("cpu")) is not None  # every entry whole, under the one shared key
+
+
+# -- the folder as untrusted storage -----------------------------------------------------------------
+
+def test_the_folder_is_private_and_its_key_made_once(tmp_path):
+    cache = InversionCache(tmp_path / "new" / "cache")
+    assert cache.folder.stat().st_mode & 0o777 == 0o700
+    key_file = cache.folder / "videograin-cache.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    cache.put("a", _inversion(0))
+    again = InversionCache(cache.folder)  # another engine on the same folder: the same key, a hit
+    assert again.get("a", torch.device("cpu")) is not None and key_file.read_text() == cache._secret.hex()
+
+
+def _entry_back(cache: InversionCache, key: str):
+    return cache.get(key, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("spoil", ["tensor", "metadata", "magic", "garbage", "empty", "plain-safetensors",
+                                   "renamed", "other-folder", "folder"])
+def test_a_tampered_malformed_or_alien_entry_is_dropped(tmp_path, spoil):
+    from safetensors.torch import save
+
+    cache = InversionCache(tmp_path / "cache")
+    cache.put("a", _inversion(0))
+    path = cache._path("a")
+    data = bytearray(path.read_bytes())
+    if spoil == "tensor":
+        data[-5] ^= 0x01
+    elif spoil == "metadata":  # a format word changed: the tag covers the header as well as the tensors
+        at = data.index(b"videograin-inversion-2")
+        data[at : at + 22] = b"videograin-inversion-3"
+    elif spoil == "magic":
+        data[0] ^= 0x01
+    elif spoil == "garbage":
+        data = bytearray(os.urandom(200))
+    elif spoil == "empty":
+        data = bytearray()
+    elif spoil == "plain-safetensors":  # a well-formed tensor file without this cache's tag
+        data = bytearray(save({"latents": torch.zeros(4)}, {"format": "videograin-inversion-2"}))
+    elif spoil == "renamed":  # a genuine entry of another key put in a's place
+        cache.put("b", _inversion(1))
+        data = bytearray(cache._path("b").read_bytes())
+    elif spoil == "other-folder":  # made by a cache with another secret
+        other = InversionCache(tmp_path / "other")
+        other.put("a", _inversion(0))
+        data = bytearray(other._path("a").read_bytes())
+    if spoil == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_bytes(bytes(data))
+    assert _entry_back(cache, "a") is None  # never used, whatever is wrong
+    if spoil != "folder":
+        assert not path.exists()  # dropped, so the recompute replaces it
+        cache.put("a", _inversion(0))
+        assert torch.equal(_entry_back(cache, "a").latents, _inversion(0).latents)
+
+
+def test_a_malformed_entry_is_recomputed_by_the_edit(small_job, tiny_pipe, tmp_path):
+    cache = InversionCache(tmp_path / "cache")
+    first = edit_clip(small_job, tiny_pipe, cache=cache).frames
+    (entry,) = cache.folder.glob("*.vginv")
+    entry.write_bytes(b"VGINV2\n" + b"\xff" * 40)  # the magic, then nothing readable: raises while read
+    again = edit_clip(small_job, tiny_pipe, cache=cache)
+    assert again.cached_passes == 0
+    np.testing.assert_array_equal(again.frames, first)
+    assert edit_clip(small_job, tiny_pipe, cache=cache).cached_passes == 1
+
+
+def test_a_replaced_key_file_turns_every_entry_into_a_miss(tmp_path):
+    cache = InversionCache(tmp_path / "cache")
+    cache.put("a", _inversion(0))
+    (cache.folder / "videograin-cache.key").write_text("not a key")
+    again = InversionCache(cache.folder)
+    assert again.get("a", torch.device("cpu")) is None
+    assert len((cache.folder / "videograin-cache.key").read_text()) == 64
+
+
+def test_eviction_never_touches_other_programs_files(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    foreign = [folder / "model.safetensors", folder / f"{'ab' * 32}.safetensors", folder / "notes.txt",
+               folder / "videograin-notes.txt"]
+    for path in foreign:
+        path.write_bytes(b"x" * 100_000)
+    cache = InversionCache(folder, max_bytes=2 * 2 * 4096 * 4 + 2 * 1024)  # room for two entries only
+    for n in range(4):
+        cache.put(f"entry{n}", _inversion(n))
+    assert all(path.read_bytes() == b"x" * 100_000 for path in foreign)
+    assert len(list(folder.glob("*.vginv"))) == 2

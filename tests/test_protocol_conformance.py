@@ -15,7 +15,7 @@ import cv2
 import msgpack
 import numpy as np
 import pytest
-from conformance import RawPeer, collect_stream, inline_job, start_engine
+from conformance import RawPeer, collect_stream, inline_job, now_ms, start_engine
 from conftest import limit, wait_for
 
 from videograin.engine import check
@@ -482,7 +482,7 @@ def test_signatures_in_either_hex_case_are_accepted(peer, engine):
     assert peer.recv(timeout=limit(5))[0]["ref"] == "upper"
     header, parts = inline_job(frames=2, steps=2)
     nonce = os.urandom(16)
-    header = {**header, "v": 1, "id": "upper-tags",
+    header = {**header, "v": 1, "id": "upper-tags", "ts": now_ms(),
               "part_mac": {"scheme": "gmac-aes256", "nonce": nonce.hex().upper(),
                            "tags": [t.upper() for t in peer.tags(nonce, parts)]}}
     body = [msgpack.packb(header), *parts]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from conformance import RawPeer, start_engine
+from conformance import RawPeer, now_ms, start_engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,6 +52,7 @@ def test_structured_garbage(engine, header, parts):
         header["type"] = "status"  # a valid shutdown would (rightly) stop the engine under test
     if header.get("type") in ("submit", "track"):
         header["inline"] = True  # never let random paths make the engine read this machine's files
+    header.setdefault("ts", now_ms())  # fresh (SPEC.md §2.5), so that the request reaches its handler
     reply = _exchange(peer, msgpack.packb(header, use_bin_type=True), parts)
     assert reply["type"] in ("error", "welcome", "pong", "status", "accepted")
     if reply["type"] == "accepted":  # a submit that happened to be valid: do not leave it running

@@ -39,6 +39,7 @@ from videograin.engine.models import RANDOM_MODELS
 from videograin.engine.serving.access import MediaAccess
 from videograin.engine.serving.retention import FrameStore, remove_stale_stores
 from videograin.engine.serving.tracking import inline_track, paths_track, refuse_keyframes
+from videograin.engine.serving.transport import SEND_HWM, Freshness, StreamBudget, raise_fd_limit, start_curve
 from videograin.engine.serving.worker import FINAL_STATES, Job, JobWorker, PipelineSlot
 from videograin.protocol import wire
 from videograin.protocol.wire import Limits, Message, ProtocolError
@@ -71,6 +72,8 @@ class EngineServer:
         other_models: tuple[str, ...] = (),
         max_pixels: int = MediaLimits.max_pixels,
         access: MediaAccess | None = None,
+        curve: bool = False,
+        curve_clients: Path | None = None,
     ) -> None:
         """`worker` makes the worker from the frame store and the stop flag; by default one thread that
         runs jobs with `pipeline_for`'s pipelines (worker.py), else e.g. a pool of Ray actors (ray_pool.py).
@@ -78,7 +81,9 @@ class EngineServer:
         on Ray names its workers' kind as `device`, which this process may not have). `other_models`: what
         a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded.
         `max_pixels` and `limits`' sizes and frames bound what a request may make the engine decode
-        (inputs/limits.py); `access` which paths it may read (access.py; default: any absolute path)."""
+        (inputs/limits.py); `access` which paths it may read (access.py; default: any absolute path).
+        `curve`: speak CurveZMQ (SPEC.md §1.1), letting in the connection file's client key and those in
+        `curve_clients`."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.media_limits = MediaLimits(self.limits.max_width, self.limits.max_height, max_pixels, self.limits.max_frames)
@@ -100,6 +105,13 @@ class EngineServer:
         # parts between max_part_bytes and this get a proper `too_large` reply.
         self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_part_bytes + 2**20)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)  # streams are paced by StreamBudget below this
+        self.authenticator, curve_keys = start_curve(self.context, self.socket, curve_clients) if curve else (None, None)
+        # CURVE refuses replays itself (and a remote client's clock is not ours): HMAC mode checks freshness.
+        self.freshness = None if curve else Freshness()
+        self.budget = StreamBudget()
+        self.waiting_streams: set[str] = set()  # jobs whose next frames wait for room in their peer's queue
+        self.ended_streams: set[str] = set()  # jobs whose stream sent its end to the current peer
         if address.endswith(":0") and address.startswith("tcp://"):
             port = self.socket.bind_to_random_port(address.rsplit(":", 1)[0])
             address = f"{address.rsplit(':', 1)[0]}:{port}"
@@ -129,7 +141,7 @@ class EngineServer:
         # `_on_<type>` method here.
         self.handlers: dict[str, Handler] = {kind: getattr(self, f"_on_{kind}") for kind in wire.REQUESTS}
         if connection_file is not None:
-            wire.write_connection_file(connection_file, self.address, key)
+            wire.write_connection_file(connection_file, self.address, key, curve_keys)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -152,6 +164,8 @@ class EngineServer:
                     self.read_all_at = time.monotonic()
                 self._drain_prepared()
                 self._drain_events()
+                for job_id in list(self.waiting_streams):
+                    self._pump(self.jobs[job_id])
                 self._purge_expired()
         finally:
             self._shut_down()
@@ -164,9 +178,13 @@ class EngineServer:
         ref = None
         try:
             message = wire.unpack(self.key, body, self.limits)
-            self.peers_seen[peer] = time.monotonic()  # any authenticated message shows the peer is there
             ref = message.header.get("id") if isinstance(message.header.get("id"), str) else None
             wire.check_request(message.header)
+            if self.freshness is not None:  # before anything counts: a replay neither acts nor takes a place
+                self.freshness.check(message.header, wire.timestamp_ms())
+            if peer not in self.peers_seen:
+                self._admit(peer)
+            self.peers_seen[peer] = time.monotonic()  # any accepted request shows the peer is there
             self.handlers[message.type](peer, message)
         except Exception as exc:  # the engine must keep serving whatever a request does
             self._refuse(peer, ref, exc)
@@ -207,18 +225,31 @@ class EngineServer:
             except Exception as exc:
                 self._refuse(peer, message.header["id"], exc)
 
-    def _send(self, peer: bytes, header: dict[str, Any], parts: list | tuple = ()) -> None:
+    def _admit(self, peer: bytes) -> None:
+        """A new peer is served while fewer than max_connections are present (SPEC.md §5)."""
+        now = time.monotonic()
+        streaming = {job.peer for job in self.jobs.values() if job.id not in self.ended_streams}  # a stream not yet ended
+        present = sum(1 for p, seen in self.peers_seen.items() if now - seen <= 3 * self.heartbeat_s or p in streaming)
+        if present >= self.limits.max_connections:
+            raise ProtocolError("busy", f"the engine serves {self.limits.max_connections} connections, its limit; "
+                                        "try again later")
+
+    def _send(self, peer: bytes, header: dict[str, Any], parts: list | tuple = (), budget: bool = False) -> None:
+        """Send one message; with `budget`, what ZeroMQ holds of it counts against the peer's stream budget."""
         header = {"id": wire.new_id(), **header}
         try:
             frames = wire.pack(self.key, header, parts, self.peer_part_mac.get(peer))
-            self.socket.send_multipart([peer, *frames], copy=False)
+            tracker = self.socket.send_multipart([peer, *frames], copy=False, track=budget)
         except zmq.ZMQError as exc:
             log.warning("could not send %s to %s: %s", header.get("type"), peer.hex(), exc)
+            return
+        if budget:
+            self.budget.sent(peer, tracker, sum(len(part) for part in parts))
 
     def _reply(self, peer: bytes, request: Message, fields: dict[str, Any], parts: list | tuple = ()) -> None:
         self._send(peer, {"ref": request.header["id"], **fields}, parts)
 
-    def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = ()) -> None:
+    def _stream(self, job: Job, header: dict[str, Any], parts: list | tuple = (), budget: bool = False) -> None:
         """Send one message of the job's stream. A peer silent past 3 heartbeats detaches the stream
         (SPEC.md §4): nothing more of it goes out, `done` included, until a peer attaches. Silence runs
         from its last authenticated message to the last time the loop had read everything sent to it."""
@@ -229,7 +260,29 @@ class EngineServer:
             log.info("peer %s went silent: the stream of %s waits for an attach", job.peer.hex(), job.id)
             job.peer = None
             return
-        self._send(job.peer, header, parts)
+        self._send(job.peer, header, parts, budget)
+
+    def _pump(self, job: Job, fresh: tuple[int, np.ndarray] | None = None) -> None:
+        """Send the ready frames the job's peer lacks, in order, while its stream budget has room (the
+        rest wait on disk for a later turn of the loop); once every frame is out, the attention maps and
+        the stream's end. `fresh`: a frame just made, sent without reading it back. After a cancel's reply
+        the stream carries only its end (SPEC.md §3.7): what the job made stays for an `attach`, which
+        replays it."""
+        quiet = job.cancel.is_set() and not job.replay
+        while not quiet and job.peer is not None and job.stream_from < job.frames_ready:
+            if not self.budget.room(job.peer):
+                self.waiting_streams.add(job.id)
+                return
+            index = job.stream_from
+            image = fresh[1] if fresh is not None and fresh[0] == index else self.store.get(job.id, index)
+            self._stream(job, *self._frame_message(job, index, image), budget=True)
+            job.stream_from = index + 1
+        self.waiting_streams.discard(job.id)
+        if job.peer is not None and job.final is not None and job.id not in self.ended_streams:
+            self.ended_streams.add(job.id)
+            for message in [] if quiet else job.attention:
+                self._stream(job, *message)
+            self._stream(job, job.final)
 
     # -- requests (wire.REQUESTS) ------------------------------------------------------------
 
@@ -260,21 +313,18 @@ class EngineServer:
             self._end(job, "cancelled", {"type": "error", "job": job.id, "code": "cancelled", "message": "the job was cancelled"})
         self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
         if dropped:  # the reply first: a client waiting for it has not read past the stream's end
-            self._stream(job, job.final)
+            self._pump(job)
 
     def _on_attach(self, peer: bytes, message: Message) -> None:
         h = message.header
         job = self._job(h["job"])
         if not 0 <= h["from_frame"] <= job.frames:
             raise ProtocolError("bad_header", f"'attach.from_frame' must be from 0 to the job's {job.frames} frames, got {h['from_frame']}")
-        job.peer, job.stream_from = peer, h["from_frame"]
+        # One stream per job: an attach moves it (and its place) to this peer, whatever was under way.
+        job.peer, job.stream_from, job.replay = peer, h["from_frame"], job.cancel.is_set()
+        self.ended_streams.discard(job.id)
         self._reply(peer, message, {"type": "status", "jobs": [self._describe(job)]})
-        for index in range(job.stream_from, job.frames_ready):
-            self._stream(job, *self._frame_message(job, index, self.store.get(job.id, index)))
-        if job.final is not None:
-            for message in job.attention:
-                self._stream(job, *message)
-            self._stream(job, job.final)
+        self._pump(job)
 
     def _on_shutdown(self, peer: bytes, message: Message) -> None:
         self._reply(peer, message, {"type": "bye"})
@@ -499,14 +549,11 @@ class EngineServer:
             elif kind == "frame":
                 index, image = payload
                 job.frames_ready = index + 1  # stored already, so `attach` may read it from now on
-                if index >= job.stream_from and not cancelled:
-                    self._stream(job, *self._frame_message(job, index, image))
-            elif kind == "attention":
-                phrase, overlays = payload
-                message = self._attention_message(job, phrase, overlays)
-                job.attention.append(message)
                 if not cancelled:
-                    self._stream(job, *message)
+                    self._pump(job, (index, image))
+            elif kind == "attention":  # sent with the stream's end, after the last frame
+                phrase, overlays = payload
+                job.attention.append(self._attention_message(job, phrase, overlays))
             elif kind == "done":
                 self._finish(job, "done", {"type": "done", "job": job.id, **payload})
             else:
@@ -542,7 +589,7 @@ class EngineServer:
 
     def _finish(self, job: Job, state: str, final: dict[str, Any]) -> None:
         self._end(job, state, final)
-        self._stream(job, final)
+        self._pump(job)
 
     def _end(self, job: Job, state: str, final: dict[str, Any]) -> None:
         job.state, job.finished_at, job.edit, job.track = state, time.monotonic(), None, None
@@ -554,6 +601,8 @@ class EngineServer:
 
     def _forget(self, job_id: str) -> None:
         del self.jobs[job_id]
+        self.waiting_streams.discard(job_id)
+        self.ended_streams.discard(job_id)
         self.store.drop(job_id)
 
     def _purge_expired(self) -> None:
@@ -580,6 +629,8 @@ class EngineServer:
             self.connection_file.unlink(missing_ok=True)
         self.store.close()
         self.socket.close(linger=200)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
         log.info("engine stopped")
 
@@ -628,7 +679,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from videograin.engine.models import resolve_device
 
     check_bind(args.bind, args.allow_remote)
-    limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes)
+    raise_fd_limit()  # each peer holds a descriptor
+    limits = Limits(max_frames=args.max_frames, max_part_bytes=args.max_part_bytes,
+                    max_connections=args.max_connections)
     access = MediaAccess.for_engine(args.media_root, args.allow_remote)
     cache, pool = cache_from_args(args), None
     if args.ray is None:
@@ -647,6 +700,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
         check_device=check_device, other_models=tuple(args.allow_model),
         max_pixels=args.max_pixels or MediaLimits.max_pixels, access=access,
+        curve=args.curve or args.allow_remote,
+        curve_clients=Path(args.curve_clients).expanduser() if args.curve_clients else None,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())

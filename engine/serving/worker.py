@@ -58,6 +58,9 @@ class Job:
     error: str | None = None
     finished_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # An `attach` after the cancel: its stream replays what the job kept (a live stream carries only its
+    # end after a cancel's reply, SPEC.md §3.7).
+    replay: bool = False
     # "edit", or "track": a tracking job, whose input is `track` (then `edit` is None), dropped once the
     # job ends as `edit` is. Its "frames" are each frame's mattes, (K, H, W) uint8 0/255, stored and
     # attachable as edited frames are.
