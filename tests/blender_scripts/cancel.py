@@ -24,7 +24,7 @@ assert bpy.ops.videograin.edit() == {"FINISHED"}
 assert (folder / "videograin_results").is_dir()  # the edit's staging folder is in there
 tick_until(lambda: vg.phase in ("invert", "edit"))
 assert bpy.ops.videograin.cancel() == {"FINISHED"}
-run_until_done(limit_s=30)
+run_until_done()
 assert not vg.running and vg.status == "Cancelled" and vg.error == "", (vg.status, vg.error)
 assert strip_summary(scene) == before
 assert not (folder / "videograin_results").exists(), list((folder / "videograin_results").iterdir())

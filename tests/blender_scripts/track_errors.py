@@ -92,14 +92,14 @@ blocker = blocker_client.submit(settings, list(frames), [[np.full((HEIGHT, WIDTH
 region.matte_source, region.image = "IMAGE", painted
 summary, folders = strip_summary(scene), sorted(results.iterdir())
 assert track() == {"FINISHED"} and vg.running
-tick_until(lambda: vg.phase == "queued" and runs.shot_of(source["videograin_key"]).session.job, limit_s=30)
+tick_until(lambda: vg.phase == "queued" and runs.shot_of(source["videograin_key"]).session.job)
 assert bpy.ops.videograin.cancel() == {"FINISHED"}
-run_until_done(limit_s=30)
+run_until_done()
 assert not vg.running and vg.status == "Cancelled" and vg.error == "", (vg.status, vg.error)
 assert strip_summary(scene) == summary and sorted(results.iterdir()) == folders
 blocker_client.cancel(blocker)
 try:
-    list(blocker_client.events(blocker, timeout_s=limit(60)))
+    list(blocker_client.events(blocker, timeout_s=limit(300)))  # a cancel lands at the next step: slow when loaded
 except EngineError as exc:
     assert exc.code == "cancelled"
 blocker_client.close()
