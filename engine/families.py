@@ -81,7 +81,10 @@ def _model_index(model: str) -> dict | None:
 def capabilities(model: str) -> dict:
     """What a model's family accepts, for the protocol's `welcome`: its family, whether it is VACE (control
     maps), the clip lengths it takes as they are (others are padded) and the working-size multiple."""
-    family = model_family(model)
+    try:
+        family = model_family(model)
+    except ModelUnavailableError:  # the engine says so when it loads the model; a hello still gets an answer
+        return {"name": "unknown", "vace": False, "frames": "any", "size_multiple": 8}
     return {"name": family.name, "vace": family.vace, "frames": "4k+1" if family.name == WAN else "any",
             "size_multiple": family.size_multiple}
 

@@ -31,7 +31,7 @@ from videograin.engine.cache import InversionCache, cache_from_args
 from videograin.engine.check import check_job
 from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
 from videograin.engine.errors import JobError, VideograinError, excerpt
-from videograin.engine.families import capabilities
+from videograin.engine.families import capabilities, family_warnings, model_family
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, load_job_mapping, validate_job
 from videograin.engine.inputs.limits import MediaLimits, PixelBudget, encoded_size
 from videograin.engine.inputs.media import decode_png, encode_png
@@ -414,6 +414,9 @@ class EngineServer:
         else:
             refuse_keyframes(parse_settings(settings))  # before any media is read
             edit = load_job_mapping(settings, Path("/"), limits=self.media_limits, locate=self.access.locate)
+        # What the model's family refuses (a ControlNet on Wan, a size off its multiple) is refused here,
+        # before the job queues; what it only ignores is said by `check`.
+        family_warnings(edit.settings, model_family(edit.settings.model), len(edit.frames))
         return edit
 
     def _refuse_other_models(self, settings: dict[str, Any]) -> None:
