@@ -239,7 +239,8 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         if ids == list(range(count)):
             return None
         shape = torch.empty(1, 1, count, height, width, device="meta")  # the rope reads only the shape
-        return tuple(f.unflatten(1, (count, -1))[:, ids].flatten(1, 2) for f in self.transformer.rope(shape))
+        device = self._execution_device  # the rope's tables stay on the CPU while the model is offloaded
+        return tuple(f.unflatten(1, (count, -1))[:, ids].flatten(1, 2).to(device) for f in self.transformer.rope(shape))
 
     # -- the edit --------------------------------------------------------------------------------
 
