@@ -15,7 +15,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 import yaml
@@ -125,6 +124,11 @@ def test_a_variable_frame_rate_clip_is_reported_and_read_in_order(tmp_path):
     assert info.variable_rate and info.frames == 10
     for k, frame in zip([3, 7, 9], read_sequence(path, [3, 7, 9], "source"), strict=True):
         assert_frame(frame, k)
+    # A phone's jitter of a millisecond here and there keeps every frame on the 25 fps grid: constant.
+    jittered = tmp_path / "phone.mp4"
+    encode(jittered, 10, "libx264", "yuv420p", options={"crf": "12"},
+           times_ms=[0, 40, 81, 120, 160, 199, 240, 281, 320, 360])
+    assert not probe_video(jittered).variable_rate
 
 
 def test_an_mxf_dnxhr_clip_counts_from_its_index(tmp_path):

@@ -178,6 +178,9 @@ def _probe(path: str, size: int, mtime_ns: int, what: str) -> VideoInfo:
         base = Fraction(stream.base_rate or rate)
         rotation = round(first.rotation / 90) % 4 * 90
         frames = _indexed_frames(container, stream)
+        variable = _off_the_grid(stream)
+        if variable is None:  # no index of every frame's time: the average rate against the stream's base rate
+            variable = bool(rate and base and abs(rate / base - 1) > Fraction(1, 100))
         timecode = stream.metadata.get("timecode") or container.metadata.get("timecode") or next(
             (s.metadata["timecode"] for s in container.streams if "timecode" in s.metadata), None
         )
@@ -195,7 +198,7 @@ def _probe(path: str, size: int, mtime_ns: int, what: str) -> VideoInfo:
         height,
         rotation,
         _timecode_frame(timecode, rate) if timecode else 0,
-        bool(rate and base and abs(rate / base - 1) > Fraction(1, 100)),
+        variable,
         first.format.name,
         time_base,
         start_pts,
@@ -211,6 +214,20 @@ def _indexed_frames(container, stream) -> int | None:
     if container.format.name == "mxf" and stream.duration and stream.time_base == edit_unit:
         return stream.duration
     return None
+
+
+def _off_the_grid(stream) -> bool | None:
+    """Whether a frame's time lies more than half a frame off the grid of the usual frame duration (then
+    frame numbers and times do not map by a rate), from an index of every frame's time (QuickTime/MP4);
+    None without one. Jitter of a timestamp unit, as phones write, stays on the grid."""
+    entries = stream.index_entries
+    if len(entries) < 3 or len(entries) != stream.frames:
+        return None
+    times = np.array([entry.timestamp for entry in entries], np.float64)
+    step = float(np.median(np.diff(times)))
+    if step <= 0:
+        return None
+    return bool(np.abs(times - (times[0] + step * np.arange(len(times)))).max() > step / 2)
 
 
 def _timecode_frame(timecode: str, rate: Fraction) -> int:
