@@ -17,7 +17,7 @@ from videograin.engine.demo import DEMO_PROMPT, synthetic_clip
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.inputs.media import write_png
-from videograin.engine.method import pipeline as pipeline_module
+from videograin.engine.method.families.sd15 import pipeline as pipeline_module
 from videograin.engine.method.layout import BACKGROUND_BIT, region_bit
 from videograin.engine.runner import edit_clip
 

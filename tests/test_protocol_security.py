@@ -4,7 +4,6 @@ fresh requests in HMAC mode, the connection cap, paced streams, private connecti
 from __future__ import annotations
 
 import json
-import os
 import resource
 import socket
 import threading

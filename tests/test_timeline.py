@@ -25,16 +25,15 @@ import pytest
 import yaml
 
 otio = pytest.importorskip("opentimelineio")
-from opentimelineio.opentime import RationalTime, TimeRange  # noqa: E402
-
 from conformance import interruptible  # noqa: E402
 from conftest import limit, wait_for  # noqa: E402
+from opentimelineio.opentime import RationalTime, TimeRange  # noqa: E402
 from test_media import assert_frame, encode  # noqa: E402  (PyAV-made camera media)
 
 from videograin.engine.cli import main  # noqa: E402
 from videograin.engine.demo import DEMO_PROMPT, synthetic_clip  # noqa: E402
-from videograin.engine.inputs.media import list_frames, probe_video, read_sequence, write_png  # noqa: E402
 from videograin.engine.errors import JobError  # noqa: E402
+from videograin.engine.inputs.media import list_frames, probe_video, read_sequence, write_png  # noqa: E402
 from videograin.engine.timeline.command import plan  # noqa: E402
 from videograin.engine.timeline.shots import marked_job  # noqa: E402
 from videograin.protocol.client import EngineClient  # noqa: E402
