@@ -547,8 +547,7 @@ def format_report(report: CheckReport) -> str:
         area = region["area"]
         lines.append(f"            {k + 1:<2} {region['phrase'][:17]:<17} {_tokens(region['tokens']):<14} "
                      f"{100 * area['min']:5.1f} {100 * area['mean']:5.1f} {100 * area['max']:5.1f}   "
-                     f"{', '.join(region['cells']) or 'none'}"
-                     + (f"; vanishes at {', '.join(region['vanishes'])}" if region["vanishes"] else ""))
+                     f"{_cells(region, clip['frames'])}")
     background = summary["background"]
     what = "a region of its own" if background["is_region"] else "no region: kept from the source when blend is on"
     lines.append(f"background  {background['phrase'] or 'no phrase'} ({_tokens(background['tokens'])}): {what}; "
@@ -559,6 +558,17 @@ def format_report(report: CheckReport) -> str:
                      f"frames; area rules: region {j + 1} wins over region {i + 1} on {overlap['area_pixels']} px")
     lines.append(f"estimate    {summary['estimate']['text']}")
     return "\n".join(lines)
+
+
+def _cells(region: dict[str, Any], frames: int) -> str:
+    """The resolutions where a region has cells on every frame it is painted on, on some of them only, and
+    on none, each resolution named once: '16x16, 8x8; 4x4 on 5 of 8 frames; none at 2x2'."""
+    lost, painted = region["vanishes"], frames - len(region["empty_frames"])
+    parts = [", ".join(size for size in region["cells"] if size not in lost)]
+    parts += [f"{size} on {painted - len(lost[size])} of {painted} frames" for size in region["cells"] if size in lost]
+    nowhere = [size for size in lost if size not in region["cells"]]
+    parts.append(f"none at {', '.join(nowhere)}" if nowhere else "")
+    return "; ".join(part for part in parts if part) or "none"
 
 
 def _size(size: list[int]) -> str:

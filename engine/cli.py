@@ -64,9 +64,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _report(out: Path, summary: dict) -> None:
     print(f"wrote {out}/frames, {out}/preview.mp4, {out}/contact_sheet.png, {out}/result.json")
-    if summary["leakage"]:
-        shares = ", ".join(f"{phrase}: {share:.3f}" for phrase, share in summary["leakage"].items())
-        print(f"cross-attention leakage (share of each phrase's attention outside its region): {shares}")
+    from videograin.engine.metrics.leakage import describe_leakage
+
+    for line in describe_leakage(summary["leakage"], summary.get("leakage_whole_run")):
+        print(line)
     if summary.get("warp_error") is not None:
         print(f"warp error (×10³, under the source's flow): {summary['warp_error']:.4g}")
     if summary.get("inversion_cached"):

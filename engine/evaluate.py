@@ -5,7 +5,8 @@ Reads a results folder (`frames/` and `result.json`, as `videograin edit` writes
   working size, with the job's flow settings), or the figure result.json recorded when the source is
   not on this disk;
 - CLIP-T and CLIP-F (metrics/clip_score.py) when a CLIP model folder or hub id is given;
-- cross-attention leakage per phrase, from result.json.
+- cross-attention leakage per phrase, from result.json: over the modulated steps and levels, and over
+  the whole run (metrics/leakage.py).
 With `--against`, a second results folder is measured the same way, side by side.
 """
 
@@ -32,7 +33,10 @@ def read_result(folder: Path) -> tuple[dict[str, Any], np.ndarray]:
     if not folder.is_dir():
         raise JobError(f"'{folder}' is not a folder: give the results folder of `videograin edit` (it holds result.json)")
     if not report_path.is_file():
-        raise JobError(f"'{folder}' has no result.json: it is not a videograin results folder")
+        inner = folder / "result"  # where `videograin demo --out FOLDER` writes its results
+        hint = (f": the results are in '{inner}' (`videograin eval {inner}`)" if (inner / "result.json").is_file()
+                else ": it is not a videograin results folder")
+        raise JobError(f"'{folder}' has no result.json{hint}")
     try:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError) as exc:
@@ -71,6 +75,7 @@ def measure(folder: Path, scorer=None) -> dict[str, Any]:
         "warp_error": recomputed if recomputed is not None else report.get("warp_error"),
         "warp_error_from": "source" if recomputed is not None else "result.json",
         "leakage": report.get("leakage"),
+        "leakage_whole_run": report.get("leakage_whole_run"),
         "random_weights": report.get("random_weights", False),
     }
     if scorer is not None:
@@ -82,8 +87,9 @@ def _table(columns: list[dict[str, Any]]) -> str:
     rows = [("result", lambda c: Path(c["result"]).name), ("frames", lambda c: c["frames"]),
             ("warp error (×10³)", lambda c: _number(c["warp_error"])),
             ("CLIP-T", lambda c: _number(c.get("clip_t"))), ("CLIP-F", lambda c: _number(c.get("clip_f")))]
-    phrases = sorted({p for c in columns for p in (c["leakage"] or {})})
-    rows += [(f"leakage '{p}'", lambda c, p=p: _number((c["leakage"] or {}).get(p))) for p in phrases]
+    for key, named in (("leakage", "modulated"), ("leakage_whole_run", "whole run")):
+        phrases = sorted({p for c in columns for p in (c[key] or {})})
+        rows += [(f"leakage '{p}' ({named})", lambda c, p=p, key=key: _number((c[key] or {}).get(p))) for p in phrases]
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  " + "  ".join(f"{str(value(c)):>14}" for c in columns) for name, value in rows]
     if any(c["random_weights"] for c in columns):

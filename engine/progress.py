@@ -11,7 +11,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # What a phase's `step` counts; any other phase (load) is one piece of work, shown without a count.
-UNITS = {"invert": "step", "edit": "step", "encode": "frame", "decode": "frame", "track": "frame"}
+UNITS = {"invert": "step", "edit": "step", "encode": "frame", "decode": "frame", "track": "step"}
+# A track's count runs over every region's frames, both ways for the flow tracker: 32 for two regions of
+# an 8-frame clip, which its bar must not call frames.
+NAMES = {"track": "track (a step: one frame of one region, one way)"}
 # tqdm's own rate and ETA are left out: `ProgressBars` puts its own in the postfix.
 COUNTED_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit}s{postfix}"
 
@@ -76,7 +79,8 @@ class ProgressBars:
 
     def _open(self, event: ProgressEvent, started: float) -> None:
         self._key, self._started, self._first = (event.phase, event.pass_index), started, None
-        name = event.phase if event.passes == 1 else f"{event.phase} (pass {event.pass_index + 1}/{event.passes})"
+        name = NAMES.get(event.phase, event.phase)
+        name = name if event.passes == 1 else f"{name} (pass {event.pass_index + 1}/{event.passes})"
         self._name = f"{name:>7}"
         unit = UNITS.get(event.phase)
         if unit is None:  # one piece of work: no count, no rate

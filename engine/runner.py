@@ -180,7 +180,8 @@ def finish_edit(clip: PreparedClip, result: EditResult) -> EditResult:
     """A whole clip's edit at the working size → its frames at the source size, and the warp error over
     all of them (once, on the merged frames when passes ran apart)."""
     return EditResult(to_source(clip, result.frames), result.leakage, result.cached_passes,
-                      warp_error(result.frames, clip.flow), result.attention_maps)
+                      warp_error(result.frames, clip.flow), result.attention_maps,
+                      leakage_whole_run=result.leakage_whole_run)
 
 
 def source_flow(job: EditJob, frames: np.ndarray, device) -> ClipFlow:
@@ -227,12 +228,14 @@ def write_results(
             if show_plain_maps:
                 rows.append((f"{phrase}: plain", heatmap_overlays(job.frames, plain)))
             rows.append((f"{phrase}: modulated" if show_plain_maps else phrase, overlays))
-        write_png(staging / "contact_sheet.png", contact_sheet(rows, banner=banner))
+        sheet = contact_sheet(rows, banner=banner, heat_legend=bool(result.attention_maps))
+        write_png(staging / "contact_sheet.png", sheet)
         report = {
             "settings": job.settings.to_dict(),
             "frames": len(result.frames),
             "size": list(job.source_size),
             "leakage": result.leakage,
+            "leakage_whole_run": result.leakage_whole_run,
             "warp_error": result.warp_error,
             "inversion_cached": result.cached_passes > 0,
             "random_weights": random_weights,
@@ -277,7 +280,7 @@ def edit_in_process(
     extra = {"device": str(device), "seconds": time.perf_counter() - started}
     write_results(out, job, result, random_weights, extra, show_plain_maps=show_plain_maps)
     return {"random_weights": random_weights, "leakage": result.leakage, "warp_error": result.warp_error,
-            "inversion_cached": result.cached_passes > 0}
+            "inversion_cached": result.cached_passes > 0, "leakage_whole_run": result.leakage_whole_run}
 
 
 class EngineEdit:
@@ -309,11 +312,12 @@ class EngineEdit:
         done = self.done
         frames = np.stack([self.frames[i] for i in sorted(self.frames)])
         # `done` says whether any pass came from the cache, not how many: one stands for "some".
-        result = EditResult(frames, done["leakage"], int(done.get("inversion_cached", False)), done.get("warp_error"))
+        result = EditResult(frames, done["leakage"], int(done.get("inversion_cached", False)), done.get("warp_error"),
+                            leakage_whole_run=done.get("leakage_whole_run"))
         write_results(self.out, self.job, result, done["random_weights"],
                       {"device": self.engine["device"], "seconds": done["seconds"], "engine": self.client.address})
         return {"random_weights": done["random_weights"], "leakage": result.leakage, "warp_error": result.warp_error,
-                "inversion_cached": result.cached_passes > 0}
+                "inversion_cached": result.cached_passes > 0, "leakage_whole_run": result.leakage_whole_run}
 
 
 def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:

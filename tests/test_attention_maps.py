@@ -40,7 +40,8 @@ def test_maps_per_phrase_concentrate_inside_their_regions_with_modulation(tiny_p
         assert len(overlays) == 4 and cv2.imread(str(overlays[0])).shape == (128, 128, 3)
     sheet = cv2.imread(str(tmp_path / "out" / "contact_sheet.png"))
     cell_rows = 2 + 2 * len(phrases)  # source, edit, then plain and modulated per phrase
-    assert sheet.shape[0] == 24 + cell_rows * 160  # banner + rows of 160-px cells (square frames)
+    # Rows of 160-px cells (square frames) between the banner on top and the heat maps' scale below.
+    assert 24 + 20 <= sheet.shape[0] - cell_rows * 160 <= 24 + 20 + 3 * 26
 
 
 def test_no_maps_unless_asked(demo_job, tiny_pipe):
@@ -60,3 +61,20 @@ def test_the_first_preview_comes_with_the_first_edit_step(demo_job, tiny_pipe):
     assert with_preview == [1, 2, 4, 5]  # step 1, every 2nd, and the last of 5
     first = previews[0][1]
     assert first.dtype == np.uint8 and first.shape == (16, 16, 3)  # the 8² latents, doubled: cheap
+
+
+def test_a_narrow_contact_sheet_wraps_its_banner_and_shows_the_heat_scale():
+    """The banner of a sheet narrower than its text wraps instead of running off the edge; with attention
+    rows the sheet ends with the heat maps' colour scale (blue low, red high) and what it measures."""
+    from videograin.engine.inputs.media import contact_sheet
+    from videograin.engine.runner import RANDOM_WEIGHTS_BANNER
+
+    frames = np.full((1, 64, 64, 3), 90, np.uint8)
+    sheet = contact_sheet([("source", frames)], cell=128, banner=RANDOM_WEIGHTS_BANNER)
+    banner = sheet[:-128]
+    assert sheet.shape[1] == 128 and banner.shape[0] > 24  # more than one line
+    assert not (banner[:, -4:] > 200).all(-1).any(), "the banner's text runs off the sheet's edge"
+    legended = contact_sheet([("source", frames)], cell=128, heat_legend=True)
+    scale = legended[128 + 10]  # the colour bar's middle row, under the frames
+    assert scale[8, 2] > 3 * scale[8, 0] and scale[-8, 0] > 3 * scale[-8, 2]  # blue at 0, red at the peak
+    assert legended.shape[0] > 128 + 20 + 18  # the bar, then its words

@@ -118,6 +118,18 @@ def test_a_thin_wire_is_reported_where_the_label_maps_lose_it():
     assert not report.summary["regions"][0]["vanishes"]
 
 
+def test_the_summary_names_each_resolution_once():
+    """Cells everywhere the region is painted, on some frames only, or nowhere: never one size twice."""
+    size = 512
+    masks = np.zeros((2, 3, size, size), bool)
+    masks[0, :, 100:400, 200:400] = True
+    masks[1, :2, :, 16:19] = True  # lost at 16x16 and 8x8 (see above)
+    masks[1, 2, :, 32:35] = True  # column 32: a multiple of 32, not of 64: kept at 16x16 on this frame
+    report = check.check_job(_job(masks, ["robot", "wire"], size=size), CPU)
+    line = next(row for row in check.format_report(report).splitlines() if " wire " in row)
+    assert line.endswith("64x64, 32x32; 16x16 on 1 of 3 frames; none at 8x8"), line
+
+
 def test_empty_frames_and_a_flickering_matte_are_reported():
     masks = np.zeros((3, 6, 64, 64), bool)
     masks[0, :, 20:40, 20:40] = True

@@ -74,12 +74,13 @@ def test_modulation_lowers_cross_attention_leakage(demo_job, tiny_pipe):
     # Modulate every step with a constant λ (the reference's 15-step schedule at (t − 1)/1000)^5 is nearly
     # 0 after the first steps of a 5-step edit), at every level (the `area` rules; the reference rules
     # leave the finest level, half of the tiny UNet's, alone, so the effect there is smaller).
+    # Whole-run figures: an unmodulated run has no modulated steps to report on.
     job.settings.modulation = ModulationConfig(enabled=False)
-    plain = edit_clip(job, tiny_pipe, measure_leakage=True).leakage
+    plain = edit_clip(job, tiny_pipe, measure_leakage=True).leakage_whole_run
     job.settings.modulation = ModulationConfig(decay=0.0, layout="area")
-    modulated = edit_clip(job, tiny_pipe, measure_leakage=True).leakage
+    modulated = edit_clip(job, tiny_pipe, measure_leakage=True).leakage_whole_run
     job.settings.modulation = ModulationConfig(decay=0.0)
-    reference = edit_clip(job, tiny_pipe, measure_leakage=True).leakage
+    reference = edit_clip(job, tiny_pipe, measure_leakage=True).leakage_whole_run
     assert set(plain) == {"iron man", "spider man", "cherry blossoms"}
     for phrase in plain:
         assert modulated[phrase] < 0.85 * plain[phrase], (phrase, plain[phrase], modulated[phrase])

@@ -82,13 +82,15 @@ def test_eval_reports_warp_error_clip_scores_and_leakage(two_results, tmp_path):
     run = _cli("eval", str(first), "--against", str(second), "--clip", str(clip), "--device", "cpu",
                "--json", str(tmp_path / "figures.json"))
     assert run.returncode == 0, run.stderr
-    assert "warp error" in run.stdout and "CLIP-T" in run.stdout and "leakage 'iron man'" in run.stdout
+    assert "warp error" in run.stdout and "CLIP-T" in run.stdout
+    assert "leakage 'iron man' (modulated)" in run.stdout and "leakage 'iron man' (whole run)" in run.stdout
     figures = json.loads((tmp_path / "figures.json").read_text())
     recorded = json.loads((first / "result.json").read_text())
     assert len(figures) == 2 and figures[0]["warp_error_from"] == "source"
     # Recomputed from the source at the working size (64², as the edit ran): the edit's own figure.
     assert figures[0]["warp_error"] == pytest.approx(recorded["warp_error"], rel=1e-6)
     assert figures[0]["leakage"] == recorded["leakage"]
+    assert figures[0]["leakage_whole_run"] == recorded["leakage_whole_run"] != recorded["leakage"]
     for column in figures:
         assert -100 <= column["clip_t"] <= 100 and -100 <= column["clip_f"] <= 100
     again = _cli("eval", str(first), "--clip", str(clip), "--device", "cpu")
@@ -107,6 +109,10 @@ def test_eval_of_bad_folders_is_one_clear_error(two_results, tmp_path):
     (tmp_path / "badjson" / "result.json").write_text("{oops")
     (tmp_path / "noframes").mkdir()
     (tmp_path / "noframes" / "result.json").write_text(json.dumps({"settings": {"prompt": "x"}}))
+    # A demo's folder: its results are one level down, and the error says where.
+    (tmp_path / "demo" / "result").mkdir(parents=True)
+    (tmp_path / "demo" / "result" / "result.json").write_text("{}")
+    cases[tmp_path / "demo"] = f"the results are in '{tmp_path / 'demo' / 'result'}' (`videograin eval"
     for folder, message in cases.items():
         run = _cli("eval", str(folder))
         assert run.returncode == 2 and message in run.stderr, (folder, run.stderr)

@@ -79,3 +79,13 @@ def test_rates_never_beat_the_time_the_work_took_and_the_eta_waits_for_a_second_
     assert "27.0 s/step, ETA 0:54" in invert[2]
     # A cached inversion reports its steps at once: nothing was timed, so no rate.
     assert not re.search(r"/s|s/", " ".join(phases["invert"][1]))
+
+
+def test_a_track_bar_counts_steps_over_regions_not_clip_frames():
+    out = io.StringIO()
+    bars = ProgressBars(file=out, clock=lambda: 0.0)
+    for step in range(33):  # two regions of an 8-frame clip, both ways
+        bars(ProgressEvent("track", step, 32))
+    bars.close()
+    last = [line for line in re.split(r"[\r\n]+", out.getvalue()) if line.strip()][-1]
+    assert "32/32 steps" in last and "a step: one frame of one region, one way" in last and "frames" not in last

@@ -169,11 +169,16 @@ def write_mp4(path: Path, frames: np.ndarray, fps: float = 12.0) -> None:
     os.replace(tmp, path)
 
 
+HEAT_LEGEND = "attention of the phrase's words at a pixel: 0 (blue) to its peak over the clip (red)"
+
+
 def contact_sheet(
-    rows: list[tuple[str, np.ndarray]], columns: int = 8, cell: int = 160, banner: str | None = None
+    rows: list[tuple[str, np.ndarray]], columns: int = 8, cell: int = 160, banner: str | None = None,
+    heat_legend: bool = False,
 ) -> np.ndarray:
     """One labelled row of evenly spaced frames per (label, frames) — e.g. source, edit, then one per
-    phrase's attention maps —, all rows the same length; an optional warning banner on top."""
+    phrase's attention maps —, all rows the same length; an optional warning banner on top, and with
+    `heat_legend` the heat maps' colour scale at the bottom. Text wraps to the sheet's width."""
     count, height, width = rows[0][1].shape[:3]
     picks = np.linspace(0, count - 1, num=min(columns, count)).round().astype(int)
     cell_h = max(1, round(cell * height / width))
@@ -182,12 +187,35 @@ def contact_sheet(
         strip = np.concatenate([cv2.resize(frames[i], (cell, cell_h), interpolation=cv2.INTER_AREA) for i in picks], 1)
         cv2.putText(strip, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
         strips.append(strip)
-    sheet = np.concatenate(strips, 0)
+    sheet_width = strips[0].shape[1]
     if banner:
-        strip = np.full((24, sheet.shape[1], 3), (160, 0, 0), dtype=np.uint8)
-        cv2.putText(strip, banner, (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-        sheet = np.concatenate([strip, sheet], 0)
-    return sheet
+        strips.insert(0, _text_strip(banner, sheet_width, (160, 0, 0)))
+    if heat_legend:
+        scale = np.linspace(0, 255, sheet_width - 12).astype(np.uint8)[None].repeat(12, 0)
+        bar = np.full((20, sheet_width, 3), 24, np.uint8)
+        bar[4:16, 6:-6] = cv2.cvtColor(cv2.applyColorMap(scale, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        strips += [bar, _text_strip(HEAT_LEGEND, sheet_width, (24, 24, 24))]
+    return np.concatenate(strips, 0)
+
+
+def _text_strip(text: str, width: int, background: tuple[int, int, int], scale: float = 0.45) -> np.ndarray:
+    """`text` in white on a strip `width` wide, its words wrapped onto as many lines as it takes (a word
+    wider than the strip is drawn smaller), so nothing is cut off."""
+    font, margin, line_height = cv2.FONT_HERSHEY_SIMPLEX, 6, 18
+    fits = lambda words, size=scale: cv2.getTextSize(words, font, size, 1)[0][0] <= width - 2 * margin  # noqa: E731
+    lines: list[str] = []
+    for word in text.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    strip = np.full((line_height * len(lines) + 8, width, 3), background, dtype=np.uint8)
+    for row, line in enumerate(lines):
+        size = scale
+        while size > 0.2 and not fits(line, size):
+            size *= 0.9
+        cv2.putText(strip, line, (margin, 4 + line_height * (row + 1) - 5), font, size, (255, 255, 255), 1, cv2.LINE_AA)
+    return strip
 
 
 def heatmap_overlays(frames: np.ndarray, maps: np.ndarray, opacity: float = 0.55) -> np.ndarray:

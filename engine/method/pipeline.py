@@ -66,13 +66,14 @@ FrameCallback = Callable[[int, np.ndarray], None]
 @dataclass
 class EditResult:
     frames: np.ndarray  # (F, H, W, 3) uint8 at the working size
-    leakage: dict[str, float] | None  # per phrase, when measured
+    leakage: dict[str, float] | None  # per phrase, when measured: over the modulated steps and levels
     cached_passes: int = 0  # passes whose inversion came from the inversion cache
     warp_error: float | None = None  # ×10³, under the source's flow (metrics/warp.py), when measured
     # phrase -> (modulated, plain) cross-attention maps (F, h, w) in [0, 1] (metrics/attention_maps.py)
     attention_maps: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     indices: list[int] | None = None  # clip index of each frame when only some passes ran; None: all, in order
     totals: PassTotals | None = None  # the sums behind the measurements, for `merge_passes`
+    leakage_whole_run: dict[str, float] | None = None  # per phrase, over every step and level (metrics/leakage.py)
 
 
 @dataclass
@@ -101,6 +102,12 @@ class PassTotals:
             maps = {name: (modulated[bit], plain[bit]) for bit, name in enumerate(self.names) if name}
         return leakage, maps
 
+    def whole_run_leakage(self) -> dict[str, float] | None:
+        """Leakage per phrase over every step and level, beside `measurements`' modulated figure."""
+        if self.leakage is None:
+            return None
+        return {self.names[bit]: share for bit, share in self.leakage.shares("whole_run").items()}
+
 
 def merge_passes(frames: Mapping[int, np.ndarray], totals: Sequence[PassTotals]) -> EditResult:
     """One result from passes run apart (`passes=`) that together make the clip: their frames by clip
@@ -108,7 +115,7 @@ def merge_passes(frames: Mapping[int, np.ndarray], totals: Sequence[PassTotals])
     summed = functools.reduce(operator.add, totals)
     leakage, maps = summed.measurements()
     return EditResult(np.stack([frames[i] for i in range(len(frames))]), leakage, summed.cached_passes,
-                      attention_maps=maps, totals=summed)
+                      attention_maps=maps, totals=summed, leakage_whole_run=summed.whole_run_leakage())
 
 
 @dataclass
@@ -489,7 +496,8 @@ class VideoGrainPipeline(DiffusionPipeline):
         totals = PassTotals([background_phrase, *phrases], ctx.leakage, ctx.attention_maps, cached_passes)
         leakage, maps = totals.measurements()
         return EditResult(decoded.frames(), leakage, cached_passes, attention_maps=maps,
-                          indices=None if passes is None else indices, totals=totals)
+                          indices=None if passes is None else indices, totals=totals,
+                          leakage_whole_run=totals.whole_run_leakage())
 
 
 def _unit(maps: torch.Tensor) -> np.ndarray:

@@ -175,7 +175,7 @@ class STLayoutAttnProcessor:
                     probs = modulated_probs(q[rows], k[rows], positive, strength)
                     out[rows] = probs @ v[rows]
                     if ctx.leakage is not None:
-                        ctx.leakage.add(probs, regions, text)
+                        ctx.leakage.add(probs, regions, text, modulated=weight > 0)
                     if maps is not None:
                         plain = modulated_probs(q[rows], k[rows], positive, 0.0)
                         ctx.attention_maps.add(maps, ctx.frame_ids, text, probs, plain)

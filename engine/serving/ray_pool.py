@@ -615,4 +615,4 @@ def edit_on_ray(job: EditJob, out: Path, address: str | None, workers: int | Non
     extra = {"device": pool.device_label(), "workers": pool.described, "seconds": time.perf_counter() - started}
     write_results(out, job, results[0], final["random_weights"], extra)
     return {"random_weights": final["random_weights"], "leakage": final["leakage"], "warp_error": final["warp_error"],
-            "inversion_cached": final["inversion_cached"]}
+            "inversion_cached": final["inversion_cached"], "leakage_whole_run": final["leakage_whole_run"]}

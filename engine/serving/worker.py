@@ -258,8 +258,8 @@ def attention_events(job: Job, result: EditResult) -> list[tuple[str, Job, Any]]
 def done_fields(job: Job, result: EditResult, seconds: float) -> dict[str, Any]:
     """The fields of a finished job's `done` message."""
     return {"frames": len(result.frames), "seconds": seconds, "leakage": result.leakage,
-            "warp_error": result.warp_error, "inversion_cached": result.cached_passes > 0,
-            "random_weights": job.edit.settings.model in RANDOM_MODELS}
+            "leakage_whole_run": result.leakage_whole_run, "warp_error": result.warp_error,
+            "inversion_cached": result.cached_passes > 0, "random_weights": job.edit.settings.model in RANDOM_MODELS}
 
 
 class PipelineSlot:
