@@ -46,3 +46,4 @@ def test_an_edit_reports_both_figures_named(demo_job, tiny_pipe):
     lines = describe_leakage(off.leakage, off.leakage_whole_run)
     assert "over the modulated steps and levels, as the attention maps show it: none" in lines[1]
     assert lines[2].startswith("  over the whole run") and "iron man: " in lines[2]
+    assert "attention blind to the regions scores 1 − the region's share of the frame" in lines[3]

@@ -62,4 +62,6 @@ def describe_leakage(modulated: dict[str, float] | None, whole_run: dict[str, fl
         "cross-attention leakage (share of each phrase's attention outside its region):",
         f"  over the modulated steps and levels, as the attention maps show it: {shown(modulated)}",
         f"  over the whole run, free late steps and the unmodulated finest level included: {shown(whole_run)}",
+        "  (attention blind to the regions scores 1 − the region's share of the frame: 0.9 for a region a tenth "
+        "of the frame; the heat maps are scaled to each phrase's peak, so they show where it gathers, not how much)",
     ]
