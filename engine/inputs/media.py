@@ -402,9 +402,6 @@ def _even_sized(frames: np.ndarray) -> np.ndarray:
 HEAT_LEGEND = "attention of the phrase's words at a pixel: 0 (blue) to its peak over the clip (red)"
 
 
-HEAT_LEGEND = "attention of the phrase's words at a pixel: 0 (blue) to its peak over the clip (red)"
-
-
 def contact_sheet(
     rows: list[tuple[str, np.ndarray]], columns: int = 8, cell: int = 160, banner: str | None = None,
     heat_legend: bool = False,
