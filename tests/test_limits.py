@@ -186,6 +186,7 @@ def paths_job(folder: Path, **source) -> dict:
     """A paths `check` of the demo clip in `folder` (write_demo_inputs), on the tiny model."""
     return {"type": "check", "inline": False, "settings": {
         "source_prompt": "two men jogging", "prompt": "an iron man and a spider man are jogging", "model": "tiny",
+        "steps": 2,
         "source": {"path": str(folder / "frames"), "width": 64, "height": 64, **source},
         "regions": [{"phrase": "iron man", "mask": str(folder / "masks/left")},
                     {"phrase": "spider man", "mask": str(folder / "masks/right")}]}}
@@ -328,7 +329,7 @@ def test_a_rooted_engine_reads_inside_its_roots(rooted, media):
     reply = peer.request(paths_job(media[0]), timeout=60)
     assert reply["type"] == "check" and reply["ok"], reply
     submit = {**paths_job(media[0]), "type": "submit"}
-    assert collect_stream(peer, peer.request(submit)["job"])[-1][0]["type"] == "done"
+    assert collect_stream(peer, peer.request(submit)["job"], timeout=600)[-1][0]["type"] == "done"
 
 
 def test_no_answer_tells_whether_a_path_outside_the_roots_exists(rooted, media):
