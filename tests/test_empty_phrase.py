@@ -94,7 +94,7 @@ def test_a_timeline_note_region_with_no_phrase_needs_a_matte_of_its_own(tmp_path
     otio = pytest.importorskip("opentimelineio")
     from opentimelineio.opentime import RationalTime, TimeRange
 
-    from videograin.engine.timeline.shots import find_shots
+    from videograin.engine.timeline.shots import Places, find_shots
 
     clip, mattes = synthetic_clip(4, 64, 64)
     for f in range(4):
@@ -118,6 +118,6 @@ def test_a_timeline_note_region_with_no_phrase_needs_a_matte_of_its_own(tmp_path
 
     with pytest.raises(JobError, match=r"region 2 \(no phrase\) has no matte: a region with no phrase names no "
                                        r"track, so give it `mask:`"):
-        find_shots(timeline([{"phrase": "iron man", "mask": "left"}, {"phrase": ""}]), tmp_path)
-    (shot,) = find_shots(timeline([{"phrase": "iron man", "mask": "left"}, {"mask": "left"}]), tmp_path)
+        find_shots(timeline([{"phrase": "iron man", "mask": "left"}, {"phrase": ""}]), Places(tmp_path, tmp_path))
+    (shot,) = find_shots(timeline([{"phrase": "iron man", "mask": "left"}, {"mask": "left"}]), Places(tmp_path, tmp_path))
     assert shot.settings.regions[1].phrase == "" and shot.mattes[1].path == tmp_path / "left"

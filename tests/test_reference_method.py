@@ -177,13 +177,13 @@ def test_an_unguided_edit_modulates_the_self_attention_of_its_one_branch(demo_jo
     job = load_job(demo_job)
     job.settings.guidance, job.settings.modulation.self_branch = 1.0, "unconditional"
     modulated_self = []
-    attend = STLayoutAttnProcessor._attend
+    attend = STLayoutAttnProcessor._full_frame
 
     def spy(processor, q, k, v, regions, *args):
         modulated_self.append(regions is not None)
         return attend(processor, q, k, v, regions, *args)
 
-    monkeypatch.setattr(STLayoutAttnProcessor, "_attend", spy)
+    monkeypatch.setattr(STLayoutAttnProcessor, "_full_frame", spy)
     modulated = edit_clip(job, tiny_pipe).frames
     assert any(modulated_self)
     job.settings.modulation.self_ = 0.0

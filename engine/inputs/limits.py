@@ -88,7 +88,7 @@ def open_regular(path: Path, what: str) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
-        raise JobError(f"{what}: '{path}' cannot be read ({exc.strerror})") from None
+        raise JobError(f"{what}: '{path}' cannot be read: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise JobError(f"{what}: '{path}' is not a regular file (a FIFO, device or socket is never read)")

@@ -28,7 +28,7 @@ import zmq
 
 from videograin import __version__
 from videograin.engine.cache import InversionCache, cache_from_args
-from videograin.engine.check import check_job
+from videograin.engine.check import Finding, check_job
 from videograin.engine.config import CONTROL_TYPES, TRACKERS, parse_settings
 from videograin.engine.errors import JobError, VideograinError, excerpt
 from videograin.engine.families import capabilities, family_warnings, model_family
@@ -370,7 +370,9 @@ class EngineServer:
                                               f"indices from 0), got {excerpt(picks)}")
 
         def build() -> tuple[dict[str, Any], bytes]:
-            report = check_job(self._edit_job(message), self.check_device, picks)
+            other_models: list[str] = []
+            report = check_job(self._edit_job(message, other_models), self.check_device, picks)
+            report.errors[:0] = [Finding("model_unavailable", reason) for reason in other_models]
             return report.as_dict(), encode_png(report.layout)
 
         def answer(built: tuple[dict[str, Any], bytes]) -> None:
@@ -402,13 +404,18 @@ class EngineServer:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def _edit_job(self, message: Message) -> EditJob:
+    def _edit_job(self, message: Message, other_models: list[str] | None = None) -> EditJob:
         """The job of a `submit` or `check`: its pixels inline or read from the paths its settings name.
-        Runs off the loop (`_prepare`)."""
+        Runs off the loop (`_prepare`). A model the engine does not load refuses a submit; a `check`
+        passes `other_models` and finds the reason there, to report it among its errors."""
         settings = dict(message.header["settings"])
         settings.setdefault("model", self.default_model)
-        self._refuse_other_models(settings)
         self.access.check_models({key: settings.get(key) for key in ("model", "controlnet")}, self.default_model)
+        refusal = self._other_model(settings)
+        if refusal is not None and other_models is None:
+            raise JobError(refusal)
+        if refusal is not None:
+            other_models.append(refusal)
         if message.header["inline"]:
             edit = self._inline_job(settings, message)
         else:
@@ -419,19 +426,21 @@ class EngineServer:
         family_warnings(edit.settings, model_family(edit.settings.model), len(edit.frames))
         return edit
 
-    def _refuse_other_models(self, settings: dict[str, Any]) -> None:
-        """A job names only weights this engine may load (SPEC.md §3.1 models): never a download it did
-        not ask for. A random model builds its ControlNet too, so then any `controlnet` is fine."""
+    def _other_model(self, settings: dict[str, Any]) -> str | None:
+        """Why the job names weights this engine does not load, or None (SPEC.md §3.1 models): a job never
+        makes the engine download what it was not started with. A random model builds its ControlNet too,
+        so then any `controlnet` is fine."""
         named = [("model", settings["model"])]
         if settings["model"] not in RANDOM_MODELS and settings.get("controlnet") is not None:
             named.append(("controlnet", settings["controlnet"]))
         for key, name in named:
             if name not in self.models:
-                raise JobError(
+                return (
                     f"the job's {key} '{name}' is not one this engine loads: it loads {', '.join(self.models)} "
                     f"(welcome's models; jobs that name no model get {self.default_model}). "
                     + ("Name one of those (`videograin edit --model`)" if key == "model" else "Set controlnet to null")
                     + f", or start the engine with --allow-model {name}")
+        return None
 
     def _capabilities(self) -> dict[str, Any]:
         return {

@@ -101,8 +101,11 @@ vg.model = "no-such-org/no-such-model"
 assert bpy.ops.videograin.check(wait=True) == {"FINISHED"}, vg.error
 errors = [f.code for f in vg.check_findings if f.error]
 assert not vg.check_ok and vg.check_status == f"The edit would fail: {len(errors)} errors.", vg.check_status
-assert errors == ["model_unavailable"] * 2 and all(f.error for f in vg.check_findings[:2])  # model, ControlNet
+# Not a model this engine loads, its weights nowhere, nor its ControlNet's.
+assert errors == ["model_unavailable"] * 3 and all(f.error for f in vg.check_findings[:3]), errors
+assert "is not one this engine loads" in vg.check_findings[0].message, vg.check_findings[0].message
 calls = draw(bpy.context)
 shown = labels(calls, "CANCEL")  # the box's heading, then the first line of each error
-assert shown[0] == "Check" and [f.message.startswith(line) for f, line in zip(vg.check_findings, shown[1:])] == [True] * 2
+assert shown[0] == "Check" and len(shown) == 4, shown
+assert all(f.message.startswith(line) for f, line in zip(vg.check_findings, shown[1:])), shown
 finish()
