@@ -246,11 +246,14 @@ def test_a_job_names_only_models_the_engine_lists(engine):
     assert worker.submitted.get(timeout=30).edit.settings.model == "tiny"
     for settings in ({"model": "stable-diffusion-v1-5/stable-diffusion-v1-5"}, {"model": "sd15-random"}):
         header, parts = inline_job(frames=2, size=64, **settings)
-        for kind in ("submit", "check"):
-            refused = peer.request({**header, "type": kind}, parts)
-            assert refused["type"] == "error" and refused["code"] == "bad_job", refused
-            assert f"model '{settings['model']}' is not one this engine loads: it loads tiny" in refused["message"]
-            assert f"--allow-model {settings['model']}" in refused["message"]
+        refused = peer.request({**header, "type": "submit"}, parts)
+        assert refused["type"] == "error" and refused["code"] == "bad_job", refused
+        assert f"model '{settings['model']}' is not one this engine loads: it loads tiny" in refused["message"]
+        assert f"--allow-model {settings['model']}" in refused["message"]
+        # A check says what `edit` would refuse among its errors, first, with the same words.
+        checked = peer.request({**header, "type": "check"}, parts)
+        assert checked["type"] == "check" and not checked["ok"], checked
+        assert checked["errors"][0]["message"] == refused["message"]
     assert worker.submitted.empty()
 
 
