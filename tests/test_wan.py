@@ -216,7 +216,8 @@ def test_vace_takes_control_maps_as_context(tmp_path):
         steered = pipe.vace_context(video, masks.any(0), control)
     assert plain.shape == (1, 96, 2, 4, 4)
     assert not torch.equal(plain, steered)
-    result = pipe(video, masks[:2], PROMPT, "two men jog", PHRASES[:2], control_maps=control, steps=1, guidance=5.0)
+    source_size = masks[:2].repeat(2, axis=2).repeat(2, axis=3)  # mattes come at the source's size
+    result = pipe(video, source_size, PROMPT, "two men jog", PHRASES[:2], control_maps=control, steps=1, guidance=5.0)
     assert result.frames.shape == video.shape
 
 
@@ -364,3 +365,15 @@ def test_attention_maps_per_clip_frame_gather_inside_their_regions(wan_pipe):
     assert modulated.shape == plain.shape == (9, 2, 2)  # the 32² clip's 2×2 token grid, per clip frame
     inside = masks[0, 0, ::16, ::16]  # the top-left token
     assert modulated[:, inside].mean() / modulated.mean() > plain[:, inside].mean() / plain.mean()
+
+
+def test_a_vace_job_with_control_edits_through_the_cli_at_another_working_size(tmp_path):
+    from videograin.engine.cli import main
+    from videograin.engine.demo import write_demo_inputs
+
+    job = write_demo_inputs(tmp_path / "input", frames=6, size=128, steps=2, model="wan-vace-tiny")
+    data = yaml.safe_load(job.read_text())
+    data["control"], data["source"] = {"type": "canny"}, {**data["source"], "width": 64, "height": 64}
+    job.write_text(yaml.safe_dump(data))  # mattes and frames at 128², the edit at 64², canny through VACE
+    assert main(["edit", str(job), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "out" / "frames").iterdir())) == 6

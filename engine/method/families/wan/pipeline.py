@@ -285,7 +285,10 @@ class WanVideoGrainPipeline(DiffusionPipeline):
         progress(ProgressEvent("encode", 0, len(frames)))
         clean = self.encode_video(frames)
         progress(ProgressEvent("encode", len(frames), len(frames)))
-        context = self.vace_context(frames, masks.any(0), control_maps) if self.is_vace else None
+        context = None
+        if self.is_vace:  # the mattes come at the source's size: VACE's mask is at the working size
+            regenerate = nearest_masks(masks, frames.shape[2], frames.shape[1]).any(0)
+            context = self.vace_context(frames, regenerate, control_maps)
         keep = None
         if blend and not background_phrase:  # a background with a phrase is edited, not kept
             inside = nearest_masks(union, clean.shape[-1], clean.shape[-2]).any(0)
