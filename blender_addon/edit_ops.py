@@ -227,12 +227,4 @@ class VIDEOGRAIN_OT_edit_new(bpy.types.Operator):
 
 classes = (VIDEOGRAIN_OT_edit, VIDEOGRAIN_OT_edit_selected, VIDEOGRAIN_OT_take_show, VIDEOGRAIN_OT_edit_new)
 
-
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -286,12 +286,4 @@ def _strips_name(context) -> str:
 classes = (VIDEOGRAIN_UL_regions, VIDEOGRAIN_PT_engine, VIDEOGRAIN_PT_edit, VIDEOGRAIN_PT_attention,
            VIDEOGRAIN_PT_settings, VIDEOGRAIN_PT_queue)
 
-
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

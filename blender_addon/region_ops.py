@@ -78,12 +78,4 @@ class VIDEOGRAIN_OT_mask_new(bpy.types.Operator):
 
 classes = (VIDEOGRAIN_OT_region_add, VIDEOGRAIN_OT_region_remove, VIDEOGRAIN_OT_mask_new)
 
-
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)
