@@ -35,12 +35,15 @@ class RawPeer:
     """A DEALER that signs as SPEC.md §2 says: whole-message HMAC, or (`part_mac`) HMAC over the header
     plus one GMAC tag per part. It keeps its own heartbeat in `recv` (SPEC.md §4)."""
 
-    def __init__(self, info: dict, part_mac: bool = False, heartbeat_s: float = 0.5) -> None:
+    def __init__(self, info: dict, part_mac: bool = False, heartbeat_s: float = 0.5, send_timeout_s: float = 120.0) -> None:
         self.key = info["key"].encode()
         self.part_mac = part_mac
         self.heartbeat_s = heartbeat_s
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # A DEALER with no connection to hand a message to blocks in send (a peer the engine refuses at its
+        # CURVE handshake has none): a send gives up with zmq.Again rather than hang the test.
+        self.socket.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
         if info.get("curve"):  # CURVE mode (SPEC.md §1.1): the client's keys and the engine's public key
             self.socket.curve_serverkey = info["curve"]["server_key"].encode()
             self.socket.curve_publickey = info["curve"]["public_key"].encode()
