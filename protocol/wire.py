@@ -69,6 +69,11 @@ class Limits:
         self.max_parts = self.max_parts or PARTS_PER_FRAME * self.max_frames
         self.max_header_bytes = self.max_header_bytes or HEADER_BASE_BYTES + BYTES_PER_PART * self.max_parts
 
+    @property
+    def max_frame_bytes(self) -> int:
+        """The largest ZeroMQ frame the engine's socket takes (SPEC.md §5); a larger one closes the connection."""
+        return max(self.max_part_bytes, self.max_header_bytes) + 2**20
+
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 

@@ -101,9 +101,10 @@ class EngineServer:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # Hard cap per frame: ZeroMQ drops the connection above it, before any memory is spent;
-        # parts between max_part_bytes and this get a proper `too_large` reply.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_part_bytes + 2**20)
+        # ZeroMQ closes the connection of a frame above this as soon as the frame's length arrives, before
+        # it holds any of it: in HMAC mode a forger's 100 MB frames cost nothing. Frames up to 1 MiB over
+        # the largest allowed part or header get a proper `too_large` reply.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)  # streams are paced by StreamBudget below this
         self.authenticator, curve_keys = start_curve(self.context, self.socket, curve_clients) if curve else (None, None)
