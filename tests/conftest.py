@@ -99,9 +99,24 @@ def wait_for(condition: Callable[[], T], what: str, seconds: float = 60.0, every
         time.sleep(every_s)
     return result
 
-# -- files stored in tests/data --------------------------------------------------------------------------
+# -- figures listed at the end of the run ----------------------------------------------------------------
 
-STORED_FILE_REPORTS: list[str] = []
+REPORTS: dict[str, list[str]] = {}  # section title → its lines, in the order tests added them
+
+
+def report(section: str, line: str) -> None:
+    """Add a line to `section` of the summary printed at the end of the run (how far stored frames were,
+    what each attack cost the engine)."""
+    REPORTS.setdefault(section, []).append(line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for section, lines in REPORTS.items():
+        terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.write_line(line)
+
+# -- files stored in tests/data --------------------------------------------------------------------------
 
 
 def this_machine() -> dict[str, object]:
@@ -132,18 +147,12 @@ def stored_frames():
         assert frames.shape == stored.shape, (frames.shape, stored.shape)
         differ = np.abs(frames.astype(np.int16) - stored.astype(np.int16))
         allowed = "none (the machine it reproduces on)" if same_machine else f"{levels} level on {share:.0%} of them"
-        report = (f"{name}.npz[{key}]: {int((differ > 0).sum())} of {differ.size} values differ, by at most "
-                  f"{differ.max()} level; allowed: {allowed}")
-        STORED_FILE_REPORTS.append(report)
+        line = (f"{name}.npz[{key}]: {int((differ > 0).sum())} of {differ.size} values differ, by at most "
+                f"{differ.max()} level; allowed: {allowed}")
+        report("results against files stored in tests/data", line)
         if same_machine:
-            assert not differ.any(), report
-        assert differ.max() <= levels and (differ > 0).mean() <= share, report
+            assert not differ.any(), line
+        assert differ.max() <= levels and (differ > 0).mean() <= share, line
 
     return compare
 
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if STORED_FILE_REPORTS:
-        terminalreporter.section("results against files stored in tests/data")
-        for line in STORED_FILE_REPORTS:
-            terminalreporter.write_line(line)

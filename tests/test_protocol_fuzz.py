@@ -1,11 +1,13 @@
 """Malformed but correctly signed headers thrown at a running engine: every one is answered, none
-crashes or hangs it."""
+crashes or hangs it; then several clients edit at once and each gets every frame (tests/stress.py runs
+the same at full scale)."""
 
 from __future__ import annotations
 
 import msgpack
 import pytest
 from conformance import RawPeer, now_ms, start_engine
+from stress import clients, fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +30,7 @@ headers = st.fixed_dictionaries(
 def engine(tmp_path_factory):
     process, info, _ = start_engine(tmp_path_factory.mktemp("fuzz"))
     peer = RawPeer(info)
-    yield process, peer
+    yield process, peer, info
     peer.close()
     process.kill()
     process.wait()
@@ -47,7 +49,7 @@ def _exchange(peer: RawPeer, header_bytes: bytes, parts: list[bytes]) -> dict:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=headers, parts=st.lists(st.binary(max_size=64), max_size=3))
 def test_structured_garbage(engine, header, parts):
-    process, peer = engine
+    process, peer, _ = engine
     if header.get("type") == "shutdown" and header.get("v") == 1 and isinstance(header.get("id"), str) and 0 < len(header["id"]) <= 64:
         header["type"] = "status"  # a valid shutdown would (rightly) stop the engine under test
     if header.get("type") in ("submit", "track"):
@@ -63,7 +65,7 @@ def test_structured_garbage(engine, header, parts):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header_bytes=st.binary(min_size=0, max_size=200))
 def test_random_bytes_as_header(engine, header_bytes):
-    process, peer = engine
+    process, peer, _ = engine
     try:
         decoded = msgpack.unpackb(header_bytes)
     except Exception:
@@ -76,5 +78,14 @@ def test_random_bytes_as_header(engine, header_bytes):
 
 
 def test_engine_serves_after_the_fuzzing(engine):
-    process, peer = engine
+    process, peer, _ = engine
+    assert peer.request({"type": "ping"})["type"] == "pong" and process.poll() is None
+
+
+def test_random_messages_pipelined_then_clients_at_once(engine):
+    """Random requests, 16 awaiting replies at a time (SPEC.md §5), each answered once; then 3 clients
+    at once, 2 jobs each, every frame of every job."""
+    process, peer, info = engine
+    assert fuzz(info, process.pid, 2000, seed=1)["messages"] >= 2000
+    assert clients(info, 3, 2)["jobs"] == 6
     assert peer.request({"type": "ping"})["type"] == "pong" and process.poll() is None
