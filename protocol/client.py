@@ -64,6 +64,11 @@ class EngineClient:
     # -- low level ---------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], parts: list | tuple = ()) -> str:
+        if self.capabilities is not None:  # the engine's own limits, from its welcome
+            try:
+                wire.check_part_sizes(parts, self._limits)
+            except ProtocolError as exc:
+                raise EngineError("too_large", f"not sent: {exc} (this engine's limit, SPEC.md §5)") from None
         header = {"id": wire.new_id(), "ts": wire.timestamp_ms(), **header}
         self._socket.send_multipart(wire.pack(self._key, header, parts, self._part_mac), copy=False)
         self._last_sent = time.monotonic()

@@ -159,6 +159,13 @@ def unpack(key: bytes, frames: list, limits: Limits) -> Message:
     ref = header.get("id") if isinstance(header.get("id"), str) else None
     if header.get("v") != VERSION:
         raise ProtocolError("bad_version", f"protocol version {header.get('v')!r} is not spoken here (1 is)", ref)
+    check_part_sizes(parts, limits, ref)
+    return Message(header, parts)
+
+
+def check_part_sizes(parts: list | tuple, limits: Limits, ref: str | None = None) -> None:
+    """ProtocolError("too_large") for parts past `limits` (SPEC.md §5): the engine's check on receipt, and
+    a client's before sending (a frame past the cap would close its connection without a reply)."""
     sizes = [len(part) for part in parts]
     if len(sizes) > limits.max_parts:
         raise ProtocolError("too_large", f"more than {limits.max_parts} binary parts", ref)
@@ -166,7 +173,6 @@ def unpack(key: bytes, frames: list, limits: Limits) -> Message:
         raise ProtocolError("too_large", f"a part of {max(sizes)} bytes is over {limits.max_part_bytes}", ref)
     if sum(sizes) > limits.max_message_bytes:
         raise ProtocolError("too_large", f"message over {limits.max_message_bytes} bytes", ref)
-    return Message(header, parts)
 
 
 def _decode_header(header_bytes: Any, limits: Limits) -> dict[str, Any]:

@@ -65,6 +65,22 @@ def test_engine_errors_raise_with_their_code(tiny_engine):
         client.close()
 
 
+def test_a_part_past_the_engines_limit_is_refused_before_it_is_sent(tiny_engine):
+    """Past the frame cap the engine would close the connection without a word (SPEC.md §5): the client
+    says what is too large instead, and goes on serving."""
+    client = EngineClient(tiny_engine)
+    try:
+        largest = client.hello()["limits"]["max_part_bytes"]
+        clip, mattes = synthetic_clip(2, 64, 64)
+        oversized = np.zeros((largest // (64 * 3) + 1, 64, 3), np.uint8)  # one row past the limit
+        with pytest.raises(EngineError, match=f"not sent: a part of {oversized.nbytes} bytes is over {largest}") as caught:
+            client.submit({**SETTINGS, "source": {"width": 64, "height": oversized.shape[0]}}, [oversized, clip[1]], mattes)
+        assert caught.value.code == "too_large"
+        assert client.ping() is not None
+    finally:
+        client.close()
+
+
 def test_no_engine_is_a_clear_error(tmp_path):
     with pytest.raises(EngineError, match="cannot read connection file") as caught:
         EngineClient(tmp_path / "missing.json")
