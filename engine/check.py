@@ -31,7 +31,7 @@ from videograin.engine.families import SD15, WAN, ModelFamily, family_warnings, 
 from videograin.engine.inputs.flow import read_flow
 from videograin.engine.inputs.job import EditJob, load_job
 from videograin.engine.inputs.mattes import iou
-from videograin.engine.inputs.media import VIDEO_SUFFIXES, encode_png, write_atomic
+from videograin.engine.inputs.media import VIDEO_SUFFIXES, encode_png, probe_video, write_atomic
 from videograin.engine.method.families.sd15.pipeline import longest_pass
 from videograin.engine.method.families.wan.grid import latent_frames, latent_of_frame, pad_clip, union_per_latent_frame
 from videograin.engine.method.families.wan.pipeline import TEXT_LENGTH
@@ -435,12 +435,7 @@ def _fps(path: str) -> float | None:
     """Frame rate of a video source; None for a folder of frames or frames sent inline, which have none."""
     if Path(path).suffix.lower() not in VIDEO_SUFFIXES:
         return None
-    capture = cv2.VideoCapture(path)
-    try:
-        fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
-    finally:
-        capture.release()
-    return fps or None
+    return float(probe_video(Path(path), "source").rate) or None
 
 
 # -- the picture -------------------------------------------------------------------------------------

@@ -191,6 +191,26 @@ def test_a_damaged_video_gives_one_error_naming_it(tmp_path):
         sequence_length(path, "source")
 
 
+def test_a_videos_size_for_the_limits_is_read_without_decoding_and_a_damaged_one_is_refused(tmp_path):
+    from videograin.engine.inputs.limits import video_size
+
+    path = tmp_path / "IMG_0042.mp4"
+    encode(path, 3, "libx264", "yuv420p", rotation=-90)
+    assert video_size(path, "source") == (64, 48)  # as stored: the limits are square by default
+    damaged = tmp_path / "broken.mov"
+    damaged.write_bytes(b"\x00\x00\x00\x14ftypqt  " + os.urandom(2000))
+    with pytest.raises(JobError, match=r"source: '.*broken.mov' cannot be opened as a video"):
+        video_size(damaged, "source")
+
+
+def test_check_reports_a_videos_frame_rate_as_ffmpeg_reads_it(tmp_path):
+    job = _job_with_mask(tmp_path)
+    encode(tmp_path / "clip.mp4", 4, "libx264", "yuv420p", Fraction(24000, 1001))  # NTSC film rate
+    assert main(["check", str(job), "--out", str(tmp_path / "check"), "--device", "cpu"]) == 0
+    clip = json.loads((tmp_path / "check" / "check.json").read_text())["summary"]["clip"]
+    assert clip["fps"] == pytest.approx(24000 / 1001)
+
+
 def _job_with_mask(folder: Path) -> Path:
     frames = np.stack([quadrants(k) for k in range(4)])
     write_movie(folder / "clip.mp4", frames, 24.0)

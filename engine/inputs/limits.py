@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
+import av
 
 from videograin.engine.errors import JobError
 
@@ -155,13 +155,15 @@ def encoded_size(data: bytes, what: str) -> tuple[int, int]:
 
 
 def video_size(path: Path, what: str) -> tuple[int, int]:
-    """The frame size a video's container declares, read without decoding its frames."""
+    """The frame size a video's stream declares (as stored, before any rotation; the limits are square by
+    default), read by FFmpeg from the container without decoding a frame."""
     with open_regular(path, what):
         pass
-    capture = cv2.VideoCapture(str(path))
     try:
-        if not capture.isOpened():
-            raise JobError(f"{what}: '{path}' cannot be opened as a video")
-        return int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    finally:
-        capture.release()
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise JobError(f"{what}: '{path}' has no video stream")
+            context = container.streams.video[0].codec_context
+            return context.width, context.height
+    except av.FFmpegError:
+        raise JobError(f"{what}: '{path}' cannot be opened as a video") from None
