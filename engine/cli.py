@@ -43,22 +43,24 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_job_settings(args.job)
     from videograin.engine.cache import cache_from_args
     from videograin.engine.check import announce_estimate
-    from videograin.engine.inputs.job import load_job
+    from videograin.engine.inputs.job import load_job_mapping, read_job_file
     from videograin.engine.progress import ProgressBars
-    from videograin.engine.runner import check_output_folder, edit_in_process, edit_on_engine
+    from videograin.engine.runner import check_output_folder, edit_in_process, edit_on_engine, engine_default_model
 
     if args.engine and args.ray is not None:
         raise VideograinError("--engine and --ray are two ways to run the edit: pass one of them", code="bad_config")
     if args.engine and args.attention_maps:
         raise VideograinError("--attention-maps writes maps from an edit in this process or on --ray; an engine "
                               "streams them to clients that ask (SPEC.md §3.2 attention_maps)", code="bad_config")
+    data = read_job_file(args.job)
+    # The model decides how the job loads (a family's control and frame rules): set it first. A job that
+    # names none runs on an engine's own default (`welcome`'s models[0]), not this program's.
+    model = args.model or (engine_default_model(args.engine) if args.engine and "model" not in data else None)
     bars = ProgressBars()  # regions given by keyframes are tracked while the job loads
     try:
-        job = load_job(args.job, args.device, bars)
+        job = load_job_mapping({**data, "model": model} if model else data, Path(args.job).parent, args.device, bars)
     finally:
         bars.close()
-    if args.model:
-        job.settings.model = args.model
     out = Path(args.out).resolve()  # a link to a folder: that folder, which the results' final rename replaces
     check_output_folder(out, job)
     if args.engine:

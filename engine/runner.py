@@ -347,6 +347,15 @@ class EngineEdit:
                 "inversion_cached": result.cached_passes > 0, "leakage_whole_run": result.leakage_whole_run}
 
 
+def engine_default_model(connection_file: str) -> str:
+    """The model a running engine edits with when a job names none (`welcome`'s models[0], SPEC.md §3.3)."""
+    client = EngineClient(connection_file)
+    try:
+        return client.hello(client="videograin-cli")["models"][0]
+    finally:
+        client.close()
+
+
 def edit_on_engine(connection_file: str, job: EditJob, out: Path) -> dict:
     """The same edit through a running engine (protocol v1), results written as in-process."""
     client = EngineClient(connection_file)

@@ -261,7 +261,9 @@ def test_edit_on_a_wan_engine_matches_the_in_process_frames(demo_job, tmp_path):
             client.close()
         assert welcome["family"] == {"name": "wan", "vace": False, "frames": "4k+1", "size_multiple": 16}
         job = _wan_job(demo_job, "wan-tiny")
-        assert main(["edit", str(job), "--out", str(tmp_path / "engine-out"), "--engine", str(connection)]) == 0
+        unnamed = job.with_name("no-model.yaml")  # edited with the engine's model, loaded by its family's rules
+        unnamed.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load(job.read_text()).items() if k != "model"}))
+        assert main(["edit", str(unnamed), "--out", str(tmp_path / "engine-out"), "--engine", str(connection)]) == 0
     finally:
         process.kill()
         process.wait()
