@@ -157,8 +157,9 @@ def unpack(key: bytes, frames: list, limits: Limits) -> Message:
     if header_signed and any(len(part) for part in parts):
         _verify_part_macs(key, header.get("part_mac"), parts)
     ref = header.get("id") if isinstance(header.get("id"), str) else None
-    if header.get("v") != VERSION:
-        raise ProtocolError("bad_version", f"protocol version {header.get('v')!r} is not spoken here (1 is)", ref)
+    version = header.get("v")
+    if type(version) is not int or version != VERSION:  # 1.0 and true are not the integer 1 (SPEC.md §2.1)
+        raise ProtocolError("bad_version", f"protocol version {version!r} is not spoken here (1 is)", ref)
     check_part_sizes(parts, limits, ref)
     return Message(header, parts)
 
@@ -177,17 +178,33 @@ def check_part_sizes(parts: list | tuple, limits: Limits, ref: str | None = None
 
 def _decode_header(header_bytes: Any, limits: Limits) -> dict[str, Any]:
     try:
-        header = msgpack.unpackb(
-            header_bytes, raw=False, strict_map_key=True, max_str_len=limits.max_header_bytes,
-            max_bin_len=limits.max_header_bytes, max_ext_len=0, max_array_len=limits.max_parts + 64, max_map_len=4096,
-        )
+        header = _unpack_bounded(header_bytes, limits)
     except Exception as exc:  # msgpack raises several types, all meaning "not a valid header"
+        if _map_with_a_key_not_str(header_bytes, limits):  # its id can be read: the error says which request
+            raise ProtocolError("malformed", "map keys in a header must be msgpack str", read_id(header_bytes)) from None
         raise ProtocolError("malformed", f"header is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "header must be a msgpack map")
     if not all(isinstance(name, str) for name in header):
         raise ProtocolError("malformed", "header keys must be msgpack str", read_id(header_bytes))
     return header
+
+
+def _unpack_bounded(header_bytes: Any, limits: Limits, strict_map_key: bool = True) -> Any:
+    """msgpack, with every length bounded by `limits`; map keys str or bin only, unless not `strict_map_key`."""
+    return msgpack.unpackb(
+        header_bytes, raw=False, strict_map_key=strict_map_key, max_str_len=limits.max_header_bytes,
+        max_bin_len=limits.max_header_bytes, max_ext_len=0, max_array_len=limits.max_parts + 64, max_map_len=4096,
+    )
+
+
+def _map_with_a_key_not_str(header_bytes: Any, limits: Limits) -> bool:
+    """Whether a header msgpack refused is a map after all, with a key msgpack forbids (an integer, a float,
+    nil...), as opposed to bytes that are no msgpack map at all."""
+    try:
+        return isinstance(_unpack_bounded(header_bytes, limits, strict_map_key=False), dict)
+    except Exception:
+        return False
 
 
 def _verify_part_macs(key: bytes, part_mac: Any, parts: list) -> None:

@@ -190,6 +190,27 @@ def test_rejects_get_an_error_and_the_engine_still_serves(peer, engine, header, 
 
 
 @pytest.mark.parametrize(
+    "fields,code,ref",
+    [
+        ({"v": 1.0, "id": "float-v", "type": "ping"}, "bad_version", "float-v"),  # 1.0 is not the integer 1
+        ({"v": True, "id": "bool-v", "type": "ping"}, "bad_version", "bool-v"),
+        ({"v": 1, "id": "", "type": "ping"}, "bad_header", ""),  # a string, though too short: it is the ref
+        ({"v": 1, "id": "int-key", "type": "ping", 5: 1}, "malformed", "int-key"),
+        ({"v": 1, "id": "nested-key", "type": "ping", "extra": {None: 1}}, "malformed", "nested-key"),
+        ({"v": 1, "id": "nil-type", "type": None}, "unknown_type", "nil-type"),
+        ({"v": 1, "id": "no-type"}, "unknown_type", "no-type"),
+    ],
+    ids=["float-v", "bool-v", "empty-id", "int-key", "nested-nil-key", "nil-type", "no-type"],
+)
+def test_an_error_names_the_request_whenever_its_id_can_be_read(peer, engine, fields, code, ref):
+    """SPEC.md §5: ref is nil only when the header is no msgpack map or its id is missing or not a string."""
+    peer.send({}, raw_header=msgpack.packb({**fields, "ts": now_ms()}))
+    reply = peer.recv(timeout=limit(5))[0]
+    assert (reply["type"], reply["code"], reply["ref"]) == ("error", code, ref), reply
+    assert_still_serving(peer, engine)
+
+
+@pytest.mark.parametrize(
     "change,code,words",
     [
         ({"settings": {"prompt": "a robot"}}, "bad_job", "does not occur in the prompt"),

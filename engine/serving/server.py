@@ -197,7 +197,7 @@ class EngineServer:
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
                 return
             self.peers_seen[peer] = time.monotonic()  # signed, though refused: the peer is there all the same
-            self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref or exc.ref})
+            self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref if ref is not None else exc.ref})
         elif isinstance(exc, VideograinError):
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
         else:
