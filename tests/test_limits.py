@@ -21,6 +21,7 @@ from videograin.engine.demo import write_demo_inputs
 from videograin.engine.errors import JobError, excerpt
 from videograin.engine.inputs.job import load_job, load_job_mapping
 from videograin.engine.inputs.limits import MediaLimits, PixelBudget, encoded_size, image_file_size, open_regular
+from videograin.engine.inputs.media import write_movie
 
 MAX_FRAMES = 8
 MAX_PIXELS = 2**26  # 67 M: 8 frames at 2048², not at 4096²
@@ -363,6 +364,22 @@ def test_links_out_of_the_roots_are_refused(rooted, media):
         shutil.copyfile(outside / "frames" / "0001.png", inside / "frames" / "0001.png")
     header["settings"]["model"] = str(outside)
     assert "model: " in refused(peer, header)
+    serves_a_normal_job(peer, engine)
+
+
+def test_a_playlist_inside_the_roots_naming_a_file_outside_is_refused(rooted, media):
+    peer, engine = rooted
+    inside, outside = media
+    segment = outside / "clip.ts"
+    frames = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((outside / "frames").iterdir())])
+    write_movie(segment.with_suffix(".mp4"), frames, 24.0)
+    segment.with_suffix(".mp4").rename(segment)  # any video FFmpeg reads will do as a segment
+    playlist = inside / "clip.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.1,\n{os.path.relpath(segment, inside)}\n"
+                        "#EXT-X-ENDLIST\n")
+    header = paths_job(inside)
+    header["settings"]["source"]["path"] = str(playlist)
+    assert "clip.m3u8' cannot be" in refused(peer, header)
     serves_a_normal_job(peer, engine)
 
 

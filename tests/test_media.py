@@ -211,6 +211,27 @@ def test_check_reports_a_videos_frame_rate_as_ffmpeg_reads_it(tmp_path):
     assert clip["fps"] == pytest.approx(24000 / 1001)
 
 
+def test_a_playlist_or_concat_script_naming_other_files_is_never_followed(tmp_path):
+    """FFmpeg would open what such a file names, outside any media root: the file is refused instead,
+    whatever its suffix (FFmpeg goes by the content)."""
+    from videograin.engine.inputs.limits import video_size
+
+    segment = tmp_path / "outside" / "secret.ts"
+    segment.parent.mkdir()
+    encode(segment, 4, "libx264", "yuv420p", container_format="mpegts")
+    root = tmp_path / "root"
+    root.mkdir()
+    playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:0.2,\n../outside/secret.ts\n#EXT-X-ENDLIST\n"
+    files = {"clip.m3u8": playlist, "disguised.mp4": playlist, "list.ffconcat": "ffconcat version 1.0\nfile '../outside/secret.ts'\n"}
+    for name, text in files.items():
+        (root / name).write_text(text)
+        with pytest.raises(JobError, match=f"'.*{name}' cannot be"):
+            probe_video(root / name, "source")
+        with pytest.raises(JobError, match=f"'.*{name}' cannot be"):
+            video_size(root / name, "source")
+    assert probe_video(segment).frames == 4  # the segment itself is a video like any other
+
+
 def _job_with_mask(folder: Path) -> Path:
     frames = np.stack([quadrants(k) for k in range(4)])
     write_movie(folder / "clip.mp4", frames, 24.0)

@@ -9,6 +9,7 @@ budget, spent before each image or sequence is read.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -154,13 +155,40 @@ def encoded_size(data: bytes, what: str) -> tuple[int, int]:
     return image_size(io.BytesIO(data), what)
 
 
+# Demuxers that open more than the file they are given, by what the file says: playlists (HLS segments),
+# concat scripts, filter graphs (`movie=`), session descriptions and streams (network), image patterns,
+# DASH manifests, VobSub's companion file. A file under a media root could name any file outside it.
+REFERENCING_DEMUXERS = frozenset({"hls", "concat", "lavfi", "sdp", "rtsp", "rtp", "image2", "webm_dash_manifest",
+                                  "vobsub", "dash", "imf"})
+
+
+@functools.cache
+def _self_contained_demuxers() -> str:
+    names = []
+    for name in av.formats_available:
+        try:
+            av.ContainerFormat(name, "r")
+        except ValueError:  # a muxer only
+            continue
+        if name not in REFERENCING_DEMUXERS:
+            names.append(name)
+    return ",".join(sorted(names))
+
+
+def open_video(path: Path) -> av.container.InputContainer:
+    """`path` opened by FFmpeg as itself alone: the local file protocol only, and no demuxer that opens other
+    files a file names (REFERENCING_DEMUXERS), whatever the file's suffix (FFmpeg probes the content)."""
+    return av.open(str(path), container_options={"protocol_whitelist": "file",
+                                                 "format_whitelist": _self_contained_demuxers()})
+
+
 def video_size(path: Path, what: str) -> tuple[int, int]:
     """The frame size a video's stream declares (as stored, before any rotation; the limits are square by
     default), read by FFmpeg from the container without decoding a frame."""
     with open_regular(path, what):
         pass
     try:
-        with av.open(str(path)) as container:
+        with open_video(path) as container:
             if not container.streams.video:
                 raise JobError(f"{what}: '{path}' has no video stream")
             context = container.streams.video[0].codec_context

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from videograin.engine.errors import JobError
-from videograin.engine.inputs.limits import check_media_path, read_image_file
+from videograin.engine.inputs.limits import check_media_path, open_video, read_image_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".exr"}
 
@@ -166,7 +166,7 @@ def probe_video(path: Path, what: str = "media") -> VideoInfo:
 
 @functools.lru_cache(maxsize=64)
 def _probe(path: str, size: int, mtime_ns: int, what: str) -> VideoInfo:
-    with av.open(path) as container:
+    with open_video(Path(path)) as container:
         if not container.streams.video:
             raise JobError(f"{what}: '{path}' has no video stream")
         stream = container.streams.video[0]
@@ -187,7 +187,7 @@ def _probe(path: str, size: int, mtime_ns: int, what: str) -> VideoInfo:
         start_pts = first.pts if first.pts is not None else 0
         time_base = Fraction(stream.time_base)  # read while the container is open
     if frames is None:
-        with av.open(path) as container:  # no exact index: count by decoding
+        with open_video(Path(path)) as container:  # no exact index: count by decoding
             container.streams.video[0].thread_type = "AUTO"
             frames = sum(1 for _ in container.decode(video=0))
     width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
@@ -265,7 +265,7 @@ def _decoded(path: Path, info: VideoInfo, first: int) -> Iterator[tuple[int, av.
     at the keyframe before `first`, each frame numbered by its timestamp; otherwise (variable rate,
     missing timestamps, a seek that lands past `first`) frames are decoded from the start and counted."""
     if first > 0 and not info.variable_rate and info.rate:
-        with av.open(str(path)) as container:
+        with open_video(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             per_frame = 1 / (info.rate * info.time_base)  # timestamp units per frame
@@ -280,7 +280,7 @@ def _decoded(path: Path, info: VideoInfo, first: int) -> Iterator[tuple[int, av.
                         break  # a frame without a timestamp: numbers from here on would be guesses
                     yield index, frame
                 return
-    with av.open(str(path)) as container:
+    with open_video(path) as container:
         container.streams.video[0].thread_type = "AUTO"
         yield from enumerate(container.decode(video=0))
 
