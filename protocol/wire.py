@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,18 @@ def unpack(key: bytes, frames: list, limits: Limits) -> Message:
         raise ProtocolError("bad_version", f"protocol version {version!r} is not spoken here (1 is)", ref)
     check_part_sizes(parts, limits, ref)
     return Message(header, parts)
+
+
+def overlong_signed(key: bytes, head: list, rest: Iterable[bytes]) -> tuple[bool, int]:
+    """Whether a message too long to hold ([signature, header, parts...] = `head` then `rest`, consumed
+    once, nothing kept) is signed in either form of §2.2, and how many frames it had."""
+    signature, header = bytes(head[0]).lower(), head[1]
+    whole = hmac.new(key, digestmod=hashlib.sha256)
+    count = 0
+    for count, frame in enumerate(itertools.chain(head[1:], rest), start=2):
+        whole.update(frame)
+    signed = hmac.compare_digest(signature, sign(key, [header])) or hmac.compare_digest(signature, whole.hexdigest().encode())
+    return signed, count
 
 
 def check_part_sizes(parts: list | tuple, limits: Limits, ref: str | None = None) -> None:

@@ -594,6 +594,18 @@ def test_a_submit_at_max_frames_is_accepted(engine):
         peer.close()
 
 
+def test_a_message_of_more_frames_than_any_request_is_never_held(peer, engine):
+    """ZeroMQ bounds each frame, not how many: such a message is read to its end and dropped, answered
+    `too_large` only when signed (SPEC.md §5)."""
+    largest = peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_parts"]
+    msg_id = peer.send({"type": "ping"}, [b""] * (largest + 1))
+    reply = peer.recv(timeout=limit(30))[0]
+    assert (reply["code"], reply["ref"]) == ("too_large", msg_id) and f"more than {largest}" in reply["message"]
+    peer.send_frames([b"0" * 64, msgpack.packb({"v": 1, "id": "forged", "type": "ping"})] + [b""] * 200_000)
+    assert peer.recv(timeout=limit(5)) is None  # a forger gets no answer
+    assert_still_serving(peer, engine)
+
+
 def test_too_large_carries_the_ref_even_from_an_over_long_header(peer, engine):
     largest = peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_header_bytes"]
     header = {"v": 1, "type": "ping", "padding": "x" * largest, "id": "long-one"}  # the id after the bulk

@@ -156,11 +156,12 @@ class EngineServer:
                 if poller.poll(timeout=20):
                     for _ in range(64):  # bounded, so worker events are never starved
                         try:
-                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames = self._read_message()
                         except zmq.Again:
                             self.read_all_at = time.monotonic()
                             break
-                        self._receive(frames)
+                        if frames is not None:
+                            self._receive(frames)
                 else:
                     self.read_all_at = time.monotonic()
                 self._drain_prepared()
@@ -173,6 +174,30 @@ class EngineServer:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _read_message(self) -> list | None:
+        """The next message's frames (zmq.Again when none waits), or None for one with more frames than any
+        request has: it is read to its end without being kept, and answered `too_large` only if signed.
+        (ZeroMQ bounds each frame, not their count: two bytes of the wire make a frame, and a forger's
+        million empty frames must cost a pass over them, not a million objects held.)"""
+        frames = [self.socket.recv(zmq.NOBLOCK, copy=False)]  # the peer's routing id, then the message
+        most = self.limits.max_parts + 3  # routing id, signature, header, parts
+        while self.socket.get(zmq.RCVMORE):
+            if len(frames) == most:
+                self._drop_overlong(frames)
+                return None
+            frames.append(self.socket.recv(copy=False))
+        return frames
+
+    def _drop_overlong(self, frames: list) -> None:
+        peer = bytes(frames[0].buffer)
+        rest = (self.socket.recv() for _ in iter(lambda: self.socket.get(zmq.RCVMORE), 0))
+        signed, count = wire.overlong_signed(self.key, [f.buffer for f in frames[1:]], rest)
+        if not signed:
+            log.warning("dropped a message of %d frames with a bad signature from peer %s", count, peer.hex())
+            return
+        ref = wire.read_id(frames[2].buffer)
+        self._refuse(peer, ref, ProtocolError("too_large", f"more than {self.limits.max_parts} binary parts", ref))
 
     def _receive(self, frames: list) -> None:
         peer, body = bytes(frames[0].buffer), frames[1:]
