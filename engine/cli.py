@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-part-bytes", type=int, default=Limits.max_part_bytes, help="largest binary part (image)")
     serve.add_argument("--max-pixels", type=int, default=None,
                        help="pixels one request may decode: its images' width × height, summed (default 2^30; SPEC.md §5)")
+    serve.add_argument("--max-held-pixels", type=int, default=None,
+                       help="pixels the jobs waiting or running hold decoded, all together (default 4 × --max-pixels; "
+                            "SPEC.md §5)")
     serve.add_argument("--media-root", action="append", metavar="DIR",
                        help="a folder whose files requests may name by path (repeatable); with --allow-remote and "
                             "none, requests send their pixels inline; on loopback without one, any path (SPEC.md §1)")

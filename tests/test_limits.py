@@ -301,6 +301,25 @@ def test_pings_are_answered_while_a_check_draws_its_layout(peer, engine, tmp_pat
     serves_a_normal_job(peer, engine)
 
 
+def test_the_jobs_held_together_are_bounded_not_only_each_request(tmp_path):
+    """max_held_pixels: a request is read only while max_pixels more fit beside what the jobs waiting or
+    running hold; small, well-compressed requests could otherwise make the engine hold max_pixels each."""
+    process, info, _ = start_engine(tmp_path, "--max-pixels", str(2**20), "--max-held-pixels", str(2**20))
+    peer = RawPeer(info)
+    try:
+        assert peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_held_pixels"] == 2**20
+        header, parts = inline_job(frames=2, steps=30)  # runs a while: held until it ends
+        job = peer.request(header, parts)["job"]
+        reply = peer.request(*inline_job(frames=2, steps=1))
+        assert reply["code"] == "queue_full" and "(max_held_pixels): try again when a job ends" in reply["message"]
+        assert collect_stream(peer, job)[-1][0]["type"] == "done"
+        serves_a_normal_job(peer, (process, info))  # the ended job holds nothing
+    finally:
+        peer.close()
+        process.kill()
+        process.wait()
+
+
 # -- the trust boundary ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

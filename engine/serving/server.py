@@ -52,6 +52,18 @@ Handler = Callable[[bytes, Message], None]
 OFFERED_TRACKERS = tuple(tracker for tracker in TRACKERS if tracker != "sam3")
 PNG_HEADER_BYTES = 1 << 20  # of a PNG part, read for its size: IHDR comes first, ancillary chunks may follow
 INTERNAL_MESSAGE_CHARS = 500  # of an unexpected exception's text in an `internal` error
+HELD_JOBS = 4  # max_held_pixels' default, in max_pixels: four of the largest jobs at once (SPEC.md §5)
+
+
+def held_pixels(job: Job) -> int:
+    """The decoded pixels (width × height, summed) a queued job's input holds: frames, mattes, control maps;
+    a track's frames and keyframe mattes."""
+    if job.edit is not None:
+        frames, masks, control = job.edit.frames, job.edit.masks, job.edit.control_maps
+        images = [frames.shape[:3], *(stack.shape for stack in masks), *([control.shape[:3]] if control is not None else [])]
+    else:
+        images = [job.track.frames.shape[:3], *((1, *key.matte.shape) for r in job.track.regions for key in r.keyframes)]
+    return sum(count * height * width for count, height, width in images)
 
 
 class EngineServer:
@@ -71,6 +83,7 @@ class EngineServer:
         check_device: str | None = None,
         other_models: tuple[str, ...] = (),
         max_pixels: int = MediaLimits.max_pixels,
+        max_held_pixels: int | None = None,
         access: MediaAccess | None = None,
         curve: bool = False,
         curve_clients: Path | None = None,
@@ -81,12 +94,17 @@ class EngineServer:
         on Ray names its workers' kind as `device`, which this process may not have). `other_models`: what
         a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded.
         `max_pixels` and `limits`' sizes and frames bound what a request may make the engine decode
-        (inputs/limits.py); `access` which paths it may read (access.py; default: any absolute path).
+        (inputs/limits.py); `max_held_pixels` (default HELD_JOBS × `max_pixels`) what the jobs waiting or
+        running and the requests being read hold decoded, all together; `access` which paths it may read (access.py; default: any absolute path).
         `curve`: speak CurveZMQ (SPEC.md §1.1), letting in the connection file's client key and those in
         `curve_clients`."""
         self.key = key.encode()
         self.limits = limits or Limits()
         self.media_limits = MediaLimits(self.limits.max_width, self.limits.max_height, max_pixels, self.limits.max_frames)
+        self.max_held_pixels = max_held_pixels or HELD_JOBS * max_pixels
+        if self.max_held_pixels < max_pixels:
+            raise VideograinError(f"max_held_pixels ({self.max_held_pixels:,}) is below max_pixels ({max_pixels:,}): "
+                                  "no request could ever be read", code="bad_config")
         self.access = access or MediaAccess(None)
         self.default_model = default_model
         self.models = list(dict.fromkeys((default_model, *other_models)))
@@ -235,6 +253,14 @@ class EngineServer:
         or answers the request with the error it raised."""
         if self.pending >= self.limits.max_queue:
             raise ProtocolError("queue_full", f"{self.pending} requests are being read; try again later")
+        # Each request being read may decode up to max_pixels: admitted only if that still fits beside what
+        # the jobs hold, so a few small, well-compressed requests cannot make the engine hold gigabytes each.
+        held = sum(job.pixels for job in self.jobs.values()) + self.pending * self.media_limits.max_pixels
+        if held + self.media_limits.max_pixels > self.max_held_pixels:
+            raise ProtocolError("queue_full", f"the jobs waiting or running and the requests being read hold up to "
+                                              f"{held:,} decoded pixels, and this request may decode "
+                                              f"{self.media_limits.max_pixels:,} more, over this engine's limit of "
+                                              f"{self.max_held_pixels:,} (max_held_pixels): try again when a job ends")
         self.pending += 1
         future = self.preparing.submit(build)
         future.add_done_callback(lambda done: self.prepared.put((peer, message, done, finish)))
@@ -371,6 +397,7 @@ class EngineServer:
         self._prepare(peer, message, lambda: self._edit_job(message), accept)
 
     def _queue(self, peer: bytes, message: Message, job: Job) -> None:
+        job.pixels = held_pixels(job)
         self.jobs[job.id] = job
         self.worker.submit(job)
         self._reply(peer, message, {"type": "accepted", "job": job.id, "position": self.worker.position(job)})
@@ -472,7 +499,8 @@ class EngineServer:
         return {
             "name": "videograin", "version": __version__, "device": self.device, "models": self.models,
             "control_types": list(CONTROL_TYPES), "heartbeat_s": self.heartbeat_s,
-            "limits": {**self.limits.as_dict(), "max_pixels": self.media_limits.max_pixels},
+            "limits": {**self.limits.as_dict(), "max_pixels": self.media_limits.max_pixels,
+                       "max_held_pixels": self.max_held_pixels},
             "part_macs": list(wire.PART_MACS), "workers": self.worker.workers(),
             "trackers": list(OFFERED_TRACKERS), "family": capabilities(self.default_model),
             "paths": self.access.mode, **({"media_roots": [str(r) for r in self.access.roots]} if self.access.roots else {}),
@@ -630,7 +658,7 @@ class EngineServer:
         self._pump(job)
 
     def _end(self, job: Job, state: str, final: dict[str, Any]) -> None:
-        job.state, job.finished_at, job.edit, job.track = state, time.monotonic(), None, None
+        job.state, job.finished_at, job.edit, job.track, job.pixels = state, time.monotonic(), None, None, 0
         job.error = final.get("code") if state != "done" else None
         job.final = final
 
@@ -737,7 +765,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.bind, wire.new_key(), pipeline_for, args.model, device_label, limits=limits, retention_s=args.retention,
         heartbeat_s=args.heartbeat, connection_file=Path(args.connection_file), cache=cache, worker=worker,
         check_device=check_device, other_models=tuple(args.allow_model),
-        max_pixels=args.max_pixels or MediaLimits.max_pixels, access=access,
+        max_pixels=args.max_pixels or MediaLimits.max_pixels, max_held_pixels=args.max_held_pixels, access=access,
         curve=args.curve or args.allow_remote,
         curve_clients=Path(args.curve_clients).expanduser() if args.curve_clients else None,
     )

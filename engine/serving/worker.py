@@ -66,6 +66,7 @@ class Job:
     # attachable as edited frames are.
     kind: str = "edit"
     track: TrackJob | None = None
+    pixels: int = 0  # decoded pixels its input holds until it ends (max_held_pixels, SPEC.md §5)
 
 
 class EtaClock:
