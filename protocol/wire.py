@@ -192,11 +192,14 @@ def check_part_sizes(parts: list | tuple, limits: Limits, ref: str | None = None
 
 def _decode_header(header_bytes: Any, limits: Limits) -> dict[str, Any]:
     try:
-        header = _unpack_bounded(header_bytes, limits)
+        header = msgpack.unpackb(
+            header_bytes, raw=False, strict_map_key=True, max_str_len=limits.max_header_bytes,
+            max_bin_len=limits.max_header_bytes, max_ext_len=0, max_array_len=limits.max_parts + 64, max_map_len=4096,
+        )
     except Exception as exc:  # msgpack raises several types, all meaning "not a valid header"
-        if _map_with_a_key_not_str(header_bytes, limits):  # its id can be read: the error says which request
-            raise ProtocolError("malformed", "map keys in a header must be msgpack str", read_id(header_bytes)) from None
-        raise ProtocolError("malformed", f"header is not valid msgpack: {type(exc).__name__}") from None
+        ref = read_id(header_bytes) if _whole_map(header_bytes) else None  # a map after all: say which request
+        reason = str(exc)[:200] or type(exc).__name__  # e.g. "int is not allowed for map key ..."
+        raise ProtocolError("malformed", f"header refused by msgpack: {reason}", ref) from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "header must be a msgpack map")
     if not all(isinstance(name, str) for name in header):
@@ -204,19 +207,11 @@ def _decode_header(header_bytes: Any, limits: Limits) -> dict[str, Any]:
     return header
 
 
-def _unpack_bounded(header_bytes: Any, limits: Limits, strict_map_key: bool = True) -> Any:
-    """msgpack, with every length bounded by `limits`; map keys str or bin only, unless not `strict_map_key`."""
-    return msgpack.unpackb(
-        header_bytes, raw=False, strict_map_key=strict_map_key, max_str_len=limits.max_header_bytes,
-        max_bin_len=limits.max_header_bytes, max_ext_len=0, max_array_len=limits.max_parts + 64, max_map_len=4096,
-    )
-
-
-def _map_with_a_key_not_str(header_bytes: Any, limits: Limits) -> bool:
-    """Whether a header msgpack refused is a map after all, with a key msgpack forbids (an integer, a float,
-    nil...), as opposed to bytes that are no msgpack map at all."""
+def _whole_map(header_bytes: Any) -> bool:
+    """Whether a header the bounded unpacker refused is a whole msgpack map all the same (a key that is not
+    a str, a list longer than a header needs), as opposed to bytes that are no msgpack map at all."""
     try:
-        return isinstance(_unpack_bounded(header_bytes, limits, strict_map_key=False), dict)
+        return isinstance(msgpack.unpackb(header_bytes, raw=False, strict_map_key=False, max_ext_len=0), dict)
     except Exception:
         return False
 

@@ -197,10 +197,11 @@ def test_rejects_get_an_error_and_the_engine_still_serves(peer, engine, header, 
         ({"v": 1, "id": "", "type": "ping"}, "bad_header", ""),  # a string, though too short: it is the ref
         ({"v": 1, "id": "int-key", "type": "ping", 5: 1}, "malformed", "int-key"),
         ({"v": 1, "id": "nested-key", "type": "ping", "extra": {None: 1}}, "malformed", "nested-key"),
+        ({"v": 1, "id": "long-list", "type": "ping", "extra": list(range(10_000))}, "malformed", "long-list"),
         ({"v": 1, "id": "nil-type", "type": None}, "unknown_type", "nil-type"),
         ({"v": 1, "id": "no-type"}, "unknown_type", "no-type"),
     ],
-    ids=["float-v", "bool-v", "empty-id", "int-key", "nested-nil-key", "nil-type", "no-type"],
+    ids=["float-v", "bool-v", "empty-id", "int-key", "nested-nil-key", "long-list", "nil-type", "no-type"],
 )
 def test_an_error_names_the_request_whenever_its_id_can_be_read(peer, engine, fields, code, ref):
     """SPEC.md §5: ref is nil only when the header is no msgpack map or its id is missing or not a string."""
