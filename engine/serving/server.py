@@ -208,6 +208,7 @@ class EngineServer:
         return frames
 
     def _drop_overlong(self, frames: list) -> None:
+        """Read the rest of a message that has `frames` and more, keeping none, and answer it if it is signed."""
         peer = bytes(frames[0].buffer)
         rest = (self.socket.recv() for _ in iter(lambda: self.socket.get(zmq.RCVMORE), 0))
         signed, count = wire.overlong_signed(self.key, [f.buffer for f in frames[1:]], rest)
