@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import stat
 import struct
 import warnings
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+import numpy as np
 
 from videograin.engine.errors import JobError
 
@@ -70,6 +72,21 @@ class PixelBudget:
                            f"engine's limit of {self.limits.max_pixels:,} pixels per job (max_pixels): edit fewer "
                            "or smaller frames")
         self.left -= pixels
+
+
+MAX_JSON_DEPTH = 512  # an editor's timeline nests a few dozen levels; OpenTimelineIO's reader crashes near 60,000
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def check_json_depth(text: str, what: str, most: int = MAX_JSON_DEPTH) -> None:
+    """JobError for JSON nested deeper than `most` lists and maps, found without parsing it: a parser that
+    recurses (OpenTimelineIO's) crashes the process on a few hundred kilobytes of brackets."""
+    brackets = re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text)).encode()
+    steps = np.frombuffer(brackets, np.uint8)
+    depth = np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)) if steps.size else np.zeros(1)
+    if depth.max() > most:
+        raise JobError(f"{what} nests {int(depth.max())} levels of lists and maps, more than the {most} a timeline "
+                       "needs: it is damaged or not written by an editor")
 
 
 def check_media_path(path: Path, what: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import opentimelineio as otio
 
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.limits import check_json_depth
 
 CONTENT = "content.otio"
 # Media in a bundle are stored, not compressed, by OTIO's writer (video and PNG do not deflate anyway):
@@ -62,10 +63,14 @@ def unpack(path: Path, folder: Path) -> tuple[otio.schema.Timeline, Bundle]:
                 "it is damaged or not an OpenTimelineIO bundle; export the timeline again"
             )
         try:
-            timeline = otio.adapters.read_from_string(archive.read(CONTENT).decode(), "otio_json")
+            text = archive.read(CONTENT).decode()
+            check_json_depth(text, f"timeline '{path}'")
+            timeline = otio.adapters.read_from_string(text, "otio_json")
             archive.extractall(folder)  # member names are made safe: nothing lands outside `folder`
         except KeyError:
             raise JobError(f"timeline '{path}' holds no {CONTENT}: export it from the editor as .otioz") from None
+        except JobError:
+            raise
         except Exception as exc:  # a corrupt member, bad JSON: the bundle, not this program
             raise JobError(f"timeline '{path}' cannot be read as .otioz: {type(exc).__name__}: {exc}") from None
     members = {(folder / info.filename).resolve(): (info.filename, info.file_size, info.CRC) for info in infos}

@@ -19,6 +19,7 @@ from opentimelineio.opentime import RationalTime, TimeRange
 from opentimelineio.url_utils import url_from_filepath
 
 from videograin.engine.errors import JobError
+from videograin.engine.inputs.limits import check_json_depth
 from videograin.engine.inputs.media import write_atomic
 from videograin.engine.timeline import bundle
 from videograin.engine.timeline.shots import MARKER_NAME, Places, Shot, resolve_path, url_path
@@ -53,7 +54,14 @@ def read_timeline(path: Path, unpack_to: Path) -> tuple[otio.schema.Timeline, Pl
         places = Places(unpack_to, path.parent, unpacked)
     else:
         try:
-            timeline = otio.adapters.read_from_file(str(path), adapter_name=adapter)
+            if adapter == "otio_json":  # read here, to be measured before OpenTimelineIO's reader recurses into it
+                text = path.read_text(encoding="utf-8")
+                check_json_depth(text, f"timeline '{path}'")
+                timeline = otio.adapters.read_from_string(text, "otio_json")
+            else:
+                timeline = otio.adapters.read_from_file(str(path), adapter_name=adapter)
+        except JobError:
+            raise
         except Exception as exc:  # adapters raise anything from ValueError to their own errors
             raise JobError(f"timeline '{path}' cannot be read as {adapter}: {type(exc).__name__}: {exc}") from None
         places = Places(path.parent, path.parent)
