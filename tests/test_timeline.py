@@ -693,3 +693,27 @@ def test_an_existing_out_is_not_overwritten_without_a_word(project, tmp_path, ca
     assert out.read_text() == "the user's own file" and not (tmp_path / "cut_edited-videograin").exists()
 
 
+
+
+def test_a_still_held_for_a_billion_frames_is_refused_before_any_frame_list_is_made(tmp_path):
+    """A clip's duration is only a number in the timeline: a 3 KB file asked for gigabytes of frame numbers."""
+    write_png(tmp_path / "title.png", np.zeros((64, 64, 3), np.uint8))
+    reference = otio.schema.ExternalReference("title.png", TimeRange(RationalTime(0, 0), RationalTime(0, 0)))
+    path = one_clip_timeline(tmp_path / "cut.otio", reference, tr(0, 1e9 / TIMELINE_RATE), still_mattes(tmp_path, 64, 64))
+    with pytest.raises(JobError, match=r"the clip's \d\d,\d{3},\d{3} frames of 64x64 would decode .* \(max_pixels\)"):
+        plan(path, tmp_path / "out.otio").close()
+
+
+@pytest.mark.parametrize("suffix", [".otio", ".otioz"])
+def test_a_timeline_nested_past_any_editor_is_one_clear_error(tmp_path, suffix):
+    """OpenTimelineIO's reader recurses: 100,000 nested lists (200 KB, a few hundred bytes zipped) ended the
+    process with a segmentation fault."""
+    content = '{"OTIO_SCHEMA": "Timeline.1", "metadata": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+    path = tmp_path / f"deep{suffix}"
+    if suffix == ".otioz":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+            bundle.writestr("content.otio", content)
+    else:
+        path.write_text(content)
+    with pytest.raises(JobError, match="nests 100002 levels of lists and maps, more than the 512"):
+        plan(path, tmp_path / f"out{suffix}").close()

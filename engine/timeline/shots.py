@@ -33,6 +33,7 @@ from opentimelineio.opentime import RationalTime, TimeRange
 from videograin.engine.config import EditSettings, RegionConfig, parse_settings, region_name
 from videograin.engine.errors import JobError
 from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, resolve_path, tracked_mattes, validate_job
+from videograin.engine.inputs.limits import MediaLimits, PixelBudget, image_file_size
 from videograin.engine.inputs.media import IMAGE_SUFFIXES, list_frames, probe_video, read_sequence, sequence_length
 from videograin.engine.timeline.bundle import Bundle
 
@@ -350,7 +351,9 @@ def clip_footage(clip: otio.schema.Clip, trimmed: TimeRange, base: Path) -> tupl
         raise JobError(f"its media '{path}' is offline (no such file): relink the clip or restore the file")
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:  # a still, held over the clip
         rate = trimmed.duration.rate
-        return Footage(path, [0] * max(1, round(trimmed.duration.to_seconds() * rate))), rate
+        count = max(1, round(trimmed.duration.to_seconds() * rate))
+        _within_budget(count, image_file_size(path, "its media"))
+        return Footage(path, [0] * count), rate
     info = probe_video(path, "its media") if path.is_file() else None
     if info is not None and info.variable_rate:
         raise JobError(
@@ -367,6 +370,8 @@ def clip_footage(clip: otio.schema.Clip, trimmed: TimeRange, base: Path) -> tupl
         media_start = timecode if trimmed.start_time >= timecode else media_start
     first = round((trimmed.start_time - media_start).to_seconds() * rate)
     count = round(trimmed.duration.to_seconds() * rate)
+    if info is not None:
+        _within_budget(count, (info.width, info.height))
     length = info.frames if info is not None else sequence_length(path)
     if count < 1 or first < 0 or first + count > length:
         raise JobError(
@@ -374,6 +379,12 @@ def clip_footage(clip: otio.schema.Clip, trimmed: TimeRange, base: Path) -> tupl
             "the clip's trims run past its media; relink it to the full media"
         )
     return Footage(path, list(range(first, first + count))), rate
+
+
+def _within_budget(count: int, size: tuple[int, int]) -> None:
+    """The clip's frames at their size fit the pixels one edit may decode (as `edit` counts a job's), checked
+    before a frame list of that length is made: a clip's duration is only a number in the timeline."""
+    PixelBudget(MediaLimits()).spend(count * size[0] * size[1], f"the clip's {count:,} frames of {size[0]}x{size[1]}")
 
 
 def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRange, base: Path) -> Footage:
@@ -386,6 +397,10 @@ def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRang
             f"{ref.number_of_images_in_sequence()} frames: relink it to the full sequence"
         ) from None
     count = round(trimmed.duration.to_seconds() * ref.rate)
+    first_path = local_path(base, url_path(ref.target_url_for_image_number((first - ref.start_frame) // ref.frame_step)),
+                            "its image sequence")
+    if first_path.is_file():  # else reported offline below, with the others
+        _within_budget(count, image_file_size(first_path, "its image sequence"))
     numbers = [(first - ref.start_frame) // ref.frame_step + k for k in range(count)]
     paths = [local_path(base, url_path(ref.target_url_for_image_number(n)), "its image sequence") for n in numbers]
     folder = paths[0].parent
