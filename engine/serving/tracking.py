@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from videograin.engine.config import MAX_REGIONS, EditSettings, SourceConfig
-from videograin.engine.errors import JobError, excerpt
+from videograin.engine.errors import EXCERPT_CHARS, JobError, excerpt
 from videograin.engine.inputs.job import MATTE_THRESHOLD, frame_indices, sequence_pixels
 from videograin.engine.inputs.limits import MediaLimits, PixelBudget, image_file_size
 from videograin.engine.inputs.mattes import Keyframe, RegionTrack, check_keyframes
@@ -104,7 +104,7 @@ def _regions(header: dict[str, Any], read_matte: Callable[[dict[str, Any], str],
         for field in ("name", "tracker", "tracker_model"):
             if region.get(field) is not None and not isinstance(region[field], str):
                 raise ProtocolError("bad_header", f"{where}.{field} must be a string")
-        name = region.get("name") or f"region {i}"
+        name = (region.get("name") or f"region {i}")[:EXCERPT_CHARS]  # for messages only: kept short
         keys = region.get("keyframes")
         if not isinstance(keys, list):
             raise ProtocolError("bad_header", f"{where}.keyframes must be a list of maps, each with a 'frame'")
