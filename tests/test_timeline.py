@@ -717,3 +717,16 @@ def test_a_timeline_nested_past_any_editor_is_one_clear_error(tmp_path, suffix):
         path.write_text(content)
     with pytest.raises(JobError, match="nests 100002 levels of lists and maps, more than the 512"):
         plan(path, tmp_path / f"out{suffix}").close()
+
+
+def test_a_shot_reads_nothing_past_the_pixel_budget_its_mattes_included(tmp_path):
+    """A 64² clip with a matte held over it at 4096²: sizes come from headers, all spent before any image
+    is decoded (the matte was read in full, 100 × 16.7 M pixels, before its size was compared)."""
+    write_png(tmp_path / "title.png", np.zeros((64, 64, 3), np.uint8))
+    reference = otio.schema.ExternalReference("title.png", TimeRange(RationalTime(0, 0), RationalTime(0, 0)))
+    write_png(tmp_path / "iron.png", np.full((4096, 4096), 255, np.uint8))
+    write_png(tmp_path / "spider.png", np.full((64, 64), 255, np.uint8))
+    text = note(spider_mask="spider.png", iron_mask="iron.png")
+    path = one_clip_timeline(tmp_path / "cut.otio", reference, tr(0, 100), text)  # 100 frames
+    with pytest.raises(JobError, match=r"the matte of 'iron man' would decode 1,677,721,600 pixels.*\(max_pixels\)"):
+        plan(path, tmp_path / "out.otio").close()  # planning loads each shot, to check it

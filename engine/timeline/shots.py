@@ -32,7 +32,14 @@ from opentimelineio.opentime import RationalTime, TimeRange
 
 from videograin.engine.config import EditSettings, RegionConfig, parse_settings, region_name
 from videograin.engine.errors import JobError
-from videograin.engine.inputs.job import MATTE_THRESHOLD, EditJob, resolve_path, tracked_mattes, validate_job
+from videograin.engine.inputs.job import (
+    MATTE_THRESHOLD,
+    EditJob,
+    resolve_path,
+    sequence_pixels,
+    tracked_mattes,
+    validate_job,
+)
 from videograin.engine.inputs.limits import MediaLimits, PixelBudget, image_file_size
 from videograin.engine.inputs.media import IMAGE_SUFFIXES, list_frames, probe_video, read_sequence, sequence_length
 from videograin.engine.timeline.bundle import Bundle
@@ -78,6 +85,13 @@ class Footage:
     path: Path
     indices: list[int]
 
+    def pixels(self, what: str) -> int:
+        """What reading these frames decodes, from the images' headers or the video's container."""
+        if self.path.is_file() and self.path.suffix.lower() in IMAGE_SUFFIXES:  # a still, held
+            width, height = image_file_size(self.path, what)
+            return len(self.indices) * width * height
+        return sequence_pixels(self.path, self.indices, what, lambda path, _: Path(path), MediaLimits())
+
     def identity(self, places: Places) -> list:
         """What a result depends on: the frames and the files they come from."""
         files = [self.path] if self.path.is_file() else [list_frames(self.path)[i] for i in self.indices]
@@ -107,6 +121,13 @@ class Shot:
         """Read the pixels and validate the job; errors name the clip and its track. Regions given by
         keyframes are tracked through the shot on the first load (trackers with a model on `device`)."""
         with _about(self.name):
+            # Every image's size from its header, all spent from one budget before anything is decoded (as
+            # `edit` reads a job): a matte held over the shot at 8192² would otherwise be read in full first.
+            budget = PixelBudget(MediaLimits())
+            named = [(self.source, "source")] + [(m, _matte_name(r, k)) for k, (r, m) in
+                                                 enumerate(zip(self.settings.regions, self.mattes, strict=True)) if m]
+            for footage, what in named + ([(self.control, "control maps")] if self.control else []):
+                budget.spend(footage.pixels(what), what)
             frames = read_sequence(self.source.path, self.source.indices, "source")
             if self._tracked is None:
                 self._tracked = tracked_mattes(self.settings.regions, frames, Path("/"), device)
