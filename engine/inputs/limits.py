@@ -75,7 +75,8 @@ class PixelBudget:
 
 
 MAX_JSON_DEPTH = 512  # an editor's timeline nests a few dozen levels; OpenTimelineIO's reader crashes near 60,000
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# A string, or an unterminated one to the end: possessive, so that no input makes the scan quadratic.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)')
 
 
 def check_json_depth(text: str, what: str, most: int = MAX_JSON_DEPTH) -> None:
