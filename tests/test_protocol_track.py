@@ -215,6 +215,15 @@ def test_bad_keyframes_are_refused_saying_what_to_fix_and_nothing_is_queued(peer
     assert len(peer.request({"type": "status"})["jobs"]) == before
 
 
+def test_a_region_name_is_shortened_in_messages(peer, engine, blobs):
+    """A megabyte name came back whole in the error; messages repeat a bounded start of it."""
+    header, parts = _bad(blobs, _keyframe(1, "frame", FRAMES))
+    header["regions"][1]["name"] = "blob " + "x" * 100_000
+    reply = peer.request(header, parts)
+    assert reply["code"] == "bad_job" and "region 'blob xxx" in reply["message"] and len(reply["message"]) < 500, \
+        len(reply["message"])
+
+
 @pytest.mark.parametrize("source, keyframe, words", [
     ({"path": "clip"}, "/k.png", "source.path must be an absolute path on the engine's disk"),
     ({"path": "/no/such/clip"}, "/k.png", "source: '/no/such/clip' does not exist"),
