@@ -595,9 +595,9 @@ def test_a_submit_at_max_frames_is_accepted(engine):
         peer.close()
 
 
-def test_a_message_of_more_frames_than_any_request_is_never_held(peer, engine):
+def test_a_message_of_more_frames_than_any_request_is_answered_only_when_signed(peer, engine):
     """ZeroMQ bounds each frame, not how many: such a message is read to its end and dropped, answered
-    `too_large` only when signed (SPEC.md §5)."""
+    `too_large` only when signed (SPEC.md §5). That none of it is kept is measured in test_attack_replay.py."""
     largest = peer.request({"type": "hello", "versions": [1]})["engine"]["limits"]["max_parts"]
     msg_id = peer.send({"type": "ping"}, [b""] * (largest + 1))
     reply = peer.recv(timeout=limit(30))[0]
