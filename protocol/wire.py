@@ -174,8 +174,8 @@ def overlong_signed(key: bytes, head: list, rest: Iterable[bytes]) -> tuple[bool
     count = 0
     for count, frame in enumerate(itertools.chain(head[1:], rest), start=2):
         whole.update(frame)
-    signed = hmac.compare_digest(signature, sign(key, [header])) or hmac.compare_digest(signature, whole.hexdigest().encode())
-    return signed, count
+    header_signed = hmac.compare_digest(signature, sign(key, [header]))
+    return header_signed or hmac.compare_digest(signature, whole.hexdigest().encode()), count
 
 
 def check_part_sizes(parts: list | tuple, limits: Limits, ref: str | None = None) -> None:
@@ -212,7 +212,7 @@ def _whole_map(header_bytes: Any) -> bool:
     a str, a list longer than a header needs), as opposed to bytes that are no msgpack map at all."""
     try:
         return isinstance(msgpack.unpackb(header_bytes, raw=False, strict_map_key=False, max_ext_len=0), dict)
-    except Exception:
+    except (ValueError, TypeError, msgpack.exceptions.UnpackException):  # not msgpack, or cut short
         return False
 
 

@@ -25,8 +25,8 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conformance import RawPeer, collect_stream, inline_job, now_ms, start_engine  # noqa: E402
-from conftest import limit  # noqa: E402
+from conformance import RawPeer, collect_stream, inline_job, now_ms, start_engine
+from conftest import limit
 
 TYPES = ["hello", "submit", "check", "track", "cancel", "status", "attach", "ping", "shutdown", "teleport", "", "frame"]
 FIELDS = ["job", "from_frame", "versions", "settings", "inline", "frames", "masks", "control_maps",
@@ -101,7 +101,8 @@ def fuzz(info: dict, pid: int, count: int, seed: int = 0) -> dict[str, float]:
             if got is None:
                 raise AssertionError(f"the engine answered {answered} of {sent} messages, then nothing for 30 s")
             reply = got[0]
-            if reply["type"] in ("progress", "frame", "matte", "attention", "done") or ("job" in reply and reply["type"] == "error"):
+            streamed = reply["type"] in ("progress", "frame", "matte", "attention", "done")
+            if streamed or ("job" in reply and reply["type"] == "error"):
                 continue  # the stream of a job a lucky message submitted
             if reply["type"] == "accepted":
                 peer.send({"type": "cancel", "job": reply["job"]})
@@ -130,7 +131,7 @@ def clients(info: dict, count: int, jobs: int) -> dict[str, float]:
                 frames = [m[0]["index"] for m in stream if m[0]["type"] == "frame"]
                 if stream[-1][0]["type"] != "done" or frames != [0, 1]:
                     failures.append(f"client {client}, job {number}: frames {frames}, end {stream[-1][0]}")
-        except Exception as exc:  # reported below, with the other clients' results
+        except Exception as exc:  # noqa: BLE001  (reported below, with the other clients' results)
             failures.append(f"client {client}: {exc!r}")
         finally:
             peer.close()

@@ -23,10 +23,10 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 from conformance import RawPeer, collect_stream, inline_job, now_ms, start_engine
 from conftest import limit, report, wait_for
 from test_limits import grey_png, paths_job, refused
+from zmq.utils.monitor import recv_monitor_message
 
 from videograin.engine.demo import write_demo_inputs
 

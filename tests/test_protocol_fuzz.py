@@ -7,9 +7,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 from conformance import RawPeer, now_ms, start_engine
-from stress import clients, fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stress import clients, fuzz
 
 TYPES = ["hello", "submit", "track", "cancel", "status", "attach", "ping", "shutdown", "teleport", "", "frame"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20))

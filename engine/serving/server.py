@@ -60,9 +60,11 @@ def held_pixels(job: Job) -> int:
     a track's frames and keyframe mattes."""
     if job.edit is not None:
         frames, masks, control = job.edit.frames, job.edit.masks, job.edit.control_maps
-        images = [frames.shape[:3], *(stack.shape for stack in masks), *([control.shape[:3]] if control is not None else [])]
+        images = [frames.shape[:3], *(stack.shape for stack in masks)]
+        images += [control.shape[:3]] if control is not None else []
     else:
-        images = [job.track.frames.shape[:3], *((1, *key.matte.shape) for r in job.track.regions for key in r.keyframes)]
+        keyframes = [key for region in job.track.regions for key in region.keyframes]
+        images = [job.track.frames.shape[:3], *((1, *key.matte.shape) for key in keyframes)]
     return sum(count * height * width for count, height, width in images)
 
 
@@ -95,7 +97,8 @@ class EngineServer:
         a job may name besides `default_model` (`welcome`'s **models**); nothing else is ever loaded.
         `max_pixels` and `limits`' sizes and frames bound what a request may make the engine decode
         (inputs/limits.py); `max_held_pixels` (default HELD_JOBS × `max_pixels`) what the jobs waiting or
-        running and the requests being read hold decoded, all together; `access` which paths it may read (access.py; default: any absolute path).
+        running and the requests being read hold decoded, all together; `access` which paths it may read
+        (access.py; default: any absolute path).
         `curve`: speak CurveZMQ (SPEC.md §1.1), letting in the connection file's client key and those in
         `curve_clients`."""
         self.key = key.encode()
@@ -241,7 +244,8 @@ class EngineServer:
                 log.warning("dropped a message with a bad signature from peer %s", peer.hex())
                 return
             self.peers_seen[peer] = time.monotonic()  # signed, though refused: the peer is there all the same
-            self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref if ref is not None else exc.ref})
+            ref = ref if ref is not None else exc.ref  # "" is an id too (SPEC.md §5)
+            self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
         elif isinstance(exc, VideograinError):
             self._send(peer, {"type": "error", "code": exc.code, "message": str(exc), "ref": ref})
         else:

@@ -418,11 +418,11 @@ def _sequence_footage(ref: otio.schema.ImageSequenceReference, trimmed: TimeRang
             f"{ref.number_of_images_in_sequence()} frames: relink it to the full sequence"
         ) from None
     count = round(trimmed.duration.to_seconds() * ref.rate)
-    first_path = local_path(base, url_path(ref.target_url_for_image_number((first - ref.start_frame) // ref.frame_step)),
-                            "its image sequence")
+    start = (first - ref.start_frame) // ref.frame_step
+    first_path = local_path(base, url_path(ref.target_url_for_image_number(start)), "its image sequence")
     if first_path.is_file():  # else reported offline below, with the others
         _within_budget(count, image_file_size(first_path, "its image sequence"))
-    numbers = [(first - ref.start_frame) // ref.frame_step + k for k in range(count)]
+    numbers = [start + k for k in range(count)]
     paths = [local_path(base, url_path(ref.target_url_for_image_number(n)), "its image sequence") for n in numbers]
     folder = paths[0].parent
     missing = next((p for p in paths if not p.is_file()), None)
